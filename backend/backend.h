@@ -1,0 +1,87 @@
+/* The operation interface every compute backend implements (DESIGN.md §5).
+ *
+ * The forward pass (engine/forward.c) is written only against these
+ * operations, so the CUDA backend slots in beside the CPU one. Buffers are
+ * backend memory (host memory for cpu, device memory for cuda) handed out by
+ * alloc(); activations are fp32 [rows, cols] row-major. Weights are the
+ * model's sr_weight views after weights_prepare() (which may upload or
+ * convert them). Every operation returns 0, or -1 with sr_error set. */
+#ifndef SR_BACKEND_BACKEND_H
+#define SR_BACKEND_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "model/model.h"
+
+typedef struct sr_backend sr_backend;
+
+/* Attention of nq query rows against nk key/value rows, with GQA
+ * (n_heads % n_kv == 0; query head h reads kv head h / (n_heads / n_kv)).
+ * Key j is visible to query i iff k_pos == NULL or k_pos[j] <= q_pos[i]:
+ * one rule covers causal prefill, Star's [anchor ; block] with its position
+ * gap, and queries against stored context (all earlier). A query row that
+ * sees no key gets out = 0 and lse = -inf (an empty shard, DESIGN.md §1). */
+typedef struct {
+    const float *q;        /* [nq, q_stride] head h at q + i*q_stride + h*hd */
+    const float *k, *v;    /* [nk, kv_stride] kv head g at k + j*kv_stride + g*hd */
+    const int32_t *q_pos;  /* [nq] backend memory; may be NULL iff k_pos is */
+    const int32_t *k_pos;  /* [nk] backend memory; NULL = no mask */
+    int nq, nk, n_heads, n_kv, head_dim;
+    int q_stride, kv_stride;
+    float scale;           /* usually 1/sqrt(head_dim) */
+    float *out;            /* [nq, n_heads*head_dim] normalized output */
+    float *lse;            /* [nq, n_heads] natural-log sum of exp(scale*q.k); may be NULL */
+} sr_attn_args;
+
+typedef struct {
+    const char *name;
+    void (*destroy)(sr_backend *be);
+
+    void *(*alloc)(sr_backend *be, size_t bytes);   /* NULL + sr_error on failure */
+    void (*free)(sr_backend *be, void *p);
+    int (*upload)(sr_backend *be, void *dst, const void *src_host, size_t bytes);
+    int (*download)(sr_backend *be, void *dst_host, const void *src, size_t bytes);
+    int (*copy)(sr_backend *be, void *dst, const void *src, size_t bytes);
+    int (*sync)(sr_backend *be);
+
+    /* Makes `out` a view of `host` that the other operations accept:
+     * cpu shares the host pointers; cuda uploads bf16 copies. */
+    int (*weights_prepare)(sr_backend *be, const sr_model *host, sr_model *out);
+    void (*weights_release)(sr_backend *be, sr_model *prepared);
+
+    /* out[i] = table[ids[i]]; ids in backend memory, already range-checked. */
+    int (*embed)(sr_backend *be, const sr_weight *table, const int32_t *ids, int n, float *out);
+    /* out = x / rms(x) * w, per row of `dim` (HF LlamaRMSNorm, fp32). */
+    int (*rmsnorm)(sr_backend *be, const float *x, const sr_weight *w, int n, int dim, float eps,
+                   float *out);
+    /* y[n, w.rows] = x[n, w.cols] * w^T (+ bias). */
+    int (*matmul)(sr_backend *be, const float *x, const sr_weight *w, const sr_weight *bias, int n,
+                  float *y);
+    /* Rotates each head of x[n, stride] (heads at h*head_dim) in place by
+     * position pos[i], HF rotate_half pairing (i, i + head_dim/2);
+     * inv_freq has head_dim/2 entries in backend memory. */
+    int (*rope)(sr_backend *be, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
+                int stride, const float *inv_freq);
+    int (*attention)(sr_backend *be, const sr_attn_args *a);
+    /* Merges nparts partial results (DESIGN.md §1) of `rows` attention rows
+     * (row r: o at r*head_dim, one lse): o_parts[p], lse_parts[p]. */
+    int (*merge)(sr_backend *be, int nparts, const float *const *o_parts,
+                 const float *const *lse_parts, int rows, int head_dim, float *o_out,
+                 float *lse_out);
+    /* out[i] = silu(gate[i]) * up[i] for n elements. */
+    int (*swiglu)(sr_backend *be, const float *gate, const float *up, size_t n, float *out);
+    /* x[i] += y[i]. */
+    int (*add)(sr_backend *be, float *x, const float *y, size_t n);
+} sr_backend_ops;
+
+struct sr_backend {
+    const sr_backend_ops *ops;
+    void *ctx;
+};
+
+/* Creates the CPU backend (backend_cpu/). */
+sr_backend *backend_cpu_create(void);
+void backend_destroy(sr_backend *be);
+
+#endif

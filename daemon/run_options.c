@@ -1,0 +1,266 @@
+#include "daemon/run_options.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+
+void run_options_usage(void)
+{
+    fputs("usage: starrelayd run --model DIR [--system TEXT | --system-file F]\n"
+          "           [--context TEXT | --context-file F] --query TEXT --max-tokens N\n"
+          "           [--temperature T] [--top-p P] [--top-k K] [--min-p P]\n"
+          "           [--repetition-penalty R] [--seed S] [--stop TEXT]... [--stop-id N]...\n"
+          "           [--ignore-eos] [--json] [--logits-out FILE]\n"
+          "           [--load-format safetensors|dummy] [--dummy-seed S] [--backend cpu]\n"
+          "           [--query-ids 1,2,3] [--context-random N] [--chunk-rows N]\n"
+          "Defaults: greedy (temperature 0), max-tokens 64, stop at the model's EOS.\n",
+          stderr);
+}
+
+static int read_file(const char *path, char **out)
+{
+    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
+    if (!f)
+        return sr_error_set("cannot open '%s': %s", path, strerror(errno));
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (!buf) {
+            if (f != stdin)
+                fclose(f);
+            return sr_error_set("out of memory reading '%s'", path);
+        }
+        len += fread(buf + len, 1, cap - len - 1, f);
+        if (len < cap - 1)
+            break;
+        cap *= 2;
+        char *nb = realloc(buf, cap);
+        if (!nb)
+            free(buf);
+        buf = nb;
+    }
+    int err = ferror(f);
+    if (f != stdin)
+        fclose(f);
+    if (err) {
+        free(buf);
+        return sr_error_set("error reading '%s'", path);
+    }
+    buf[len] = '\0';
+    if (strlen(buf) != len) {
+        free(buf);
+        return sr_error_set("'%s' contains a NUL byte; expected UTF-8 text", path);
+    }
+    *out = buf;
+    return 0;
+}
+
+static int parse_int(const char *opt, const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi)
+        return sr_error_set("%s: expected an integer in [%ld, %ld], got '%s'", opt, lo, hi, s);
+    *out = v;
+    return 0;
+}
+
+static int parse_float(const char *opt, const char *s, float *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end)
+        return sr_error_set("%s: expected a number, got '%s'", opt, s);
+    *out = (float)v;
+    return 0;
+}
+
+static int parse_id_list(const char *opt, const char *s, int32_t **ids, int *n)
+{
+    int cap = 16;
+    *ids = malloc((size_t)cap * sizeof **ids);
+    *n = 0;
+    const char *p = s;
+    while (*ids && *p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (errno || end == p || v < 0 || v > INT32_MAX)
+            return sr_error_set("%s: expected comma-separated token ids, got '%s'", opt, s);
+        if (*n == cap) {
+            cap *= 2;
+            int32_t *nb = realloc(*ids, (size_t)cap * sizeof **ids);
+            if (!nb)
+                return sr_error_set("out of memory");
+            *ids = nb;
+        }
+        (*ids)[(*n)++] = (int32_t)v;
+        p = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',')
+            return sr_error_set("%s: unexpected '%c' in '%s'", opt, *end, s);
+    }
+    if (!*ids)
+        return sr_error_set("out of memory");
+    return 0;
+}
+
+int run_options_parse(sr_run_options *o, int argc, char **argv)
+{
+    memset(o, 0, sizeof *o);
+    o->backend = "cpu";
+    o->max_tokens = 64;
+    o->chunk_rows = 256;
+    o->load.format = SR_LOAD_SAFETENSORS;
+    o->load.dummy_dtype = SR_DTYPE_BF16;
+    sampler_params_default(&o->sampling);
+    o->stop_strings = calloc((size_t)argc + 1, sizeof *o->stop_strings);
+    o->stop_ids = calloc((size_t)argc + 1, sizeof *o->stop_ids);
+    if (!o->stop_strings || !o->stop_ids)
+        return sr_error_set("out of memory");
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long n;
+#define NEED_VALUE                                                                               \
+    do {                                                                                         \
+        if (!v)                                                                                  \
+            return sr_error_set("%s needs a value", a);                                         \
+        i++;                                                                                     \
+    } while (0)
+        if (!strcmp(a, "--json")) {
+            o->json = true;
+        } else if (!strcmp(a, "--ignore-eos")) {
+            o->ignore_eos = true;
+        } else if (!strcmp(a, "--model")) {
+            NEED_VALUE;
+            o->model_dir = v;
+        } else if (!strcmp(a, "--backend")) {
+            NEED_VALUE;
+            o->backend = v;
+        } else if (!strcmp(a, "--load-format")) {
+            NEED_VALUE;
+            if (!strcmp(v, "dummy"))
+                o->load.format = SR_LOAD_DUMMY;
+            else if (!strcmp(v, "safetensors") || !strcmp(v, "auto"))
+                o->load.format = SR_LOAD_SAFETENSORS;
+            else
+                return sr_error_set("--load-format: expected safetensors or dummy, got '%s'", v);
+        } else if (!strcmp(a, "--dummy-seed")) {
+            NEED_VALUE;
+            if (parse_int(a, v, 0, LONG_MAX, &n))
+                return -1;
+            o->load.dummy_seed = (uint64_t)n;
+        } else if (!strcmp(a, "--system")) {
+            NEED_VALUE;
+            o->system_text = v;
+        } else if (!strcmp(a, "--system-file")) {
+            NEED_VALUE;
+            free(o->system_owned);
+            if (read_file(v, &o->system_owned))
+                return sr_error_prefix("--system-file: ");
+            o->system_text = o->system_owned;
+        } else if (!strcmp(a, "--context")) {
+            NEED_VALUE;
+            o->context_text = v;
+        } else if (!strcmp(a, "--context-file")) {
+            NEED_VALUE;
+            free(o->context_owned);
+            if (read_file(v, &o->context_owned))
+                return sr_error_prefix("--context-file: ");
+            o->context_text = o->context_owned;
+        } else if (!strcmp(a, "--context-random")) {
+            NEED_VALUE;
+            if (parse_int(a, v, 1, INT32_MAX, &n))
+                return -1;
+            o->context_random = (int)n;
+        } else if (!strcmp(a, "--query")) {
+            NEED_VALUE;
+            o->query_text = v;
+        } else if (!strcmp(a, "--query-ids")) {
+            NEED_VALUE;
+            free(o->query_ids);
+            if (parse_id_list(a, v, &o->query_ids, &o->n_query_ids))
+                return -1;
+        } else if (!strcmp(a, "--max-tokens")) {
+            NEED_VALUE;
+            if (parse_int(a, v, 1, 1 << 24, &n))
+                return -1;
+            o->max_tokens = (int)n;
+        } else if (!strcmp(a, "--temperature")) {
+            NEED_VALUE;
+            if (parse_float(a, v, &o->sampling.temperature))
+                return -1;
+        } else if (!strcmp(a, "--top-p")) {
+            NEED_VALUE;
+            if (parse_float(a, v, &o->sampling.top_p))
+                return -1;
+        } else if (!strcmp(a, "--min-p")) {
+            NEED_VALUE;
+            if (parse_float(a, v, &o->sampling.min_p))
+                return -1;
+        } else if (!strcmp(a, "--repetition-penalty")) {
+            NEED_VALUE;
+            if (parse_float(a, v, &o->sampling.repetition_penalty))
+                return -1;
+        } else if (!strcmp(a, "--top-k")) {
+            NEED_VALUE;
+            if (parse_int(a, v, 0, INT32_MAX, &n))
+                return -1;
+            o->sampling.top_k = (int)n;
+        } else if (!strcmp(a, "--seed")) {
+            NEED_VALUE;
+            if (parse_int(a, v, 0, LONG_MAX, &n))
+                return -1;
+            o->sampling.seed = (uint64_t)n;
+        } else if (!strcmp(a, "--stop")) {
+            NEED_VALUE;
+            o->stop_strings[o->n_stop_strings++] = v;
+        } else if (!strcmp(a, "--stop-id")) {
+            NEED_VALUE;
+            if (parse_int(a, v, 0, INT32_MAX, &n))
+                return -1;
+            o->stop_ids[o->n_stop_ids++] = (int32_t)n;
+        } else if (!strcmp(a, "--logits-out")) {
+            NEED_VALUE;
+            o->logits_out = v;
+        } else if (!strcmp(a, "--chunk-rows")) {
+            NEED_VALUE;
+            if (parse_int(a, v, 1, 1 << 16, &n))
+                return -1;
+            o->chunk_rows = (int)n;
+        } else {
+            return sr_error_set("unknown option '%s' (see starrelayd run --help)", a);
+        }
+#undef NEED_VALUE
+    }
+    if (!o->model_dir)
+        return sr_error_set("--model DIR is required");
+    if (!o->query_text && !o->query_ids)
+        return sr_error_set("--query TEXT is required (or --query-ids)");
+    if (o->query_text && o->query_ids)
+        return sr_error_set("give --query or --query-ids, not both");
+    if (o->query_text && !o->query_text[0])
+        return sr_error_set("--query is empty: give the question to answer");
+    if (o->context_text && o->context_random)
+        return sr_error_set("give --context/--context-file or --context-random, not both");
+    if (strcmp(o->backend, "cpu") != 0)
+        return sr_error_set("--backend: '%s' is not built in (available: cpu)", o->backend);
+    return 0;
+}
+
+void run_options_free(sr_run_options *o)
+{
+    free(o->system_owned);
+    free(o->context_owned);
+    free(o->query_ids);
+    free(o->stop_strings);
+    free(o->stop_ids);
+    memset(o, 0, sizeof *o);
+}

@@ -1,0 +1,48 @@
+/* The transformer forward pass over a batch of token rows, written only
+ * against backend/backend.h.
+ *
+ * Attention is delegated per layer to an sr_attend callback: the single-
+ * process path appends to a KV cache and attends to it; Star Attention's
+ * phase 2 attends to the local shard and merges every rank's (o, lse); the
+ * relay path merges the shared prefix's part. The rest of the layer (norms,
+ * projections, RoPE, MLP, residuals) is the same everywhere. */
+#ifndef SR_ENGINE_FORWARD_H
+#define SR_ENGINE_FORWARD_H
+
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "model/model.h"
+
+/* Called once per layer. q [n, n_heads*hd] and k, v [n, n_kv*hd] are this
+ * batch's projections with RoPE applied (backend memory); pos_host/pos are
+ * the rows' positions in host and backend memory. Must write the attention
+ * output out [n, n_heads*hd]. */
+typedef int (*sr_attend_fn)(void *user, int layer, const float *q, const float *k, const float *v,
+                            const int32_t *pos_host, const int32_t *pos, int n, float *out);
+
+typedef struct {
+    sr_backend *be;
+    const sr_model *host;   /* owned by the caller */
+    sr_model w;             /* backend view of the weights */
+    int max_rows;           /* rows per forward_run call */
+    int q_dim, kv_dim;      /* n_heads*hd, n_kv*hd */
+    /* backend scratch, [max_rows, ...] */
+    float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up, *logits;
+    int32_t *ids, *pos;
+    float *inv_freq;        /* [head_dim/2] */
+} sr_forward;
+
+int forward_init(sr_forward *f, sr_backend *be, const sr_model *m, int max_rows);
+void forward_free(sr_forward *f);
+
+/* Inverse frequencies of the model's RoPE (default, linear or llama3
+ * scaling), as HF computes them in fp32; inv_freq has head_dim/2 floats. */
+void rope_compute_inv_freq(const sr_model_config *cfg, float *inv_freq);
+
+/* Runs n <= max_rows rows (ids, positions in host memory). If n_logits > 0,
+ * logits_host receives [n_logits, vocab] for the LAST n_logits rows. */
+int forward_run(sr_forward *f, const int32_t *ids, const int32_t *pos, int n, sr_attend_fn attend,
+                void *user, int n_logits, float *logits_host);
+
+#endif

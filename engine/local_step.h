@@ -1,0 +1,17 @@
+/* sr_step_fn for one process holding the whole sequence: chunked prefill
+ * and decode against a contiguous KV cache. */
+#ifndef SR_ENGINE_LOCAL_STEP_H
+#define SR_ENGINE_LOCAL_STEP_H
+
+#include "engine/forward.h"
+#include "engine/kvcache.h"
+
+typedef struct {
+    sr_forward *fwd;
+    sr_kvcache *kv;
+} sr_local_step;
+
+/* user = sr_local_step. */
+int local_step(void *user, const int32_t *ids, const int32_t *pos, int n, float *logits);
+
+#endif
