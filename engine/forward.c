@@ -40,6 +40,13 @@ void rope_compute_inv_freq(const sr_model_config *cfg, float *inv_freq)
     }
 }
 
+/* Logits are wanted for the last row of a step (or a few rows in tests),
+ * never for a whole prefill chunk: [max_rows, vocab] would be gigabytes. */
+static int forward_logits_rows(const sr_forward *f)
+{
+    return f->max_rows < SR_FORWARD_MAX_LOGITS ? f->max_rows : SR_FORWARD_MAX_LOGITS;
+}
+
 int forward_init(sr_forward *f, sr_backend *be, const sr_model *m, int max_rows)
 {
     memset(f, 0, sizeof *f);
@@ -57,7 +64,7 @@ int forward_init(sr_forward *f, sr_backend *be, const sr_model *m, int max_rows)
         {(void **)&f->q, R * f->q_dim * 4},            {(void **)&f->k, R * f->kv_dim * 4},
         {(void **)&f->v, R * f->kv_dim * 4},           {(void **)&f->att, R * f->q_dim * 4},
         {(void **)&f->proj, R * c->hidden_size * 4},   {(void **)&f->gate, R * c->intermediate_size * 4},
-        {(void **)&f->up, R * c->intermediate_size * 4}, {(void **)&f->logits, R * (size_t)c->vocab_size * 4},
+        {(void **)&f->up, R * c->intermediate_size * 4}, {(void **)&f->logits, (size_t)forward_logits_rows(f) * (size_t)c->vocab_size * 4},
         {(void **)&f->ids, R * 4},                     {(void **)&f->pos, R * 4},
         {(void **)&f->inv_freq, (size_t)c->head_dim / 2 * 4},
     };
@@ -96,8 +103,9 @@ int forward_run(sr_forward *f, const int32_t *ids, const int32_t *pos, int n, sr
     const int H = c->hidden_size, I = c->intermediate_size, hd = c->head_dim;
     if (n <= 0 || n > f->max_rows)
         return sr_error_set("forward: %d rows, expected 1..%d", n, f->max_rows);
-    if (n_logits > n)
-        return sr_error_set("forward: %d logits rows requested of %d", n_logits, n);
+    if (n_logits > n || n_logits > forward_logits_rows(f))
+        return sr_error_set("forward: %d logits rows requested of %d (at most %d)", n_logits, n,
+                            forward_logits_rows(f));
     for (int i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= c->vocab_size)
             return sr_error_set("token id %d at row %d is outside the vocabulary [0, %d)", ids[i],

@@ -21,6 +21,9 @@
 typedef int (*sr_attend_fn)(void *user, int layer, const float *q, const float *k, const float *v,
                             const int32_t *pos_host, const int32_t *pos, int n, float *out);
 
+/* Most rows forward_run returns logits for. */
+#define SR_FORWARD_MAX_LOGITS 8
+
 typedef struct {
     sr_backend *be;
     const sr_model *host;   /* owned by the caller */
