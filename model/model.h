@@ -110,7 +110,11 @@ typedef struct {
 int model_load(sr_model *m, const char *model_dir, const sr_load_options *opt);
 void model_free(sr_model *m);
 
-/* Number of parameters (for logs and benchmarks). */
+/* Number of parameters (for logs and benchmarks); tied weights once. */
 int64_t model_count_params(const sr_model *m);
+
+/* Widens a whole weight (rows*cols elements) to fp32 into dst, e.g. norms
+ * and biases that the cpu backend keeps in fp32. -1 if w is absent. */
+int model_weight_to_f32(const sr_weight *w, float *dst);
 
 #endif
