@@ -206,7 +206,7 @@ static int config_rope_type(sr_rope_config *rope, const json_t *src, const char 
 
 static int config_rope(sr_rope_config *rope, const json_t *root, const char *path)
 {
-    double theta;
+    double theta = 0;
     if (config_double(root, path, "", "rope_theta", false, 10000.0, &theta) != 0)
         return -1;
     const json_t *params = json_object_get(root, "rope_parameters");
@@ -264,7 +264,7 @@ static int config_tokens(sr_model_config *cfg, const json_t *root, const char *p
 static int config_sliding_window(sr_model_config *cfg, const json_t *root, const char *path)
 {
     cfg->sliding_window = 0;
-    int window;
+    int window = 0;
     if (config_int(root, path, "", "sliding_window", false, 0, 0, INT_MAX, &window) != 0)
         return -1;
     if (cfg->arch == SR_ARCH_MISTRAL) {
@@ -275,12 +275,12 @@ static int config_sliding_window(sr_model_config *cfg, const json_t *root, const
         return 0;
     /* Qwen2 writes a window into every file but uses it only with
      * use_sliding_window, and then only from layer max_window_layers on. */
-    bool use;
+    bool use = false;
     if (config_bool(root, path, "use_sliding_window", false, &use) != 0)
         return -1;
     if (!use || window == 0)
         return 0;
-    int from;
+    int from = 0;
     if (config_int(root, path, "", "max_window_layers", false, 0, 0, INT_MAX, &from) != 0)
         return -1;
     if (from >= cfg->n_layers)
@@ -333,7 +333,7 @@ static int config_fields(sr_model_config *cfg, const json_t *root, const char *p
         return sr_error_set("%s: fields 'num_attention_heads' * 'head_dim' = %lld is too "
                             "large", path, (long long)cfg->n_heads * cfg->head_dim);
 
-    double eps;
+    double eps = 0;
     if (config_double(root, path, "", "rms_norm_eps", false, 1e-6, &eps) != 0)
         return -1;
     if (!(eps > 0) || eps > 1)
@@ -347,7 +347,7 @@ static int config_fields(sr_model_config *cfg, const json_t *root, const char *p
         return -1;
     cfg->qkv_bias = cfg->o_bias = cfg->mlp_bias = false;
     if (cfg->arch == SR_ARCH_LLAMA) {
-        bool attn_bias;
+        bool attn_bias = false;
         if (config_bool(root, path, "attention_bias", false, &attn_bias) ||
             config_bool(root, path, "mlp_bias", false, &cfg->mlp_bias))
             return -1;
