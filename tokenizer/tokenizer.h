@@ -43,12 +43,15 @@ int tokenizer_decode(const sr_tokenizer *t, const int32_t *ids, size_t n, bool s
  * incomplete character are held until it completes (or until flush, which
  * emits them as U+FFFD like HF). Concatenating all pieces + flush equals
  * tokenizer_decode of all ids. */
+/* The fields are the stream's own (ids is a window of recent ids, not the
+ * whole history); callers use only the functions below. */
 typedef struct {
     const sr_tokenizer *tok;
     bool skip_special;
     int32_t *ids;
     size_t n, cap;
-    size_t emitted;   /* bytes of the full decode already returned */
+    size_t emitted;   /* bytes of the window's decode already returned */
+    size_t read;      /* ids at the window's start whose text was returned */
 } sr_detok_stream;
 
 void detok_stream_init(sr_detok_stream *s, const sr_tokenizer *t, bool skip_special);

@@ -1,0 +1,110 @@
+#include "tokenizer/regex.h"
+
+#include "common/error.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <pcre2.h>
+#include <stdlib.h>
+
+int regex_compile(sr_regex *re, const char *pattern, size_t len, bool literal, const char *what)
+{
+    int err;
+    PCRE2_SIZE off;
+    /* UCP is not allowed with LITERAL, and a literal does not need it. */
+    uint32_t opts = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
+    pcre2_code *code = pcre2_compile((PCRE2_SPTR)pattern, len, opts, &err, &off, NULL);
+    if (!code) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(err, msg, sizeof msg);
+        return sr_error_set("%s: cannot compile pattern \"%.*s\" at offset %zu: %s", what,
+                            (int)(len > 200 ? 200 : len), pattern, (size_t)off, (char *)msg);
+    }
+    /* JIT is an optimization only; interpreted matching is the fallback. */
+    (void)pcre2_jit_compile(code, PCRE2_JIT_COMPLETE);
+    re->code = code;
+    return 0;
+}
+
+void regex_free(sr_regex *re)
+{
+    if (re->code)
+        pcre2_code_free((pcre2_code *)re->code);
+    re->code = NULL;
+}
+
+bool regex_ok(const sr_regex *re)
+{
+    return re->code != NULL;
+}
+
+void spans_init(sr_spans *s)
+{
+    s->items = NULL;
+    s->n = s->cap = 0;
+}
+
+void spans_free(sr_spans *s)
+{
+    free(s->items);
+    spans_init(s);
+}
+
+int spans_push(sr_spans *s, size_t start, size_t end)
+{
+    if (s->n == s->cap) {
+        size_t cap = s->cap ? s->cap * 2 : 32;
+        sr_span *it = realloc(s->items, cap * sizeof *it);
+        if (!it)
+            return sr_error_set("tokenizer: out of memory (%zu regex matches)", cap);
+        s->items = it;
+        s->cap = cap;
+    }
+    s->items[s->n].start = start;
+    s->items[s->n].end = end;
+    s->n++;
+    return 0;
+}
+
+int regex_find_all(const sr_regex *re, const char *s, size_t n, sr_spans *out)
+{
+    out->n = 0;
+    if (n == 0)
+        return 0;
+    pcre2_code *code = re->code;
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(code, NULL);
+    if (!md)
+        return sr_error_set("tokenizer: out of memory (regex match data)");
+    size_t pos = 0;
+    int rc = 0;
+    while (pos <= n) {
+        /* The caller validated the text; a UTF check per call would make
+         * the scan quadratic. */
+        int m = pcre2_match(code, (PCRE2_SPTR)s, n, pos, PCRE2_NO_UTF_CHECK, md, NULL);
+        if (m == PCRE2_ERROR_NOMATCH)
+            break;
+        if (m < 0) {
+            PCRE2_UCHAR msg[256];
+            pcre2_get_error_message(m, msg, sizeof msg);
+            rc = sr_error_set("tokenizer: regex match failed at byte %zu: %s", pos, (char *)msg);
+            break;
+        }
+        PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
+        size_t a = ov[0], b = ov[1];
+        if (b > a) {
+            if (spans_push(out, a, b)) {
+                rc = -1;
+                break;
+            }
+            pos = b;
+        } else {
+            /* Empty match: step over one character and look again. */
+            if (a >= n)
+                break;
+            pos = a + 1;
+            while (pos < n && ((unsigned char)s[pos] & 0xC0) == 0x80)
+                pos++;
+        }
+    }
+    pcre2_match_data_free(md);
+    return rc;
+}
