@@ -64,6 +64,8 @@ typedef struct {
 /* Parses and validates config.json text. `path` only names the file in
  * errors. Unknown architectures and inconsistent sizes are errors. */
 int model_config_parse(sr_model_config *cfg, const char *json_text, const char *path);
+/* Reads model_dir/config.json; model_dir may also be the path of a config
+ * .json file itself (handy for dummy loads of stored configs). */
 int model_config_load(sr_model_config *cfg, const char *model_dir);
 
 /* A weight matrix or vector in the file's layout: HF Linear weights are
@@ -100,7 +102,8 @@ typedef enum { SR_LOAD_SAFETENSORS = 0, SR_LOAD_DUMMY } sr_load_format;
 typedef struct {
     sr_load_format format;
     uint64_t dummy_seed;       /* for SR_LOAD_DUMMY */
-    sr_dtype dummy_dtype;      /* for SR_LOAD_DUMMY; default bf16 */
+    sr_dtype dummy_dtype;      /* for SR_LOAD_DUMMY; set it: 0 is F32, and
+                                  opt == NULL means bf16 */
 } sr_load_options;
 
 /* Loads config.json and the weights of `model_dir`: model.safetensors, or
