@@ -2,6 +2,7 @@
  * a temporary folder, then each kind of corruption, which must fail with a
  * message naming the file and the tensor. Also dtype conversions and the
  * dummy loader. */
+#include <dirent.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdint.h>
@@ -766,6 +767,74 @@ static void test_dummy(void)
     model_free(&d);
 }
 
+/* Parameters in all .safetensors files of dir, rotary tables left out;
+ * -1 if there are none. */
+static int64_t count_file_params(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return -1;
+    struct dirent *de;
+    int64_t total = 0;
+    int files = 0;
+    while ((de = readdir(d))) {
+        size_t len = strlen(de->d_name);
+        if (len < 12 || strcmp(de->d_name + len - 12, ".safetensors") != 0)
+            continue;
+        char path[1024];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        sr_st_file f;
+        if (safetensors_open(&f, path) != 0) {
+            CHECK(0, "%s", sr_error_get());
+            continue;
+        }
+        files++;
+        for (size_t i = 0; i < f.n_tensors; i++) {
+            if (strstr(f.tensors[i].name, "rotary_emb"))
+                continue;
+            int64_t e = 1;
+            for (int k = 0; k < f.tensors[i].ndim; k++)
+                e *= f.tensors[i].shape[k];
+            total += e;
+        }
+        safetensors_close(&f);
+    }
+    closedir(d);
+    return files ? total : -1;
+}
+
+/* The Hugging Face-generated fixture models (tests/fixtures/<name>/, single
+ * file or sharded) load, and every tensor in their files is bound. */
+static void test_fixture_models(void)
+{
+    DIR *d = opendir("tests/fixtures");
+    if (!d)
+        return;
+    struct dirent *de;
+    int n = 0;
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.')
+            continue;
+        char dir[512], cfg_path[600];
+        snprintf(dir, sizeof dir, "tests/fixtures/%s", de->d_name);
+        snprintf(cfg_path, sizeof cfg_path, "%s/config.json", dir);
+        int64_t in_files = count_file_params(dir);
+        if (access(cfg_path, R_OK) != 0 || in_files < 0)
+            continue;
+        sr_model m;
+        int rc = model_load(&m, dir, NULL);
+        CHECK(rc == 0, "%s: %s", dir, sr_error_get());
+        if (rc != 0)
+            continue;
+        CHECK(model_count_params(&m) == in_files, "%s: %lld parameters bound, %lld in the files",
+              dir, (long long)model_count_params(&m), (long long)in_files);
+        model_free(&m);
+        n++;
+    }
+    closedir(d);
+    printf("fixture models loaded: %d\n", n);
+}
+
 static void cleanup(void)
 {
     char cmd[512];
@@ -788,6 +857,7 @@ int main(void)
     test_model_errors();
     test_safetensors_errors();
     test_dummy();
+    test_fixture_models();
     cleanup();
     return check_finish("model_loader");
 }
