@@ -1,76 +1,39 @@
 /* The one-shot command: load, tokenize the segments, generate, print.
- * Used by tests, benchmarks and users who want no server. */
+ * Used by tests, benchmarks and users who want no server.
+ *
+ * Under `mpirun -np N` every rank runs this: every rank loads the model,
+ * the query rank builds the job and its plan and broadcasts it, then the
+ * ranks run it together (hosts/job.c). Without mpirun it is a job of one
+ * rank. After each stage that can fail on some rank, all ranks agree on the
+ * outcome, so a failure anywhere ends every rank with a message naming the
+ * rank and host, and a non-zero exit, never a hang. */
 #include "daemon/run_cmd.h"
 
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 
 #include "backend/backend.h"
 #include "common/error.h"
 #include "common/log.h"
+#include "daemon/run_input.h"
 #include "daemon/run_options.h"
+#include "daemon/run_output.h"
 #include "engine/forward.h"
 #include "engine/generate.h"
 #include "engine/kvcache.h"
 #include "engine/local_step.h"
-#include "engine/prompt.h"
+#include "hosts/job.h"
+#include "hosts/plan.h"
+#include "ring/fail_hook.h"
+#include "ring/transport.h"
 
 static double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int file_exists(const char *dir, const char *name)
-{
-    char path[4096];
-    struct stat st;
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    return stat(path, &st) == 0;
-}
-
-/* Stop ids: config.json's eos ids, the tokenizer's eos and those of
- * generation_config.json (Llama 3 instruct lists <|eot_id|> only there). */
-static void collect_eos(const sr_model *m, const sr_tokenizer *tok, const char *dir,
-                        int32_t *ids, int *n, int cap)
-{
-    for (int i = 0; i < m->cfg.n_eos && *n < cap; i++)
-        ids[(*n)++] = m->cfg.eos_token_ids[i];
-    if (tok && tokenizer_eos_id(tok) >= 0 && *n < cap)
-        ids[(*n)++] = tokenizer_eos_id(tok);
-    char path[4096];
-    snprintf(path, sizeof path, "%s/generation_config.json", dir);
-    json_t *root = json_load_file(path, 0, NULL);
-    if (!root)
-        return;
-    json_t *e = json_object_get(root, "eos_token_id");
-    if (json_is_integer(e) && *n < cap)
-        ids[(*n)++] = (int32_t)json_integer_value(e);
-    size_t i;
-    json_t *it;
-    if (json_is_array(e))
-        json_array_foreach(e, i, it) if (json_is_integer(it) && *n < cap) ids[(*n)++] =
-            (int32_t)json_integer_value(it);
-    json_decref(root);
-}
-
-static int write_logits_json(const char *path, const float *logits, int n)
-{
-    FILE *f = fopen(path, "w");
-    if (!f)
-        return sr_error_set("--logits-out: cannot write '%s'", path);
-    fputc('[', f);
-    for (int i = 0; i < n; i++)
-        fprintf(f, "%s%.9g", i ? "," : "", logits[i]);
-    fputs("]\n", f);
-    if (fclose(f) != 0)
-        return sr_error_set("--logits-out: error writing '%s'", path);
-    return 0;
 }
 
 static int stream_to_stdout(void *user, const int32_t *ids, size_t n_ids, const char *piece,
@@ -82,170 +45,244 @@ static int stream_to_stdout(void *user, const int32_t *ids, size_t n_ids, const 
     return 0;
 }
 
-static void random_ids(sr_ids *out, int n, int vocab, uint64_t seed)
+static sr_stage_status stage(int rc)
 {
-    out->ids = malloc((size_t)n * sizeof *out->ids);
-    out->n = out->ids ? n : 0;
-    uint64_t s = seed * 0x9E3779B97F4A7C15ull + 1;
-    for (int i = 0; i < out->n; i++) {
-        s ^= s << 13, s ^= s >> 7, s ^= s << 17;
-        out->ids[i] = (int32_t)(s % (uint64_t)vocab);
+    return rc == 0 ? SR_STAGE_OK : SR_STAGE_FAILED;
+}
+
+/* Everything one rank holds for the job; freed in one place. */
+typedef struct {
+    sr_run_options o;
+    sr_model model;
+    sr_run_input in;          /* query host */
+    sr_plan plan;
+    sr_backend *be;
+    float *first_logits;      /* query host, --logits-out */
+} run_state;
+
+static void run_state_free(run_state *s)
+{
+    free(s->first_logits);
+    backend_destroy(s->be);
+    plan_free(&s->plan);
+    run_input_free(&s->in);
+    model_free(&s->model);
+    run_options_free(&s->o);
+}
+
+static sr_generate_request make_request(run_state *s)
+{
+    sr_generate_request req = {
+        .sampling = s->o.sampling,
+        .stop = {.stop_ids = s->in.stop_ids, .n_stop_ids = (size_t)s->in.n_stop_ids,
+                 .stop_strings = (char **)s->o.stop_strings,
+                 .n_stop_strings = (size_t)s->o.n_stop_strings, .max_tokens = s->o.max_tokens},
+        .tok = s->in.tok,
+        .first_logits = s->first_logits,
+        .on_token = (s->o.json || !s->in.tok) ? NULL : stream_to_stdout,
+    };
+    return req;
+}
+
+/* The reference: one process, one KV cache, the whole prompt at once. */
+static int run_global(run_state *s, sr_generate_result *res, sr_run_report *rep)
+{
+    sr_ids all = {0};
+    sr_forward fwd = {0};
+    sr_kvcache kv = {0};
+    int rc = -1;
+    if (prompt_concat(&s->in.prompt, &all) != 0)
+        return -1;
+    if (forward_init(&fwd, s->be, &s->model, s->o.chunk_rows) != 0 ||
+        kvcache_init(&kv, s->be, &s->model.cfg, all.n + s->o.max_tokens) != 0)
+        goto done;
+    sr_local_step step = {.fwd = &fwd, .kv = &kv};
+    sr_generate_request req = make_request(s);
+    req.prompt = all.ids;
+    req.n_prompt = all.n;
+    if (generate_run(local_step, &step, s->model.cfg.vocab_size, &req, res) != 0)
+        goto done;
+    rep->phase1_s = 0;
+    rep->phase2_s = res->prefill_s + res->decode_s;
+    rc = 0;
+done:
+    kvcache_free(&kv);
+    forward_free(&fwd);
+    free(all.ids);
+    return rc;
+}
+
+/* Query host: the job's ids, stop rules and plan, checked against the KV
+ * budget; serialized for the other ranks. */
+static int build_job(run_state *s, sr_transport *tr, uint8_t **msg, size_t *len)
+{
+    if (run_input_build(&s->in, &s->o, &s->model) != 0)
+        return -1;
+    const sr_prompt *pr = &s->in.prompt;
+    int global = !strcmp(s->o.mode, "global");
+    if (!global && pr->query.n == 0)
+        return sr_error_set("the query has no tokens; give a non-empty --query or --query-ids");
+    sr_attn_mode mode = SR_MODE_STAR;
+    if (!global && plan_mode_parse(s->o.mode, &mode) != 0)
+        return -1;
+    if (plan_init(&s->plan, tr->size, s->o.query_rank, mode, pr->context.n, s->o.block_size,
+                  s->o.anchor_size) != 0 ||
+        plan_set_ids(&s->plan, pr->system.ids, pr->system.n, pr->context.ids, pr->context.n,
+                     pr->query.ids, pr->query.n) != 0)
+        return -1;
+    s->plan.max_tokens = s->o.max_tokens;
+    s->plan.chunk_rows = s->o.chunk_rows;
+    s->plan.sampling = s->o.sampling;
+    if (plan_check_budget(&s->plan, s->o.kv_budget_tokens) != 0)
+        return -1;
+    if (s->o.logits_out) {
+        s->first_logits = malloc((size_t)s->model.cfg.vocab_size * sizeof(float));
+        if (!s->first_logits)
+            return sr_error_set("out of memory for the logits");
     }
+    if (global)
+        return 0;
+    sr_log(SR_LOG_INFO, "%s plan: %d ranks, system %d, context %d in %d blocks of %d, anchor %d, "
+           "query %d",
+           plan_mode_name(mode), tr->size, pr->system.n, pr->context.n, s->plan.n_blocks,
+           s->plan.block_size, s->plan.anchor_size, pr->query.n);
+    return plan_serialize(&s->plan, msg, len);
+}
+
+/* Every rank: the plan message from the query host. */
+static int receive_plan(run_state *s, sr_transport *tr, uint8_t *msg, size_t len)
+{
+    int root = s->o.query_rank;
+    uint64_t n = len;
+    if (tr->ops->bcast(tr, &n, sizeof n, root) != 0)
+        return -1;
+    if (tr->rank == root)
+        return tr->ops->bcast(tr, msg, (size_t)n, root);
+    uint8_t *buf = malloc(n ? (size_t)n : 1);
+    /* Take part in the broadcast even without memory: the others are in it. */
+    int rc = tr->ops->bcast(tr, buf, buf ? (size_t)n : 0, root);
+    if (rc == 0 && !buf)
+        rc = sr_error_set("out of memory for the %llu-byte plan", (unsigned long long)n);
+    if (rc == 0)
+        rc = plan_deserialize(&s->plan, buf, (size_t)n);
+    free(buf);
+    return rc;
+}
+
+static int run_on_rank(sr_transport *tr, int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++)
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            if (tr->rank == 0)
+                run_options_usage();
+            return 0;
+        }
+    run_state s;
+    memset(&s, 0, sizeof s);
+    sr_job_result job = {0};
+    sr_generate_result gres = {0};
+    uint8_t *msg = NULL;
+    size_t msg_len = 0;
+    int exit_code = 1;
+
+    /* Options: every rank parses the same argv; rank 0 speaks for them. */
+    int rc = run_options_parse(&s.o, argc, argv);
+    if (rc == 0 && s.o.query_rank >= tr->size)
+        rc = sr_error_set("--query-rank %d: the job has %d rank%s (0..%d)", s.o.query_rank,
+                          tr->size, tr->size == 1 ? "" : "s", tr->size - 1);
+    if (rc == 0 && !strcmp(s.o.mode, "global") && tr->size > 1)
+        rc = sr_error_set("--mode global runs the whole job in one process; start it without "
+                          "mpirun (or use --mode star or ring across %d ranks)",
+                          tr->size);
+    if (transport_agree(tr, stage(rc), 0) != 0) {
+        if (tr->rank == 0) {
+            fprintf(stderr, "starrelayd run: %s\n", sr_error_get());
+            run_options_usage();
+        }
+        run_options_free(&s.o);
+        return 2;
+    }
+    const int root = s.o.query_rank, is_query = tr->rank == root;
+    if (tr->size > 1) {
+        char tag[32];
+        snprintf(tag, sizeof tag, "rank %d", tr->rank);
+        sr_log_set_tag(tag);
+        /* The query rank tells the story; the others speak up only for
+         * problems, unless asked (STARRELAY_LOG). */
+        if (!is_query && !getenv("STARRELAY_LOG"))
+            sr_log_set_level(SR_LOG_WARN);
+    }
+
+    double t_load = now_s();
+    rc = model_load(&s.model, s.o.model_dir, &s.o.load);
+    if (rc == 0)
+        rc = fail_hook_check("load", tr->rank);
+    if (transport_agree(tr, stage(rc), root) != 0) {
+        sr_error_prefix("loading the model: ");
+        goto fail;
+    }
+    sr_log(SR_LOG_INFO, "loaded %s: %d layers, hidden %d, %lld parameters in %.1f s",
+           s.model.cfg.arch_name, s.model.cfg.n_layers, s.model.cfg.hidden_size,
+           (long long)model_count_params(&s.model), now_s() - t_load);
+
+    rc = is_query ? build_job(&s, tr, &msg, &msg_len) : 0;
+    if (transport_agree(tr, stage(rc), root) != 0)
+        goto fail;
+
+    s.be = backend_cpu_create();
+    sr_run_report rep = {.mode = s.o.mode};
+    if (!strcmp(s.o.mode, "global")) {
+        if (!s.be || run_global(&s, &gres, &rep) != 0)
+            goto fail;
+    } else {
+        rc = receive_plan(&s, tr, msg, msg_len);
+        if (rc == 0 && !s.be)
+            rc = -1;
+        if (transport_agree(tr, stage(rc), root) != 0) {
+            sr_error_prefix("sending the plan: ");
+            goto fail;
+        }
+        sr_generate_request req = make_request(&s);
+        if (job_run(tr, s.be, &s.model, &s.plan, is_query ? &req : NULL, &job) != 0)
+            goto fail;
+        rep.plan = &s.plan;
+        rep.phase1_s = job.phase1_s;
+        rep.phase2_s = job.phase2_s;
+        gres = job.gen;
+        memset(&job.gen, 0, sizeof job.gen);
+    }
+    if (is_query) {
+        if (s.o.logits_out &&
+            run_output_logits(s.o.logits_out, s.first_logits, s.model.cfg.vocab_size) != 0)
+            goto fail;
+        if (run_output_print(&s.o, &s.in, &gres, &rep) != 0)
+            goto fail;
+    }
+    exit_code = 0;
+    goto done;
+fail:
+    /* After an agreed failure the query rank holds every failing rank's
+     * message; the others only echo it. */
+    if (is_query)
+        fprintf(stderr, "starrelayd run: %s\n", sr_error_get());
+    else
+        sr_log(SR_LOG_DEBUG, "%s", sr_error_get());
+done:
+    generate_result_free(&gres);
+    job_result_free(&job);
+    free(msg);
+    run_state_free(&s);
+    return exit_code;
 }
 
 int run_cmd_main(int argc, char **argv)
 {
-    for (int i = 0; i < argc; i++)
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
-            run_options_usage();
-            return 0;
-        }
-    sr_run_options o;
-    sr_model model = {0};
-    sr_tokenizer *tok = NULL;
-    sr_prompt prompt = {0};
-    sr_ids all = {0};
-    sr_backend *be = NULL;
-    sr_forward fwd = {0};
-    sr_kvcache kv = {0};
-    sr_generate_result res = {0};
-    float *first_logits = NULL;
-    int rc = 1;
-    if (run_options_parse(&o, argc, argv) != 0) {
+    sr_transport *tr = transport_mpi_create(NULL, NULL);
+    if (!tr) {
         fprintf(stderr, "starrelayd run: %s\n", sr_error_get());
-        run_options_usage();
-        run_options_free(&o);
-        return 2;
+        return 1;
     }
-    double t_load = now_s();
-    if (model_load(&model, o.model_dir, &o.load) != 0)
-        goto fail;
-    sr_log(SR_LOG_INFO, "loaded %s: %d layers, hidden %d, %lld parameters in %.1f s",
-           model.cfg.arch_name, model.cfg.n_layers, model.cfg.hidden_size,
-           (long long)model_count_params(&model), now_s() - t_load);
-    if (file_exists(o.model_dir, "tokenizer.json")) {
-        tok = tokenizer_load(o.model_dir);
-        if (!tok)
-            goto fail;
-    } else if (o.query_text || o.system_text || o.context_text) {
-        sr_error_set("%s has no tokenizer.json: give token ids (--query-ids, --context-random) "
-                     "instead of text", o.model_dir);
-        goto fail;
-    }
-    if (tok) {
-        if (prompt_tokenize(&prompt, tok, o.system_text, o.context_text, o.query_text) != 0)
-            goto fail;
-    }
-    if (o.query_ids) {
-        free(prompt.query.ids);
-        prompt.query.ids = o.query_ids;
-        prompt.query.n = o.n_query_ids;
-        o.query_ids = NULL;
-    }
-    if (o.context_random) {
-        free(prompt.context.ids);
-        random_ids(&prompt.context, o.context_random, model.cfg.vocab_size, o.sampling.seed + 7);
-    }
-    if (prompt_concat(&prompt, &all) != 0)
-        goto fail;
-    if (all.n == 0) {
-        sr_error_set("the prompt has no tokens (the tokenizer adds no BOS and the text is empty)");
-        goto fail;
-    }
-    for (int i = 0; i < all.n; i++)
-        if (all.ids[i] < 0 || all.ids[i] >= model.cfg.vocab_size) {
-            sr_error_set("token id %d (prompt position %d) is outside the model's vocabulary of "
-                         "%d", all.ids[i], i, model.cfg.vocab_size);
-            goto fail;
-        }
-    if (sampler_params_validate(&o.sampling, model.cfg.vocab_size) != 0)
-        goto fail;
-
-    int32_t eos[SR_MAX_EOS + 8];
-    int n_eos = 0;
-    if (!o.ignore_eos)
-        collect_eos(&model, tok, o.model_dir, eos, &n_eos, SR_MAX_EOS + 8);
-    int32_t *stop_ids = malloc((size_t)(n_eos + o.n_stop_ids + 1) * sizeof *stop_ids);
-    if (!stop_ids) {
-        sr_error_set("out of memory");
-        goto fail;
-    }
-    memcpy(stop_ids, eos, (size_t)n_eos * sizeof *stop_ids);
-    memcpy(stop_ids + n_eos, o.stop_ids, (size_t)o.n_stop_ids * sizeof *stop_ids);
-
-    be = backend_cpu_create();
-    if (!be || forward_init(&fwd, be, &model, o.chunk_rows) != 0 ||
-        kvcache_init(&kv, be, &model.cfg, all.n + o.max_tokens) != 0) {
-        free(stop_ids);
-        goto fail;
-    }
-    first_logits = o.logits_out ? malloc((size_t)model.cfg.vocab_size * sizeof(float)) : NULL;
-    sr_local_step step = {.fwd = &fwd, .kv = &kv};
-    sr_generate_request req = {
-        .prompt = all.ids, .n_prompt = all.n, .pos0 = 0, .sampling = o.sampling,
-        .stop = {.stop_ids = stop_ids, .n_stop_ids = (size_t)(n_eos + o.n_stop_ids),
-                 .stop_strings = (char **)o.stop_strings, .n_stop_strings = (size_t)o.n_stop_strings,
-                 .max_tokens = o.max_tokens},
-        .tok = tok, .first_logits = first_logits,
-        .on_token = (o.json || !tok) ? NULL : stream_to_stdout,
-    };
-    int grc = generate_run(local_step, &step, model.cfg.vocab_size, &req, &res);
-    free(stop_ids);
-    if (grc != 0)
-        goto fail;
-    if (o.logits_out && write_logits_json(o.logits_out, first_logits, model.cfg.vocab_size) != 0)
-        goto fail;
-
-    double decode_tps = res.decode_s > 0 && res.n_ids > 1 ? (res.n_ids - 1) / res.decode_s : 0;
-    if (o.json) {
-        json_t *ids = json_array();
-        for (int i = 0; i < res.n_ids; i++)
-            json_array_append_new(ids, json_integer(res.ids[i]));
-        json_t *out = json_pack(
-            "{s:o, s:s%, s:s, s:{s:i, s:i, s:i, s:i, s:i, s:i}, s:{s:f, s:f, s:f, s:f}}",
-            "token_ids", ids, "text", res.text ? res.text : "", res.text_len, "finish_reason",
-            res.finish_reason, "usage", "prompt_tokens", prompt.system.n + prompt.query.n,
-            "system_tokens", prompt.system.n, "context_tokens", prompt.context.n, "query_tokens",
-            prompt.query.n, "completion_tokens", res.n_ids, "total_tokens", all.n + res.n_ids,
-            "timings", "prefill_s", res.prefill_s, "decode_s", res.decode_s,
-            "prefill_tokens_per_s", res.prefill_s > 0 ? all.n / res.prefill_s : 0.0,
-            "decode_tokens_per_s", decode_tps);
-        char *s = out ? json_dumps(out, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
-        if (!s) {
-            sr_error_set("could not format the JSON result");
-            json_decref(out);
-            goto fail;
-        }
-        puts(s);
-        free(s);
-        json_decref(out);
-    } else {
-        if (!tok) {
-            for (int i = 0; i < res.n_ids; i++)
-                printf("%s%d", i ? " " : "", res.ids[i]);
-        }
-        putchar('\n');
-    }
-    fflush(stdout);
-    fprintf(stderr,
-            "prompt: %d tokens in %.3f s (%.1f tokens/s); generated: %d tokens, %.1f tokens/s "
-            "decode; finish: %s\n",
-            all.n, res.prefill_s, res.prefill_s > 0 ? all.n / res.prefill_s : 0.0, res.n_ids,
-            decode_tps, res.finish_reason);
-    rc = 0;
-    goto done;
-fail:
-    fprintf(stderr, "starrelayd run: %s\n", sr_error_get());
-done:
-    free(first_logits);
-    generate_result_free(&res);
-    kvcache_free(&kv);
-    forward_free(&fwd);
-    backend_destroy(be);
-    free(all.ids);
-    prompt_free(&prompt);
-    tokenizer_free(tok);
-    model_free(&model);
-    run_options_free(&o);
+    int rc = run_on_rank(tr, argc, argv);
+    transport_destroy(tr);
     return rc;
 }

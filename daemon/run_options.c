@@ -17,8 +17,20 @@ void run_options_usage(void)
           "           [--repetition-penalty R] [--seed S] [--stop TEXT]... [--stop-id N]...\n"
           "           [--ignore-eos] [--json] [--logits-out FILE]\n"
           "           [--load-format safetensors|dummy] [--dummy-seed S] [--backend cpu]\n"
-          "           [--query-ids 1,2,3] [--context-random N] [--chunk-rows N]\n"
-          "Defaults: greedy (temperature 0), max-tokens 64, stop at the model's EOS.\n",
+          "           [--query-ids 1,2,3] [--system-ids 1,2] [--context-ids 4,5,6]\n"
+          "           [--context-random N] [--chunk-rows N]\n"
+          "           [--mode star|ring|global] [--block-size N] [--anchor-size N]\n"
+          "           [--query-rank R] [--kv-budget-tokens N]\n"
+          "Defaults: greedy (temperature 0), max-tokens 64, stop at the model's EOS.\n"
+          "Under mpirun every rank loads the model and holds a shard of the context:\n"
+          "  --mode star     context blocks encoded apart with an anchor (default; approximate)\n"
+          "  --mode ring     context encoded exactly by Ring Attention\n"
+          "  --mode global   one process, one KV cache (the reference; no mpirun)\n"
+          "  --block-size N  context block size (default: context / ranks, rounded up)\n"
+          "  --anchor-size N anchor = first N tokens of block 0 (default: block size; 0 = none)\n"
+          "  --query-rank R  the rank that samples and prints (default 0)\n"
+          "  --kv-budget-tokens N  KV rows each rank may hold; larger jobs are refused\n"
+          "Id lists (--system-ids, --context-ids, --query-ids) are used as given (no BOS added).\n",
           stderr);
 }
 
@@ -117,6 +129,8 @@ int run_options_parse(sr_run_options *o, int argc, char **argv)
     o->backend = "cpu";
     o->max_tokens = 64;
     o->chunk_rows = 256;
+    o->mode = "star";
+    o->anchor_size = -1;
     o->load.format = SR_LOAD_SAFETENSORS;
     o->load.dummy_dtype = SR_DTYPE_BF16;
     sampler_params_default(&o->sampling);
@@ -188,6 +202,43 @@ int run_options_parse(sr_run_options *o, int argc, char **argv)
             free(o->query_ids);
             if (parse_id_list(a, v, &o->query_ids, &o->n_query_ids))
                 return -1;
+        } else if (!strcmp(a, "--system-ids")) {
+            NEED_VALUE;
+            free(o->system_ids);
+            if (parse_id_list(a, v, &o->system_ids, &o->n_system_ids))
+                return -1;
+            o->has_system_ids = true;
+        } else if (!strcmp(a, "--context-ids")) {
+            NEED_VALUE;
+            free(o->context_ids);
+            if (parse_id_list(a, v, &o->context_ids, &o->n_context_ids))
+                return -1;
+            o->has_context_ids = true;
+        } else if (!strcmp(a, "--mode")) {
+            NEED_VALUE;
+            if (strcmp(v, "star") && strcmp(v, "ring") && strcmp(v, "global"))
+                return sr_error_set("--mode: expected star, ring or global, got '%s'", v);
+            o->mode = v;
+        } else if (!strcmp(a, "--block-size")) {
+            NEED_VALUE;
+            if (parse_int(a, v, 1, INT32_MAX, &n))
+                return -1;
+            o->block_size = (int)n;
+        } else if (!strcmp(a, "--anchor-size")) {
+            NEED_VALUE;
+            if (parse_int(a, v, 0, INT32_MAX, &n))
+                return -1;
+            o->anchor_size = (int)n;
+        } else if (!strcmp(a, "--query-rank")) {
+            NEED_VALUE;
+            if (parse_int(a, v, 0, INT32_MAX, &n))
+                return -1;
+            o->query_rank = (int)n;
+        } else if (!strcmp(a, "--kv-budget-tokens")) {
+            NEED_VALUE;
+            if (parse_int(a, v, 1, LONG_MAX, &n))
+                return -1;
+            o->kv_budget_tokens = n;
         } else if (!strcmp(a, "--max-tokens")) {
             NEED_VALUE;
             if (parse_int(a, v, 1, 1 << 24, &n))
@@ -244,12 +295,17 @@ int run_options_parse(sr_run_options *o, int argc, char **argv)
         return sr_error_set("--model DIR is required");
     if (!o->query_text && !o->query_ids)
         return sr_error_set("--query TEXT is required (or --query-ids)");
+    if (o->query_ids && o->n_query_ids == 0)
+        return sr_error_set("--query-ids is empty: give at least one token id");
     if (o->query_text && o->query_ids)
         return sr_error_set("give --query or --query-ids, not both");
     if (o->query_text && !o->query_text[0])
         return sr_error_set("--query is empty: give the question to answer");
-    if (o->context_text && o->context_random)
-        return sr_error_set("give --context/--context-file or --context-random, not both");
+    if ((o->context_text != NULL) + (o->context_random > 0) + o->has_context_ids > 1)
+        return sr_error_set("give one of --context/--context-file, --context-ids and "
+                            "--context-random");
+    if (o->system_text && o->has_system_ids)
+        return sr_error_set("give --system/--system-file or --system-ids, not both");
     if (strcmp(o->backend, "cpu") != 0)
         return sr_error_set("--backend: '%s' is not built in (available: cpu)", o->backend);
     return 0;
@@ -260,6 +316,8 @@ void run_options_free(sr_run_options *o)
     free(o->system_owned);
     free(o->context_owned);
     free(o->query_ids);
+    free(o->system_ids);
+    free(o->context_ids);
     free(o->stop_strings);
     free(o->stop_ids);
     memset(o, 0, sizeof *o);

@@ -20,6 +20,12 @@ typedef struct {
     const char *query_text;
     int32_t *query_ids;           /* --query-ids (no tokenizer needed) */
     int n_query_ids;
+    int32_t *system_ids;          /* --system-ids (used as given: include BOS yourself) */
+    int n_system_ids;
+    bool has_system_ids;          /* an empty list is a present, empty segment */
+    int32_t *context_ids;         /* --context-ids */
+    int n_context_ids;
+    bool has_context_ids;
     int context_random;           /* --context-random N: N seeded random ids */
     int max_tokens;
     sr_sampling_params sampling;
@@ -31,6 +37,13 @@ typedef struct {
     bool json;
     const char *logits_out;
     int chunk_rows;               /* rows per forward call in prefill */
+    /* distribution over MPI ranks (DESIGN.md §2) */
+    const char *mode;             /* "star" (default), "ring", or "global" (one process,
+                                   * one cache: the reference) */
+    int block_size;               /* 0: ceil(C / ranks) */
+    int anchor_size;              /* -1: the block size */
+    int query_rank;
+    long long kv_budget_tokens;   /* per rank; 0: unlimited */
 } sr_run_options;
 
 /* Parses argv (after "run"). Prints nothing; errors name the option. */

@@ -93,6 +93,23 @@ int kvcache_attend_rows(sr_kvcache *kv, int layer, const float *q, const int32_t
     return kv->be->ops->attention(kv->be, &a);
 }
 
+int kvcache_attend_range(sr_kvcache *kv, int layer, const float *q, const int32_t *q_pos, int nq,
+                         int row_begin, int row_end, float *out, float *lse)
+{
+    if (row_begin < 0 || row_end < row_begin || row_end > kv->capacity)
+        return sr_error_set("kv cache: attention over rows [%d, %d) of a cache of %d", row_begin,
+                            row_end, kv->capacity);
+    size_t off = (size_t)row_begin * kv->kv_dim;
+    sr_attn_args a = {
+        .q = q, .k = kv->k[layer] + off, .v = kv->v[layer] + off, .q_pos = q_pos,
+        .k_pos = kv->pos + row_begin, .nq = nq, .nk = row_end - row_begin,
+        .n_heads = kv->n_heads, .n_kv = kv->n_kv, .head_dim = kv->head_dim,
+        .q_stride = kv->n_heads * kv->head_dim, .kv_stride = kv->kv_dim,
+        .scale = 1.0f / sqrtf((float)kv->head_dim), .out = out, .lse = lse,
+    };
+    return kv->be->ops->attention(kv->be, &a);
+}
+
 int kvcache_attend(void *user, int layer, const float *q, const float *k, const float *v,
                    const int32_t *pos_host, const int32_t *pos, int n, float *out)
 {

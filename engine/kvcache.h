@@ -29,6 +29,14 @@ int kvcache_commit(sr_kvcache *kv, int n);
 int kvcache_attend_rows(sr_kvcache *kv, int layer, const float *q, const int32_t *q_pos, int nq,
                         int extra, float *out, float *lse);
 
+/* Attends q to rows [row_begin, row_end) of layer `layer` (rows past len
+ * may be written but not yet committed) with the position mask: out and
+ * (optionally) lse. An empty range gives out = 0, lse = -inf. Star and Ring
+ * Attention use it for one part of a merged attention (a block's window,
+ * the system prompt, an anchor). */
+int kvcache_attend_range(sr_kvcache *kv, int layer, const float *q, const int32_t *q_pos, int nq,
+                         int row_begin, int row_end, float *out, float *lse);
+
 /* sr_attend_fn for the single-process path: user = sr_kvcache. Writes this
  * batch's k, v, then attends to everything so far. Call kvcache_commit(n)
  * after forward_run. */
