@@ -644,7 +644,9 @@ static void run_golden(const char *dir)
     if (!g)
         return;
     json_error_t e;
-    json_t *root = json_loads(g, 0, &e);
+    json_t *root = json_loads(g, JSON_ALLOW_NUL, &e);
+    if (!root)
+        CHECK(0, "golden %s: bad JSON: %s", dir, e.text);
     free(g);
     json_t *cases = json_object_get(root, "tokenize");
     if (!json_is_array(cases)) {
@@ -756,6 +758,10 @@ int main(void)
     test_errors();
     test_speed();
     scan_golden(fixtures, 1);
+    /* Extra goldens, e.g. from tokenizer/hf_difftest.py. */
+    const char *extra = getenv("STARRELAY_TOKENIZER_GOLDEN");
+    if (extra)
+        scan_golden(extra, 0);
     printf("golden fixture directories checked: %d\n", golden_dirs_checked);
     return check_finish("tokenizer");
 }

@@ -91,15 +91,11 @@ static int seg_push(sr_segments *s, size_t start, size_t end, int32_t id)
     return 0;
 }
 
-/* A word character for single_word: ASCII letters, digits and '_', and any
- * non-ASCII character that is not whitespace (close to \w for the scripts
- * that carry such tokens). */
-static bool is_word_cp(uint32_t c)
+/* A word character for single_word, as the reference's \\w (Rust regex). */
+static bool is_word_at(const sr_regex *word, const char *s, size_t at)
 {
-    if (c < 0x80)
-        return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-               c == '_';
-    return !unicode_is_whitespace(c);
+    size_t len = utf8_lead_len((unsigned char)s[at]);
+    return regex_match_char(word, s + at, len);
 }
 
 static size_t prev_char_start(const char *s, size_t at)
@@ -110,8 +106,8 @@ static size_t prev_char_start(const char *s, size_t at)
     return k;
 }
 
-int added_split(const sr_match_set *m, const sr_added_token *tok, const char *s, size_t n,
-                sr_segments *out)
+int added_split(const sr_match_set *m, const sr_added_token *tok, const sr_regex *word,
+                const char *s, size_t n, sr_segments *out)
 {
     size_t start_offset = 0;
     for (size_t i = 0; i < n;) {
@@ -135,10 +131,8 @@ int added_split(const sr_match_set *m, const sr_added_token *tok, const char *s,
         size_t start = i, stop = i + hit_len;
         i = stop; /* the search resumes after the match whatever happens */
         if (t->single_word) {
-            size_t adv;
-            bool word_before = start > 0 &&
-                               is_word_cp(utf8_decode_valid(s + prev_char_start(s, start), &adv));
-            bool word_after = stop < n && is_word_cp(utf8_decode_valid(s + stop, &adv));
+            bool word_before = start > 0 && is_word_at(word, s, prev_char_start(s, start));
+            bool word_after = stop < n && is_word_at(word, s, stop);
             if (word_before || word_after)
                 continue;
         }

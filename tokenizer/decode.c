@@ -372,6 +372,16 @@ static int decode_bpe_suffix(const sr_decoder *d, const sr_pieces *in, sr_pieces
     return 0;
 }
 
+bool decoder_has(const sr_decoder *d, sr_dec_kind kind)
+{
+    if (d->kind == kind)
+        return true;
+    for (size_t i = 0; i < d->n_children; i++)
+        if (decoder_has(&d->children[i], kind))
+            return true;
+    return false;
+}
+
 int decoder_apply(const sr_decoder *d, sr_pieces *tokens, sr_pieces *scratch)
 {
     if (d->kind == DEC_SEQUENCE) {
@@ -417,9 +427,11 @@ int tokenizer_decode(const sr_tokenizer *t, const int32_t *ids, size_t n, bool s
                               "vocabulary (size %d)", (int)id, i, (int)t->n_ids);
             break;
         }
-        if (skip_special && t->special[id])
+        if (skip_special && t->skip[id])
             continue;
-        rc = pieces_push(&toks, t->pieces[id], t->piece_len[id], false);
+        size_t sl;
+        const char *str = tokenizer_decode_string(t, id, &sl);
+        rc = pieces_push(&toks, str, sl, false);
     }
     if (!rc && t->decoder)
         rc = decoder_apply(t->decoder, &toks, &scratch);

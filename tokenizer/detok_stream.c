@@ -1,12 +1,18 @@
-/* Incremental decoding for streaming. Decoding a whole list and cutting off
- * what was already sent is exact but quadratic, so the stream keeps only a
- * window of recent ids: the ids of the last emitted piece (context for
- * decoders whose output depends on neighbours: byte groups, the leading
- * space that SentencePiece decoders strip from the first token) followed by
- * the ids not emitted yet. Each push decodes the window; if it has grown
- * past the text already emitted and does not end in U+FFFD (a character
- * still incomplete), the new part is final. The window then restarts at
- * the ids just emitted. This is the scheme of Hugging Face's DecodeStream. */
+/* Incremental decoding for streaming.
+ *
+ * Decoding the whole list on every push and cutting off what was already
+ * sent is exact but quadratic, so the stream decodes only a window of
+ * recent ids: w[0..r) were already returned (their text, `emitted` bytes
+ * long, is kept as context) and w[r..n) are new. Text is final up to a cut
+ * c: with a ByteFallback decoder a run of <0xNN> tokens is decoded as one
+ * group (valid UTF-8 or one U+FFFD per byte), so an open run at the end
+ * may still change and c stops before it; with byte-level decoding a
+ * trailing U+FFFD may be a character still incomplete, so nothing is
+ * returned until it is not. When text was returned the window restarts at
+ * r, keeping the previous piece's ids as context: the first token of a
+ * decode is special to some decoders (Strip drops its leading space,
+ * Metaspace its ▁) and that must fall on text already returned. The ids
+ * kept are those of one piece, so the work per push stays small. */
 #include "common/error.h"
 #include "tokenizer/tokenizer_internal.h"
 
@@ -37,10 +43,11 @@ static int empty_piece(char **piece, size_t *len)
     return 0;
 }
 
-/* Hands back text[from..] as a fresh string, from moved onto a character
- * boundary. */
 static int take_tail(const char *text, size_t len, size_t from, char **piece, size_t *plen)
 {
+    /* `from` is a character boundary when the window's old text is a prefix
+     * of its new text, which the cut points guarantee; moving forward to a
+     * boundary only guards against a broken invariant. */
     while (from < len && ((unsigned char)text[from] & 0xC0) == 0x80)
         from++;
     if (from > len)
@@ -59,6 +66,42 @@ static bool ends_with_replacement(const char *s, size_t n)
     return n >= 3 && memcmp(s + n - 3, "\xEF\xBF\xBD", 3) == 0;
 }
 
+static bool is_hex(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/* A token ByteFallback turns into a raw byte. */
+static bool is_byte_token(const sr_tokenizer *t, int32_t id)
+{
+    size_t n;
+    const char *s = tokenizer_decode_string(t, id, &n);
+    return s && n == 6 && memcmp(s, "<0x", 3) == 0 && is_hex(s[3]) && is_hex(s[4]) && s[5] == '>';
+}
+
+static bool skipped(const sr_detok_stream *s, int32_t id)
+{
+    return s->skip_special && s->tok->skip[id];
+}
+
+/* End of the final part of the window: before a trailing open run of byte
+ * tokens (skipped tokens are invisible to the decoder, so they do not
+ * close a run). */
+static size_t final_cut(const sr_detok_stream *s)
+{
+    const sr_tokenizer *t = s->tok;
+    if (!t->decoder || !decoder_has(t->decoder, DEC_BYTEFALLBACK))
+        return s->n;
+    size_t c = s->n;
+    while (c > 0 && (skipped(s, s->ids[c - 1]) || is_byte_token(t, s->ids[c - 1])))
+        c--;
+    /* Trailing skipped tokens alone leave the text final. */
+    size_t k = s->n;
+    while (k > c && skipped(s, s->ids[k - 1]))
+        k--;
+    return k == c ? s->n : c;
+}
+
 int detok_stream_push(sr_detok_stream *s, int32_t id, char **piece, size_t *len)
 {
     *piece = NULL;
@@ -75,9 +118,12 @@ int detok_stream_push(sr_detok_stream *s, int32_t id, char **piece, size_t *len)
         s->cap = cap;
     }
     s->ids[s->n++] = id;
+    size_t c = final_cut(s);
+    if (c <= s->read)
+        return empty_piece(piece, len);
     char *text;
     size_t tl;
-    if (tokenizer_decode(s->tok, s->ids, s->n, s->skip_special, &text, &tl))
+    if (tokenizer_decode(s->tok, s->ids, c, s->skip_special, &text, &tl))
         return -1;
     if (tl <= s->emitted || ends_with_replacement(text, tl)) {
         free(text);
@@ -87,16 +133,26 @@ int detok_stream_push(sr_detok_stream *s, int32_t id, char **piece, size_t *len)
     free(text);
     if (rc)
         return -1;
-    /* Restart the window at the ids just emitted. */
-    memmove(s->ids, s->ids + s->read, (s->n - s->read) * sizeof *s->ids);
-    s->n -= s->read;
-    s->read = s->n;
-    if (tokenizer_decode(s->tok, s->ids, s->n, s->skip_special, &text, &tl)) {
-        free(*piece);
-        *piece = NULL;
-        return -1;
+    /* Restart the window at the ids just returned, unless their text alone
+     * is empty: then the first-token rules could reach past them into text
+     * not yet returned, and the old start is kept. */
+    if (s->read > 0) {
+        if (tokenizer_decode(s->tok, s->ids + s->read, c - s->read, s->skip_special, &text,
+                             &tl)) {
+            free(*piece);
+            *piece = NULL;
+            return -1;
+        }
+        free(text);
+        if (tl > 0) {
+            memmove(s->ids, s->ids + s->read, (s->n - s->read) * sizeof *s->ids);
+            s->n -= s->read;
+            c -= s->read;
+        } else {
+            tl = s->emitted + *len;
+        }
     }
-    free(text);
+    s->read = c;
     s->emitted = tl;
     return 0;
 }

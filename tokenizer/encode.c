@@ -42,7 +42,7 @@ static int encode_segment(const sr_tokenizer *t, encode_work *w, const char *s, 
     if (t->norm_set.n == 0)
         return encode_normalized(t, w, text, len, first, out);
     w->segs.n = 0;
-    if (added_split(&t->norm_set, t->added, text, len, &w->segs))
+    if (added_split(&t->norm_set, t->added, &t->word_re, text, len, &w->segs))
         return -1;
     /* Copy the segment list: encode_normalized does not touch it, but the
      * normalized text must stay put while its pieces are encoded. */
@@ -84,7 +84,7 @@ int tokenizer_encode(const sr_tokenizer *t, const char *text, size_t len, bool a
             if (len)
                 rc = encode_segment(t, &w, text, len, true, &out);
         } else {
-            rc = added_split(&t->raw_set, t->added, text, len, &raw);
+            rc = added_split(&t->raw_set, t->added, &t->word_re, text, len, &raw);
             for (size_t i = 0; i < raw.n && !rc; i++) {
                 sr_segment g = raw.items[i];
                 if (g.id >= 0)

@@ -8,9 +8,7 @@
 #include <string.h>
 
 static const char punct_pattern[] = "[\\p{P}\\x21-\\x2F\\x3A-\\x40\\x5B-\\x60\\x7B-\\x7E]";
-static const char whitespace_char_pattern[] =
-    "[\\t-\\r \\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}"
-    "\\x{3000}]";
+static const char whitespace_char_pattern[] = "[" SR_RE_SPACE_CHARS "]";
 
 static int parse_behavior(json_t *j, const char *where, sr_split_behavior dflt,
                           sr_split_behavior *out)
@@ -34,9 +32,10 @@ static int parse_behavior(json_t *j, const char *where, sr_split_behavior dflt,
     return sr_error_set("%s: unsupported split behavior \"%s\"", where, b);
 }
 
-static int compile_builtin(sr_pretok *p, const char *pattern, const char *where)
+static int compile_builtin(sr_pretok *p, const char *pattern, sr_regex_syntax syntax,
+                           const char *where)
 {
-    return regex_compile(&p->pattern, pattern, strlen(pattern), false, where);
+    return regex_compile(&p->pattern, pattern, strlen(pattern), syntax, where);
 }
 
 static int parse_replacement(json_t *j, char *dst, size_t *len, const char *where)
@@ -112,7 +111,7 @@ int pretok_parse(sr_pretok *p, json_t *j, const char *where)
         p->add_prefix_space = json_bool_field(j, "add_prefix_space", true);
         p->use_regex = json_bool_field(j, "use_regex", true);
         if (p->use_regex)
-            return compile_builtin(p, sr_gpt2_pattern, where);
+            return compile_builtin(p, sr_gpt2_pattern, REGEX_ONIG, where);
         return 0;
     }
     if (strcmp(type, "Metaspace") == 0) {
@@ -126,25 +125,29 @@ int pretok_parse(sr_pretok *p, json_t *j, const char *where)
         p->kind = PRE_DIGITS;
         p->behavior =
             json_bool_field(j, "individual_digits", false) ? SPLIT_ISOLATED : SPLIT_CONTIGUOUS;
-        return compile_builtin(p, "\\p{N}", where);
+        return compile_builtin(p, "\\p{N}", REGEX_PCRE2, where);
     }
     if (strcmp(type, "Punctuation") == 0) {
         p->kind = PRE_PUNCTUATION;
         if (parse_behavior(j, where, SPLIT_ISOLATED, &p->behavior))
             return -1;
-        return compile_builtin(p, punct_pattern, where);
+        return compile_builtin(p, punct_pattern, REGEX_PCRE2, where);
     }
     if (strcmp(type, "Whitespace") == 0) {
-        /* Keeps runs of word characters and runs of other non-spaces. */
+        /* Keeps runs of word characters and runs of other non-spaces (the
+         * reference's \\w+|[^\\w\\s]+ in Rust regex). */
         p->kind = PRE_WHITESPACE;
         p->behavior = SPLIT_REMOVED;
         p->invert = true;
-        return compile_builtin(p, "\\w+|[^\\w\\s]+", where);
+        return compile_builtin(p,
+                               "[" SR_RE_RUST_WORD_CHARS "]+|[^" SR_RE_RUST_WORD_CHARS
+                               SR_RE_SPACE_CHARS "]+",
+                               REGEX_PCRE2, where);
     }
     if (strcmp(type, "WhitespaceSplit") == 0) {
         p->kind = PRE_WHITESPACE_SPLIT;
         p->behavior = SPLIT_REMOVED;
-        return compile_builtin(p, whitespace_char_pattern, where);
+        return compile_builtin(p, whitespace_char_pattern, REGEX_PCRE2, where);
     }
     return sr_error_set("%s: unsupported pre_tokenizer type \"%s\"", where, type);
 }

@@ -1,18 +1,109 @@
 #include "tokenizer/regex.h"
 
 #include "common/error.h"
+#include "tokenizer/buf.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 #include <stdlib.h>
+#include <string.h>
 
-int regex_compile(sr_regex *re, const char *pattern, size_t len, bool literal, const char *what)
+/* Oniguruma's Unicode \w: Letter, Mark, Number, Connector_Punctuation. */
+#define ONIG_WORD_CHARS "\\p{L}\\p{M}\\p{N}\\p{Pc}"
+
+/* Rewrites the escapes whose meaning differs between Oniguruma (what the
+ * reference compiles a file's regexes with) and PCRE2: \s \S \w \W \h \H.
+ * Everything else in the published patterns means the same in both. */
+static int translate_onig(const char *p, size_t n, sr_buf *out)
+{
+    bool in_class = false;
+    int rc = 0;
+    for (size_t i = 0; i < n && !rc; i++) {
+        char c = p[i];
+        if (c == '\\' && i + 1 < n) {
+            char e = p[++i];
+            if (e == 'Q') { /* quoted run: copy up to \E untouched */
+                size_t k = i + 1;
+                while (k + 1 < n && !(p[k] == '\\' && p[k + 1] == 'E'))
+                    k++;
+                size_t end = k + 1 < n ? k + 2 : n;
+                rc = buf_append(out, p + i - 1, end - (i - 1));
+                i = end - 1;
+                continue;
+            }
+            const char *rep = NULL;
+            if (in_class) {
+                if (e == 's')
+                    rep = SR_RE_SPACE_CHARS;
+                else if (e == 'w')
+                    rep = ONIG_WORD_CHARS;
+                else if (e == 'h')
+                    rep = "0-9a-fA-F";
+            } else {
+                switch (e) {
+                case 's': rep = "[" SR_RE_SPACE_CHARS "]"; break;
+                case 'S': rep = "[^" SR_RE_SPACE_CHARS "]"; break;
+                case 'w': rep = "[" ONIG_WORD_CHARS "]"; break;
+                case 'W': rep = "[^" ONIG_WORD_CHARS "]"; break;
+                case 'h': rep = "[0-9a-fA-F]"; break;
+                case 'H': rep = "[^0-9a-fA-F]"; break;
+                default: break;
+                }
+            }
+            if (rep)
+                rc = buf_append(out, rep, strlen(rep));
+            else
+                rc = buf_append(out, p + i - 1, 2);
+            continue;
+        }
+        if (!in_class && c == '[') {
+            in_class = true;
+            rc = buf_append(out, p + i, 1);
+            /* A ']' right after '[' or '[^' is a literal member. */
+            if (!rc && i + 1 < n && p[i + 1] == '^')
+                rc = buf_append(out, p + ++i, 1);
+            if (!rc && i + 1 < n && p[i + 1] == ']')
+                rc = buf_append(out, p + ++i, 1);
+            continue;
+        }
+        if (in_class && c == '[' && i + 1 < n && p[i + 1] == ':') {
+            /* POSIX class such as [:alpha:], copied whole */
+            size_t k = i + 2;
+            while (k + 1 < n && !(p[k] == ':' && p[k + 1] == ']'))
+                k++;
+            size_t end = k + 1 < n ? k + 2 : n;
+            rc = buf_append(out, p + i, end - i);
+            i = end - 1;
+            continue;
+        }
+        if (in_class && c == ']')
+            in_class = false;
+        rc = buf_append(out, p + i, 1);
+    }
+    return rc;
+}
+
+int regex_compile(sr_regex *re, const char *pattern, size_t len, sr_regex_syntax syntax,
+                  const char *what)
 {
     int err;
     PCRE2_SIZE off;
     /* UCP is not allowed with LITERAL, and a literal does not need it. */
-    uint32_t opts = PCRE2_UTF | (literal ? PCRE2_LITERAL : PCRE2_UCP);
-    pcre2_code *code = pcre2_compile((PCRE2_SPTR)pattern, len, opts, &err, &off, NULL);
+    uint32_t opts = PCRE2_UTF | (syntax == REGEX_LITERAL ? PCRE2_LITERAL : PCRE2_UCP);
+    sr_buf tr;
+    buf_init(&tr);
+    const char *src = pattern;
+    size_t src_len = len;
+    if (syntax == REGEX_ONIG) {
+        if (translate_onig(pattern, len, &tr)) {
+            buf_free(&tr);
+            return -1;
+        }
+        src = tr.data ? tr.data : "";
+        src_len = tr.len;
+    }
+    pcre2_code *code = pcre2_compile((PCRE2_SPTR)src, src_len, opts, &err, &off, NULL);
+    buf_free(&tr);
     if (!code) {
         PCRE2_UCHAR msg[256];
         pcre2_get_error_message(err, msg, sizeof msg);
@@ -107,4 +198,16 @@ int regex_find_all(const sr_regex *re, const char *s, size_t n, sr_spans *out)
     }
     pcre2_match_data_free(md);
     return rc;
+}
+
+bool regex_match_char(const sr_regex *re, const char *s, size_t char_len)
+{
+    pcre2_code *code = re->code;
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(code, NULL);
+    if (!md)
+        return false;
+    int m = pcre2_match(code, (PCRE2_SPTR)s, char_len, 0, PCRE2_NO_UTF_CHECK | PCRE2_ANCHORED,
+                        md, NULL);
+    pcre2_match_data_free(md);
+    return m > 0;
 }

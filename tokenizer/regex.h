@@ -21,9 +21,24 @@ typedef struct {
     size_t n, cap;
 } sr_spans;
 
-/* literal: the pattern is a plain string ({"String": ...} in the file).
- * `what` names the pattern's place in the file for error messages. */
-int regex_compile(sr_regex *re, const char *pattern, size_t len, bool literal, const char *what);
+typedef enum {
+    REGEX_LITERAL, /* a plain string ({"String": ...} in the file) */
+    REGEX_ONIG,    /* a file's {"Regex": ...}: Oniguruma syntax, translated */
+    REGEX_PCRE2    /* the library's own patterns */
+} sr_regex_syntax;
+
+/* `what` names the pattern's place in the file for error messages. */
+int regex_compile(sr_regex *re, const char *pattern, size_t len, sr_regex_syntax syntax,
+                  const char *what);
+
+/* Classes written out so they mean what the reference's regex engines mean:
+ * White_Space (Oniguruma's and Rust's \s; PCRE2's \s adds U+180E), and
+ * Rust regex's \w (used by the reference for Whitespace and single_word). */
+#define SR_RE_SPACE_CHARS "\\t-\\r\\x20\\x{85}\\x{A0}\\x{1680}\\x{2000}-\\x{200A}\\x{2028}\\x{2029}\\x{202F}\\x{205F}\\x{3000}"
+#define SR_RE_RUST_WORD_CHARS "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}\\x{200C}\\x{200D}"
+
+/* True if the one character at s (valid UTF-8) matches the pattern. */
+bool regex_match_char(const sr_regex *re, const char *s, size_t char_len);
 void regex_free(sr_regex *re);
 bool regex_ok(const sr_regex *re);
 

@@ -124,8 +124,8 @@ int match_set_build(sr_match_set *m, const sr_added_token *tok, size_t n_tok, bo
 void match_set_free(sr_match_set *m);
 /* Splits s[0..n) on the set's tokens, honouring single_word, lstrip and
  * rstrip; appends segments (offsets relative to s). */
-int added_split(const sr_match_set *m, const sr_added_token *tok, const char *s, size_t n,
-                sr_segments *out);
+int added_split(const sr_match_set *m, const sr_added_token *tok, const sr_regex *word,
+                const char *s, size_t n, sr_segments *out);
 void segments_free(sr_segments *s);
 
 /* ---- decoders (decode.c) ---- */
@@ -159,12 +159,15 @@ struct sr_tokenizer {
     char *vocab_keys; /* the vocabulary's strings, which bpe.vocab points into */
     char **pieces; /* id -> token string (NUL-terminated), NULL for holes */
     uint32_t *piece_len;
-    bool *special;  /* skipped by decode(skip_special) */
+    bool *special;  /* special added tokens (tokenizer_is_special) */
+    bool *skip;     /* dropped by decode(skip_special) */
+    const sr_added_token **added_of; /* id -> its added token, or NULL */
     int32_t n_ids;  /* highest id + 1 */
 
     sr_added_token *added;
     size_t n_added;
     sr_match_set raw_set, norm_set;
+    sr_regex word_re; /* a word character, for single_word tokens */
 
     sr_normalizer *normalizer; /* NULL: none */
     sr_pretok *pretok;
@@ -177,6 +180,11 @@ struct sr_tokenizer {
 
 /* Loads the post-processor / config part (postprocess.c). */
 int postprocess_load(sr_tokenizer *t, json_t *post, json_t *config);
+/* The string decoders see for an id (a normalized added token's
+ * normalized form, else its piece); NULL for a hole in the ids. */
+const char *tokenizer_decode_string(const sr_tokenizer *t, int32_t id, size_t *len);
+/* True when the decoder chain contains a decoder of this kind. */
+bool decoder_has(const sr_decoder *d, sr_dec_kind kind);
 /* Id of a token string through added tokens, then the vocabulary; -1. */
 int32_t tokenizer_lookup(const sr_tokenizer *t, const char *s, size_t n);
 

@@ -26,10 +26,22 @@ int json_pattern(json_t *obj, const char *key, sr_regex *re, const char *where)
     json_t *p = json_object_get(obj, key);
     json_t *s = json_object_get(p, "String"), *r = json_object_get(p, "Regex");
     if (json_is_string(s))
-        return regex_compile(re, json_string_value(s), json_string_length(s), true, where);
+        return regex_compile(re, json_string_value(s), json_string_length(s), REGEX_LITERAL,
+                             where);
     if (json_is_string(r))
-        return regex_compile(re, json_string_value(r), json_string_length(r), false, where);
+        return regex_compile(re, json_string_value(r), json_string_length(r), REGEX_ONIG, where);
     return sr_error_set("%s: expected {\"String\": ...} or {\"Regex\": ...}", where);
+}
+
+const char *tokenizer_decode_string(const sr_tokenizer *t, int32_t id, size_t *len)
+{
+    const sr_added_token *a = t->added_of[id];
+    if (a && a->normalized && t->normalizer) {
+        *len = a->norm_len;
+        return a->norm;
+    }
+    *len = t->piece_len[id];
+    return t->pieces[id];
 }
 
 int32_t tokenizer_lookup(const sr_tokenizer *t, const char *s, size_t n)
@@ -54,12 +66,19 @@ static int grow_ids(sr_tokenizer *t, int32_t n)
     bool *s = realloc(t->special, (size_t)n * sizeof *s);
     if (s)
         t->special = s;
-    if (!p || !l || !s)
+    bool *k = realloc(t->skip, (size_t)n * sizeof *k);
+    if (k)
+        t->skip = k;
+    const sr_added_token **a = realloc(t->added_of, (size_t)n * sizeof *a);
+    if (a)
+        t->added_of = a;
+    if (!p || !l || !s || !k || !a)
         return sr_error_set("tokenizer: out of memory (%d ids)", (int)n);
     for (int32_t i = t->n_ids; i < n; i++) {
         t->pieces[i] = NULL;
         t->piece_len[i] = 0;
-        t->special[i] = false;
+        t->special[i] = t->skip[i] = false;
+        t->added_of[i] = NULL;
     }
     t->n_ids = n;
     return 0;
@@ -72,8 +91,9 @@ static int load_vocab(sr_tokenizer *t, json_t *vocab)
     size_t count = json_object_size(vocab);
     int32_t max_id = -1;
     const char *key;
+    size_t key_len;
     json_t *v;
-    json_object_foreach(vocab, key, v) {
+    json_object_keylen_foreach(vocab, key, key_len, v) {
         json_int_t id = json_integer_value(v);
         if (!json_is_integer(v) || id < 0 || id > INT32_MAX - 1)
             return sr_error_set("tokenizer.json: model.vocab[\"%s\"]: id must be a non-negative "
@@ -82,19 +102,19 @@ static int load_vocab(sr_tokenizer *t, json_t *vocab)
             max_id = (int32_t)id;
     }
     size_t total = 0;
-    json_object_foreach(vocab, key, v) total += strlen(key) + 1;
+    json_object_keylen_foreach(vocab, key, key_len, v) total += key_len + 1;
     t->vocab_keys = malloc(total ? total : 1);
     if (!t->vocab_keys)
         return sr_error_set("tokenizer: out of memory (vocabulary of %zu bytes)", total);
     if (grow_ids(t, max_id + 1) || strmap_init(&t->bpe.vocab, count))
         return -1;
     char *k = t->vocab_keys;
-    json_object_foreach(vocab, key, v) {
+    json_object_keylen_foreach(vocab, key, key_len, v) {
         int32_t id = (int32_t)json_integer_value(v);
         if (t->pieces[id])
             return sr_error_set("tokenizer.json: model.vocab: id %d is given to both \"%s\" and "
                                 "\"%s\"", (int)id, t->pieces[id], key);
-        size_t n = strlen(key);
+        size_t n = key_len;
         memcpy(k, key, n + 1);
         t->pieces[id] = malloc(n + 1);
         if (!t->pieces[id])
@@ -233,9 +253,12 @@ static int load_added(sr_tokenizer *t, json_t *list)
             json_integer_value(jid) > INT32_MAX - 1 || !json_is_string(jc))
             return sr_error_set("tokenizer.json: added_tokens[%zu] needs an integer \"id\" and a "
                                 "string \"content\"", i);
+        /* As in the reference loader, a content already known (an earlier
+         * added token, or the vocabulary) keeps that id. */
+        int32_t id = tokenizer_lookup(t, json_string_value(jc), json_string_length(jc));
         sr_added_token *tok = &t->added[t->n_added++];
-        tok->id = (int32_t)json_integer_value(jid);
         tok->len = json_string_length(jc);
+        tok->id = id >= 0 ? id : (int32_t)json_integer_value(jid);
         tok->content = malloc(tok->len + 1);
         if (!tok->content)
             return sr_error_set("tokenizer: out of memory");
@@ -270,15 +293,35 @@ static int load_added(sr_tokenizer *t, json_t *list)
         t->pieces[tok->id] = copy;
         t->piece_len[tok->id] = (uint32_t)tok->len;
     }
-    /* decode(skip_special) drops every id whose text is a special token. */
-    for (size_t i = 0; i < t->n_added; i++) {
-        if (!t->added[i].special)
-            continue;
-        t->special[t->added[i].id] = true;
-        int32_t v = strmap_get(&t->bpe.vocab, t->added[i].content, t->added[i].len);
-        if (v >= 0)
-            t->special[v] = true;
+    /* Decoding shows a normalized added token in its normalized form (so a
+     * decoder can invert the normalization), and skip_special drops every
+     * id whose decoding string is the content of a special token. */
+    sr_strmap specials;
+    if (strmap_init(&specials, t->n_added))
+        return -1;
+    int rc = 0;
+    for (size_t i = 0; i < t->n_added && !rc; i++) {
+        sr_added_token *a = &t->added[i];
+        t->added_of[a->id] = a;
+        if (a->special) {
+            t->special[a->id] = true;
+            rc = strmap_put(&specials, a->content, a->len, a->id);
+        }
     }
+    for (int32_t id = 0; id < t->n_ids && !rc; id++) {
+        size_t len;
+        const char *s = tokenizer_decode_string(t, id, &len);
+        t->skip[id] = s && strmap_get(&specials, s, len) >= 0;
+        if (t->skip[id] && !t->added_of[id])
+            t->special[id] = true; /* a vocabulary entry spelled like a special token */
+    }
+    strmap_free(&specials);
+    if (rc)
+        return -1;
+    static const char word_pattern[] = "[" SR_RE_RUST_WORD_CHARS "]";
+    if (regex_compile(&t->word_re, word_pattern, strlen(word_pattern), REGEX_PCRE2,
+                      "tokenizer: word pattern"))
+        return -1;
     if (match_set_build(&t->raw_set, t->added, t->n_added, false) ||
         match_set_build(&t->norm_set, t->added, t->n_added, true))
         return -1;
@@ -307,7 +350,7 @@ static int parse_dec(void *p, json_t *j, const char *w) { return decoder_parse(p
 static json_t *parse_json(const char *text, const char *name)
 {
     json_error_t err;
-    json_t *j = json_loads(text, 0, &err);
+    json_t *j = json_loads(text, JSON_ALLOW_NUL, &err);
     if (!j)
         sr_error_set("%s: invalid JSON at line %d column %d: %s", name, err.line, err.column,
                      err.text);
@@ -427,6 +470,8 @@ void tokenizer_free(sr_tokenizer *t)
     free(t->vocab_keys);
     free(t->piece_len);
     free(t->special);
+    free(t->skip);
+    free(t->added_of);
     strmap_free(&t->bpe.vocab);
     pairmap_free(&t->bpe.merges);
     free(t->bpe.prefix);
@@ -438,6 +483,7 @@ void tokenizer_free(sr_tokenizer *t)
     free(t->added);
     match_set_free(&t->raw_set);
     match_set_free(&t->norm_set);
+    regex_free(&t->word_re);
     if (t->normalizer)
         normalizer_free(t->normalizer);
     free(t->normalizer);
