@@ -120,10 +120,24 @@ def variants():
                                  "behavior": "MergedWithNext", "invert": True}]),
             ("split-prev", [{"type": "Split", "pattern": {"Regex": "\\s"},
                              "behavior": "MergedWithPrevious", "invert": False}]),
+            ("split-word", [{"type": "Split", "pattern": {"Regex": "\\w+"},
+                             "behavior": "Isolated", "invert": False},
+                            {"type": "Split", "pattern": {"Regex": "[^\\s\\w]|\\W\\d"},
+                             "behavior": "MergedWithNext", "invert": False},
+                            {"type": "Split", "pattern": {"Regex": "\\S\\s"},
+                             "behavior": "Isolated", "invert": False}]),
             ("bytelevel-prefix", [])):
         d = load("gpt2")
         d["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": pre + [bl]}
         v[f"gpt2-{label}"] = d
+    # StripAccents, Nmt and the ByteLevel normalizer (then the pre-tokenizer
+    # sees byte-level characters).
+    d = load("gpt2")
+    d["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "NFD"}, {"type": "StripAccents"}, {"type": "Nmt"}, {"type": "ByteLevel"}]}
+    d["pre_tokenizer"] = {"type": "Split", "pattern": {"String": "Ġ"},
+                          "behavior": "MergedWithNext", "invert": False}
+    v["gpt2-bytelevel-norm"] = d
     # Decoders: Strip with stop, Replace with a regex.
     d = load("llama2")
     d["decoder"] = {"type": "Sequence", "decoders": [

@@ -1,6 +1,7 @@
 /* Normalizers of tokenizer.json: Sequence, Prepend, Replace, NFC/NFD/NFKC/
- * NFKD, Lowercase and Strip. Anything else is refused at load, since
- * skipping a normalizer would silently change the ids. */
+ * NFKD, Lowercase, Strip, StripAccents, ByteLevel and Nmt. Anything else
+ * (BertNormalizer, Precompiled) is refused at load, since skipping a
+ * normalizer would silently change the ids. */
 #include "common/error.h"
 #include "tokenizer/tokenizer_internal.h"
 #include "tokenizer/unicode_norm.h"
@@ -66,7 +67,18 @@ int normalizer_parse(sr_normalizer *n, json_t *j, const char *where)
         n->kind = NORM_STRIP;
         n->left = json_bool_field(j, "strip_left", true);
         n->right = json_bool_field(j, "strip_right", true);
-    } else
+    } else if (strcmp(type, "StripAccents") == 0) {
+        /* Drops combining marks (General_Category M). */
+        n->kind = NORM_STRIP_ACCENTS;
+        n->content = strdup("");
+        if (!n->content)
+            return sr_error_set("tokenizer: out of memory");
+        return regex_compile(&n->pattern, "\\p{M}", 5, REGEX_PCRE2, where);
+    } else if (strcmp(type, "ByteLevel") == 0)
+        n->kind = NORM_BYTELEVEL;
+    else if (strcmp(type, "Nmt") == 0)
+        n->kind = NORM_NMT;
+    else
         return sr_error_set("%s: unsupported normalizer type \"%s\"", where, type);
     return 0;
 }
@@ -120,6 +132,27 @@ static int apply_strip(const sr_normalizer *n, const char *s, size_t len, sr_buf
     return buf_append(out, s + a, b - a);
 }
 
+/* SentencePiece's NMT cleanup: drop control characters, map some others
+ * to a space. */
+static int apply_nmt(const char *s, size_t len, sr_buf *out)
+{
+    for (size_t i = 0; i < len;) {
+        size_t adv;
+        uint32_t c = utf8_decode_valid(s + i, &adv);
+        i += adv;
+        if ((c >= 0x01 && c <= 0x08) || c == 0x0B || (c >= 0x0E && c <= 0x1F) || c == 0x7F ||
+            c == 0x8F || c == 0x9F)
+            continue;
+        if (c == 0x09 || c == 0x0A || c == 0x0C || c == 0x0D || c == 0x1680 ||
+            (c >= 0x200B && c <= 0x200F) || c == 0x2028 || c == 0x2029 || c == 0x2581 ||
+            c == 0xFEFF || c == 0xFFFD)
+            c = ' ';
+        if (buf_append_cp(out, c))
+            return -1;
+    }
+    return 0;
+}
+
 int normalizer_apply(const sr_normalizer *n, const char *s, size_t len, sr_buf *out)
 {
     switch (n->kind) {
@@ -160,6 +193,12 @@ int normalizer_apply(const sr_normalizer *n, const char *s, size_t len, sr_buf *
         return unicode_lowercase(s, len, out);
     case NORM_STRIP:
         return apply_strip(n, s, len, out);
+    case NORM_STRIP_ACCENTS:
+        return apply_replace(n, s, len, out);
+    case NORM_BYTELEVEL:
+        return byte_level_encode(s, len, out);
+    case NORM_NMT:
+        return apply_nmt(s, len, out);
     }
     return sr_error_set("tokenizer: bad normalizer kind %d", (int)n->kind);
 }

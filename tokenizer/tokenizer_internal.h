@@ -14,7 +14,7 @@
 /* ---- normalizers (normalize.c) ---- */
 typedef enum {
     NORM_SEQUENCE, NORM_PREPEND, NORM_REPLACE, NORM_NFC, NORM_NFD, NORM_NFKC, NORM_NFKD,
-    NORM_LOWERCASE, NORM_STRIP
+    NORM_LOWERCASE, NORM_STRIP, NORM_STRIP_ACCENTS, NORM_BYTELEVEL, NORM_NMT
 } sr_norm_kind;
 
 typedef struct sr_normalizer {
@@ -23,7 +23,7 @@ typedef struct sr_normalizer {
     size_t n_children;
     char *content; /* Prepend's prefix, Replace's replacement */
     size_t content_len;
-    sr_regex pattern; /* Replace */
+    sr_regex pattern; /* Replace; StripAccents' marks */
     bool left, right; /* Strip */
 } sr_normalizer;
 
