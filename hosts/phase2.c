@@ -192,7 +192,11 @@ int phase2_step(void *user, const int32_t *ids, const int32_t *pos, int n, float
                            P->query_rank) != 0)
             return -1;
     }
-    return run_rows(P, ids, pos, n, logits);
+    if (run_rows(P, ids, pos, n, logits) != 0)
+        return -1;
+    /* A failure after the step's collectives: the others learn of it only
+     * from phase2_finish. */
+    return fail_hook_check("logits", tr->rank);
 }
 
 int phase2_finish(sr_phase2 *P, int ok)

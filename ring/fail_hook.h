@@ -4,11 +4,12 @@
  * missing model file or a full memory).
  *
  *   STARRELAY_TEST_FAIL_RANK=R    the rank that fails (unset: the hook is off)
- *   STARRELAY_TEST_FAIL_STAGE=S   load (default), phase1 or phase2
+ *   STARRELAY_TEST_FAIL_STAGE=S   load (default), phase1, phase2 or logits
  *
  * phase1 and phase2 fail inside layer 0's attention, in the middle of the
  * ring transfers and the phase-2 all-gather, where a rank that just returned
- * would leave the others waiting. */
+ * would leave the others waiting; logits fails the query rank after a
+ * step's last collective, while the others wait for the next step. */
 #ifndef SR_RING_FAIL_HOOK_H
 #define SR_RING_FAIL_HOOK_H
 

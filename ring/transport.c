@@ -10,7 +10,7 @@
 
 /* Bytes per rank of a gathered failure message: enough for a path and an
  * explanation, small enough to gather from thousands of ranks. */
-enum { AGREE_MSG_BYTES = 1024 };
+enum { AGREE_MSG_BYTES = 1024, AGREE_HOST_BYTES = 256 };
 
 void transport_destroy(sr_transport *t)
 {
@@ -33,11 +33,12 @@ int transport_agree(sr_transport *t, sr_stage_status status, int root)
         sr_error_set("%s", own);
         return -1;
     }
-    /* Gather [status byte][message] from every rank; only failed ranks'
+    /* Gather [status][host][message] from every rank; only failed ranks'
      * messages are printed, and echoes of a failure only when no rank
      * failed by itself. */
-    char *send = calloc(1, AGREE_MSG_BYTES + 1);
-    char *all = t->rank == root ? calloc((size_t)t->size, AGREE_MSG_BYTES + 1) : NULL;
+    const size_t rec = 1 + AGREE_HOST_BYTES + AGREE_MSG_BYTES;
+    char *send = calloc(1, rec);
+    char *all = t->rank == root ? calloc((size_t)t->size, rec) : NULL;
     if (!send || (t->rank == root && !all)) {
         free(send);
         free(all);
@@ -45,11 +46,9 @@ int transport_agree(sr_transport *t, sr_stage_status status, int root)
                             t->size);
     }
     send[0] = (char)status;
-    /* The precision bounds keep the compiler's truncation check quiet:
-     * a long message is cut, which is fine for a report. */
-    snprintf(send + 1, AGREE_MSG_BYTES, "rank %d (host %.200s): %.*s", t->rank, t->host,
-             AGREE_MSG_BYTES - 240, own);
-    int grc = t->ops->gather(t, send, all, AGREE_MSG_BYTES + 1, root);
+    snprintf(send + 1, AGREE_HOST_BYTES, "%s", t->host);
+    memcpy(send + 1 + AGREE_HOST_BYTES, own, sizeof own);
+    int grc = t->ops->gather(t, send, all, rec, root);
     free(send);
     if (grc != 0) {
         free(all);
@@ -62,7 +61,9 @@ int transport_agree(sr_transport *t, sr_stage_status status, int root)
             sr_error_set("%s", own);
         return -1;
     }
-    size_t cap = (size_t)t->size * (AGREE_MSG_BYTES + 2) + 1, len = 0;
+    /* One line per distinct message: "rank 2 (host x): msg", or with
+     * "and N more ranks" when many ranks say the same (a bad option). */
+    size_t cap = (size_t)t->size * (AGREE_MSG_BYTES + AGREE_HOST_BYTES + 64) + 1, len = 0;
     char *msg = malloc(cap);
     if (!msg) {
         free(all);
@@ -70,11 +71,28 @@ int transport_agree(sr_transport *t, sr_stage_status status, int root)
     }
     msg[0] = '\0';
     for (int r = 0; r < t->size; r++) {
-        const char *rec = all + (size_t)r * (AGREE_MSG_BYTES + 1);
-        if ((int64_t)rec[0] != worst)
+        const char *rr = all + (size_t)r * rec;
+        const char *text = rr + 1 + AGREE_HOST_BYTES;
+        if ((int64_t)rr[0] != worst)
             continue;
-        len += (size_t)snprintf(msg + len, cap - len, "%s%.*s", len ? "; " : "",
-                                AGREE_MSG_BYTES - 1, rec + 1);
+        int seen = 0, same = 0;
+        for (int o = 0; o < t->size; o++) {
+            const char *ro = all + (size_t)o * rec;
+            if ((int64_t)ro[0] != worst || strcmp(ro + 1 + AGREE_HOST_BYTES, text) != 0)
+                continue;
+            if (o < r)
+                seen = 1;
+            else if (o > r)
+                same++;
+        }
+        if (seen)
+            continue;
+        len += (size_t)snprintf(msg + len, cap - len, "%srank %d (host %s)", len ? "; " : "", r,
+                                rr + 1);
+        if (same)
+            len += (size_t)snprintf(msg + len, cap - len, " and %d more rank%s", same,
+                                    same == 1 ? "" : "s");
+        len += (size_t)snprintf(msg + len, cap - len, ": %s", text);
     }
     sr_error_set("%s", msg);
     free(msg);
