@@ -9,27 +9,26 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const sr_added_token *sort_tokens;
-static bool sort_norm;
-
 static const char *key_of(const sr_added_token *t, bool norm, size_t *len)
 {
     *len = norm ? t->norm_len : t->len;
     return norm ? t->norm : t->content;
 }
 
-static int cmp_order(const void *pa, const void *pb)
+typedef struct {
+    unsigned char first;
+    size_t len;
+    int32_t index;
+} sort_key;
+
+static int cmp_key(const void *pa, const void *pb)
 {
-    int32_t a = *(const int32_t *)pa, b = *(const int32_t *)pb;
-    size_t la, lb;
-    const char *ka = key_of(&sort_tokens[a], sort_norm, &la);
-    const char *kb = key_of(&sort_tokens[b], sort_norm, &lb);
-    unsigned char fa = (unsigned char)ka[0], fb = (unsigned char)kb[0];
-    if (fa != fb)
-        return fa < fb ? -1 : 1;
-    if (la != lb)
-        return la > lb ? -1 : 1; /* longest first */
-    return a < b ? -1 : a > b;   /* file order breaks ties */
+    const sort_key *a = pa, *b = pb;
+    if (a->first != b->first)
+        return a->first < b->first ? -1 : 1;
+    if (a->len != b->len)
+        return a->len > b->len ? -1 : 1;        /* longest first */
+    return a->index < b->index ? -1 : a->index > b->index; /* file order breaks ties */
 }
 
 int match_set_build(sr_match_set *m, const sr_added_token *tok, size_t n_tok, bool normalized)
@@ -37,30 +36,28 @@ int match_set_build(sr_match_set *m, const sr_added_token *tok, size_t n_tok, bo
     memset(m, 0, sizeof *m);
     m->use_norm = normalized;
     m->order = malloc((n_tok ? n_tok : 1) * sizeof *m->order);
-    if (!m->order)
+    sort_key *keys = malloc((n_tok ? n_tok : 1) * sizeof *keys);
+    if (!m->order || !keys) {
+        free(keys);
         return sr_error_set("tokenizer: out of memory");
+    }
     for (size_t i = 0; i < n_tok; i++) {
         size_t len;
-        key_of(&tok[i], normalized, &len);
+        const char *k = key_of(&tok[i], normalized, &len);
         if (tok[i].normalized == normalized && len > 0)
-            m->order[m->n++] = (int32_t)i;
+            keys[m->n++] = (sort_key){(unsigned char)k[0], len, (int32_t)i};
     }
-    /* Loading is single-threaded, so the qsort context can be static. */
-    sort_tokens = tok;
-    sort_norm = normalized;
-    qsort(m->order, m->n, sizeof *m->order, cmp_order);
+    qsort(keys, m->n, sizeof *keys, cmp_key);
     size_t k = 0;
     for (int b = 0; b < 256; b++) {
         m->bucket[b] = (uint32_t)k;
-        while (k < m->n) {
-            size_t len;
-            const char *key = key_of(&tok[m->order[k]], normalized, &len);
-            if ((unsigned char)key[0] != b)
-                break;
+        while (k < m->n && keys[k].first == b)
             k++;
-        }
     }
     m->bucket[256] = (uint32_t)k;
+    for (size_t i = 0; i < m->n; i++)
+        m->order[i] = keys[i].index;
+    free(keys);
     return 0;
 }
 

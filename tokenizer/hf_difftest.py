@@ -138,6 +138,12 @@ def variants():
     d["pre_tokenizer"] = {"type": "Split", "pattern": {"String": "Ġ"},
                           "behavior": "MergedWithNext", "invert": False}
     v["gpt2-bytelevel-norm"] = d
+    # Unknown characters without byte fallback, fused or not.
+    for fuse in (True, False):
+        d = load("llama2")
+        d["model"]["byte_fallback"] = False
+        d["model"]["fuse_unk"] = fuse
+        v[f"llama2-unk-fuse{int(fuse)}"] = d
     # Decoders: Strip with stop, Replace with a regex.
     d = load("llama2")
     d["decoder"] = {"type": "Sequence", "decoders": [
