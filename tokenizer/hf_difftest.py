@@ -126,6 +126,10 @@ def variants():
                              "behavior": "MergedWithNext", "invert": False},
                             {"type": "Split", "pattern": {"Regex": "\\S\\s"},
                              "behavior": "Isolated", "invert": False}]),
+            ("split-empty", [{"type": "Split", "pattern": {"Regex": "[aeiou]*"},
+                              "behavior": "Contiguous", "invert": False},
+                             {"type": "Split", "pattern": {"Regex": "x?"},
+                              "behavior": "MergedWithPrevious", "invert": True}]),
             ("bytelevel-prefix", [])):
         d = load("gpt2")
         d["pre_tokenizer"] = {"type": "Sequence", "pretokenizers": pre + [bl]}

@@ -165,7 +165,9 @@ int regex_find_all(const sr_regex *re, const char *s, size_t n, sr_spans *out)
     pcre2_match_data *md = pcre2_match_data_create_from_pattern(code, NULL);
     if (!md)
         return sr_error_set("tokenizer: out of memory (regex match data)");
-    size_t pos = 0;
+    /* Empty matches count, except one right where the previous match
+     * ended, as in the reference's regex iterators. */
+    size_t pos = 0, last_end = (size_t)-1;
     int rc = 0;
     while (pos <= n) {
         /* The caller validated the text; a UTF check per call would make
@@ -181,20 +183,21 @@ int regex_find_all(const sr_regex *re, const char *s, size_t n, sr_spans *out)
         }
         PCRE2_SIZE *ov = pcre2_get_ovector_pointer(md);
         size_t a = ov[0], b = ov[1];
-        if (b > a) {
-            if (spans_push(out, a, b)) {
-                rc = -1;
-                break;
-            }
-            pos = b;
-        } else {
-            /* Empty match: step over one character and look again. */
+        if (a == b && a == last_end) {
+            /* Step over one character and look again. */
             if (a >= n)
                 break;
             pos = a + 1;
             while (pos < n && ((unsigned char)s[pos] & 0xC0) == 0x80)
                 pos++;
+            continue;
         }
+        if (spans_push(out, a, b)) {
+            rc = -1;
+            break;
+        }
+        last_end = b;
+        pos = b;
     }
     pcre2_match_data_free(md);
     return rc;

@@ -42,8 +42,9 @@ bool regex_match_char(const sr_regex *re, const char *s, size_t char_len);
 void regex_free(sr_regex *re);
 bool regex_ok(const sr_regex *re);
 
-/* Every non-overlapping match in s[0..n), left to right; empty matches are
- * skipped. Input must be valid UTF-8. Replaces the contents of *out. */
+/* Every non-overlapping match in s[0..n), left to right (an empty match
+ * right after the previous one is skipped). Input must be valid UTF-8.
+ * Replaces the contents of *out. */
 int regex_find_all(const sr_regex *re, const char *s, size_t n, sr_spans *out);
 
 void spans_init(sr_spans *s);
