@@ -1,5 +1,6 @@
 #include "hosts/plan.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -176,15 +177,24 @@ int plan_check_budget(const sr_plan *p, int64_t budget)
     }
     if (worst < 0)
         return 0;
+    int anchors = 0;
+    for (int r = 0; r < p->n_ranks; r++)
+        anchors += plan_rank_needs_anchor(p, r);
+    char extra[96] = "";
+    if (p->mode == SR_MODE_STAR && anchors > 0)
+        snprintf(extra, sizeof extra, ", the %d-token anchor on %d rank%s",
+                 plan_anchor_tokens(p), anchors, anchors == 1 ? "" : "s");
+    else if (p->mode == SR_MODE_RING && p->n_ranks > 1)
+        snprintf(extra, sizeof extra, ", ring blocks in transit");
     return sr_error_set(
         "the job does not fit: it needs %lld KV tokens in all (system %d on each rank, "
         "context %d, query %d + max_tokens %d on the query rank%s) but %d rank%s x %lld "
         "(--kv-budget-tokens) = %lld are available, and rank %d alone needs %lld > %lld "
         "(%s mode, block size %d); use more ranks, a shorter context or a larger budget",
-        (long long)total, p->n_system, p->n_context, p->n_query, p->max_tokens,
-        p->mode == SR_MODE_STAR ? ", anchors" : ", ring blocks in transit", p->n_ranks,
-        p->n_ranks == 1 ? "" : "s", (long long)budget, (long long)budget * p->n_ranks, worst,
-        (long long)worst_need, (long long)budget, plan_mode_name(p->mode), p->block_size);
+        (long long)total, p->n_system, p->n_context, p->n_query, p->max_tokens, extra,
+        p->n_ranks, p->n_ranks == 1 ? "" : "s", (long long)budget,
+        (long long)budget * p->n_ranks, worst, (long long)worst_need, (long long)budget,
+        plan_mode_name(p->mode), p->block_size);
 }
 
 /* Pairs of n causal queries appended after `prefix` fully visible keys. */
