@@ -18,5 +18,7 @@ weights_gb = 8.03e9 * 2 / 1e9
 tps = t["decode_tokens_per_s"]
 print("| model | prompt tokens | prefill tok/s | decode tok/s | weight GB/token | implied GB/s |")
 print("|---|---|---|---|---|---|")
-print(f"| Llama-3.1-8B dummy bf16 (cpu) | {r[\"usage\"][\"query_tokens\"]} | {t[\"prefill_tokens_per_s\"]:.2f} | {tps:.3f} | {weights_gb:.1f} | {tps*weights_gb:.1f} |")
+nq = r["usage"]["query_tokens"]
+pre = t["prefill_tokens_per_s"]
+print(f"| Llama-3.1-8B dummy bf16 (cpu) | {nq} | {pre:.2f} | {tps:.3f} | {weights_gb:.1f} | {tps*weights_gb:.1f} |")
 '
