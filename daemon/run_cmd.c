@@ -3,8 +3,9 @@
  *
  * Under `mpirun -np N` every rank runs this: every rank loads the model,
  * the query rank builds the job and its plan and broadcasts it, then the
- * ranks run it together (hosts/job.c). Without mpirun it is a job of one
- * rank. After each stage that can fail on some rank, all ranks agree on the
+ * ranks run it together (hosts/job.c). Without an MPI launcher it is a job
+ * of one rank that does not start MPI (STARRELAY_MPI=1 makes it an MPI
+ * singleton). After each stage that can fail on some rank, all ranks agree on the
  * outcome, so a failure anywhere ends every rank with a message naming the
  * rank and host, and a non-zero exit, never a hang. */
 #include "daemon/run_cmd.h"
@@ -277,7 +278,7 @@ done:
 
 int run_cmd_main(int argc, char **argv)
 {
-    sr_transport *tr = transport_mpi_create(NULL, NULL);
+    sr_transport *tr = transport_create_for_launch();
     if (!tr) {
         fprintf(stderr, "starrelayd run: %s\n", sr_error_get());
         return 1;

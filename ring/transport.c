@@ -12,6 +12,19 @@
  * explanation, small enough to gather from thousands of ranks. */
 enum { AGREE_MSG_BYTES = 1024, AGREE_HOST_BYTES = 256 };
 
+sr_transport *transport_create_for_launch(void)
+{
+    /* Open MPI's mpirun, PMIx (srun --mpi=pmix, prterun), MPICH/Hydra and
+     * PMI-2 launchers, MVAPICH. */
+    static const char *launch_vars[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK",
+                                        "PMI_SIZE", "MV2_COMM_WORLD_SIZE"};
+    const char *force = getenv("STARRELAY_MPI");
+    int mpi = force && !strcmp(force, "1");
+    for (size_t i = 0; i < sizeof launch_vars / sizeof launch_vars[0] && !mpi; i++)
+        mpi = getenv(launch_vars[i]) != NULL;
+    return mpi ? transport_mpi_create(NULL, NULL) : transport_local_create();
+}
+
 void transport_destroy(sr_transport *t)
 {
     if (t)

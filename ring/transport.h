@@ -65,6 +65,12 @@ struct sr_transport {
  * Without mpirun this is a singleton job of one rank. NULL + sr_error on
  * failure. */
 sr_transport *transport_mpi_create(int *argc, char ***argv);
+/* A job of one rank without MPI: collectives copy to themselves. */
+sr_transport *transport_local_create(void);
+/* MPI if an MPI launcher started this process (mpirun, mpiexec, srun: their
+ * environment variables say so) or STARRELAY_MPI=1 asks for a singleton
+ * MPI job; else the local transport. */
+sr_transport *transport_create_for_launch(void);
 /* Finalizes MPI if transport_mpi_create() started it. */
 void transport_destroy(sr_transport *t);
 

@@ -23,6 +23,9 @@ for s in nosys sys; do
     done
 done
 
+# under mpirun with one rank (MPI, not the local transport)
+sr_expect g_sys r_sys_mpi1 1 1e-4 "ring, mpirun -np 1 (sys) == global" "${BASE[@]}" "${SYS[@]}" \
+    --context-random 203 --mode ring
 # uneven: block size 7 not dividing 50 tokens dealt to 3 ranks (8 blocks: 3,3,2)
 sr_run g_u 0 "${BASE[@]}" "${SYS[@]}" --context-random 50 --mode global
 sr_expect g_u r_u 3 1e-4 "ring, block size 7 not dividing 50, 3 ranks" "${BASE[@]}" "${SYS[@]}" \
