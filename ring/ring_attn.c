@@ -90,10 +90,10 @@ static int attend_received(sr_ring_attn *R, const unsigned char *buf, int m, con
     return attn_parts_add_args(&R->parts, a);
 }
 
-/* Local work of step 0: this slice's own KV into the cache and the staging
- * buffer, then its attention to the system prompt and causally to itself. */
-static int attend_own(sr_ring_attn *R, int layer, const float *q, const float *k, const float *v,
-                      const int32_t *pos, int n)
+/* Step 0, before any transfer: this slice's KV into the cache and into the
+ * staging buffer it is sent from. */
+static int stage_own(sr_ring_attn *R, int layer, const float *k, const float *v,
+                     const int32_t *pos, int n)
 {
     sr_backend *be = R->be;
     if (fail_hook_check("phase1", R->tr->rank) != 0)
@@ -105,6 +105,13 @@ static int attend_own(sr_ring_attn *R, int layer, const float *q, const float *k
         be->ops->download(be, R->host[0] + kv_bytes, v, kv_bytes) != 0 ||
         be->ops->download(be, R->host[0] + 2 * kv_bytes, pos, (size_t)n * sizeof(int32_t)) != 0)
         return -1;
+    return 0;
+}
+
+/* Step 0's compute, while the own slice is on its way: attention to the
+ * system prompt and, causally, to the slice itself. */
+static int attend_own(sr_ring_attn *R, int layer, const float *q, const int32_t *pos, int n)
+{
     if (R->sys->len > 0 &&
         attn_parts_add_kv(&R->parts, R->sys, layer, q, pos, n, 0, R->sys->len) != 0)
         return -1;
@@ -129,7 +136,7 @@ static int ring_layer(sr_ring_attn *R, int layer, const float *q, const float *k
         /* host[cur] holds the slice of rank `rank - s`; pass it on, and
          * receive the slice of rank `rank - s - 1` meanwhile. At s = 0 the
          * own slice must be staged before it can be sent. */
-        if (s == 0 && ok && q && n > 0 && attend_own(R, layer, q, k, v, pos, n) != 0) {
+        if (s == 0 && ok && q && n > 0 && stage_own(R, layer, k, v, pos, n) != 0) {
             ok = 0;
             snprintf(err, sizeof err, "%s", sr_error_get());
         }
@@ -143,8 +150,15 @@ static int ring_layer(sr_ring_attn *R, int layer, const float *q, const float *k
             tr->ops->waitall(tr, 2, req);
             return -1;
         }
-        if (s > 0 && ok && q && n > 0 && R->slice_rows[rank - s] > 0 &&
-            attend_received(R, R->host[cur], R->slice_rows[rank - s], q, n) != 0) {
+        /* Compute on the current slice while the transfers run. */
+        int crc = 0;
+        if (ok && q && n > 0) {
+            if (s == 0)
+                crc = attend_own(R, layer, q, pos, n);
+            else if (R->slice_rows[rank - s] > 0)
+                crc = attend_received(R, R->host[cur], R->slice_rows[rank - s], q, n);
+        }
+        if (crc != 0) {
             ok = 0;
             snprintf(err, sizeof err, "%s", sr_error_get());
         }
