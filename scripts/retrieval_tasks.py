@@ -311,12 +311,13 @@ QUERY_FORMATS = {
 
 
 def make_instance(rng, task, n_chars, style=None, query_format="qa", system=None,
-                  context_end="\n", depths=None):
+                  context_end="\n", depths=None, vt_hops=(1, 2)):
     """One instance of `task` with a context of about n_chars characters.
 
     rng: random.Random (or a seed string/int).  style: filler style (random if None).
     query_format: key of QUERY_FORMATS.  system: optional system prompt.
-    depths: optional list of fractions for the planted fact(s) (single: 1 value)."""
+    depths: optional list of fractions for the planted fact(s) (single: 1 value).
+    vt_hops: the choices of chain length for vt (0 = ask the variable holding the number)."""
     if not isinstance(rng, random.Random):
         rng = random.Random(rng)
     if task not in TASKS:
@@ -357,7 +358,7 @@ def make_instance(rng, task, n_chars, style=None, query_format="qa", system=None
                 item_depths = [depths[0]]
         needle_chars = sum(len(s if isinstance(s, str) else s[0]) + 2 for s in items)
     else:  # vt
-        hops = rng.choice((1, 2))
+        hops = rng.choice(vt_hops)
         nchains = rng.randint(2, 4)
         names = _distinct_keys(rng, rand_var, nchains * (hops + 1))
         chains, vals = [], []
@@ -389,12 +390,13 @@ def make_instance(rng, task, n_chars, style=None, query_format="qa", system=None
             "query": query, "answer": answer}
 
 
-def training_instance(rng, task, n_chars):
+def training_instance(rng, task, n_chars, vt_hops=(1, 2)):
     """Training distribution: random style, query format, system prompt, context end."""
     fmt = rng.choices(("qa", "qa_nl", "bare", "q_a"), weights=(0.45, 0.2, 0.2, 0.15))[0]
     system = rng.choice(SYSTEMS) if rng.random() < 0.35 else None
     end = rng.choices(("\n", "", "\n\n", " "), weights=(0.55, 0.2, 0.15, 0.1))[0]
-    return make_instance(rng, task, n_chars, query_format=fmt, system=system, context_end=end)
+    return make_instance(rng, task, n_chars, query_format=fmt, system=system, context_end=end,
+                         vt_hops=vt_hops)
 
 
 def eval_instance(split, task, index, n_chars, **kw):

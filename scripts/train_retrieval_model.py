@@ -58,7 +58,6 @@ TF_MAJOR = int(transformers.__version__.split(".")[0])
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
                 r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 BOS, EOS, EOT = "<|begin_of_text|>", "<|end_of_text|>", "<|eot_id|>"
-TASK_WEIGHTS = {"single": 0.2, "multikey": 0.25, "kv": 0.25, "vt": 0.3}
 T0 = time.time()
 
 
@@ -172,7 +171,7 @@ class Stream(torch.utils.data.IterableDataset):
         frac = min(1.0, step / max(1, a.ramp_steps))
         lmax = int(256 * (a.max_len / 256) ** frac)
         buckets = [L for L in (256, 512, 1024, 2048, 4096, 8192) if L <= max(256, lmax)]
-        w = [{256: 1.0, 512: 1.5, 1024: 2.0, 2048: 2.0, 4096: 1.5, 8192: 1.0}[L] for L in buckets]
+        w = [self.args.bucket_w.get(L, 0.0) for L in buckets]
         return rng.choices(buckets, weights=w)[0]
 
     def __iter__(self):
@@ -181,7 +180,7 @@ class Stream(torch.utils.data.IterableDataset):
         tok = Tokenizer.from_str(self.tok_json)
         bos, eos = tok.token_to_id(BOS), tok.token_to_id(EOS)
         rng = random.Random("train:%d:%d" % (self.args.seed, wid))
-        tasks, weights = list(TASK_WEIGHTS), list(TASK_WEIGHTS.values())
+        tasks, weights = list(self.args.task_w), list(self.args.task_w.values())
         while True:
             L = self.length_for(rng, self.step.value)
             B = max(1, self.args.tokens_per_step // L)
@@ -189,7 +188,7 @@ class Stream(torch.utils.data.IterableDataset):
             while len(pairs) < B:
                 task = rng.choices(tasks, weights=weights)[0]
                 n_chars = int(rng.uniform(0.6, 0.92) * L * self.cpt)
-                inst = rt.training_instance(rng, task, n_chars)
+                inst = rt.training_instance(rng, task, n_chars, vt_hops=self.args.vt_hops_t)
                 p, a = encode(tok, inst, bos, eos)
                 if len(p) + len(a) <= L:
                     pairs.append((p, a))
@@ -370,6 +369,12 @@ def main():
     ap.add_argument("--lm-weight", type=float, default=0.1)
     ap.add_argument("--lm-frac", type=float, default=0.25)
     ap.add_argument("--workers", type=int, default=12)
+    ap.add_argument("--init", default=None,
+                    help="continue from this model directory (its tokenizer and weights)")
+    ap.add_argument("--task-weights", default="single=0.2,multikey=0.25,kv=0.25,vt=0.3")
+    ap.add_argument("--bucket-weights", default="256=1,512=1.5,1024=2,2048=2,4096=1.5,8192=1",
+                    help="relative frequency of each training length (tokens)")
+    ap.add_argument("--vt-hops", default="1,2", help="vt chain lengths used in training")
     ap.add_argument("--log-every", type=int, default=100)
     ap.add_argument("--eval-every", type=float, default=60.0, help="seconds between quick evals")
     ap.add_argument("--ckpt-every", type=float, default=120.0)
@@ -379,6 +384,9 @@ def main():
     ap.add_argument("--deadline", type=float, default=545.0,
                     help="skip the star reference when the script has run this long (s)")
     args = ap.parse_args()
+    args.task_w = {k: float(v) for k, v in (kv.split("=") for kv in args.task_weights.split(","))}
+    args.bucket_w = {int(k): float(v) for k, v in (kv.split("=") for kv in args.bucket_weights.split(","))}
+    args.vt_hops_t = tuple(int(h) for h in args.vt_hops.split(","))
 
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -389,7 +397,11 @@ def main():
     random.seed(args.seed)
     torch.manual_seed(args.seed)
 
-    tok = train_tokenizer(args.vocab, args.seed)
+    if args.init:
+        tok = Tokenizer.from_file(os.path.join(args.init, "tokenizer.json"))
+        log("continuing from %s" % args.init)
+    else:
+        tok = train_tokenizer(args.vocab, args.seed)
     V = tok.get_vocab_size(with_added_tokens=True)
     bos, eos, eot = tok.token_to_id(BOS), tok.token_to_id(EOS), tok.token_to_id(EOT)
     cpt = chars_per_token(tok, args.seed)
@@ -398,7 +410,13 @@ def main():
         % (V, bos, eos, eot, cpt, ex["query"], tok.encode(ex["query"], add_special_tokens=False).tokens,
            ex["answer"], tok.encode(" " + ex["answer"], add_special_tokens=False).tokens))
 
-    model = build_model(args, V, bos, [eos, eot]).to(dev)
+    if args.init:
+        model = LlamaForCausalLM.from_pretrained(args.init, dtype=torch.float32,
+                                                 attn_implementation="sdpa").to(dev)
+        with open(os.path.join(args.init, "config.json")) as f:
+            args.rope_theta = json.load(f)["rope_theta"]
+    else:
+        model = build_model(args, V, bos, [eos, eot]).to(dev)
     nparam = sum(p.numel() for p in model.parameters())
     log("model: %d parameters (%.1f MB as bf16), attention %s" % (
         nparam, nparam * 2 / 1e6, getattr(model.config, "_attn_implementation", "?")))
@@ -525,7 +543,8 @@ def main():
     # ------------------------------------------------ held-out eval of the export
     model = LlamaForCausalLM.from_pretrained(args.out, dtype=torch.float32).to(dev).eval()
     tok = Tokenizer.from_file(os.path.join(args.out, "tokenizer.json"))
-    results = {"steps": step, "train_seconds": round(train_s, 1), "parameters": nparam,
+    results = {"args": {k: v for k, v in vars(args).items() if k not in ("task_w", "bucket_w", "vt_hops_t")},
+               "steps": step, "train_seconds": round(train_s, 1), "parameters": nparam,
                "chars_per_token": cpt, "curve": curve, "heldout": {}, "star": {}}
     lengths = [int(s) for s in args.eval_lengths.split(",") if s]
     for L in lengths:
