@@ -380,11 +380,8 @@ sr_tokenizer *tokenizer_load_from_json(const char *tokenizer_json, const char *c
     t->bos_id = t->eos_id = -1;
     ids_init(&t->post_before);
     ids_init(&t->post_after);
-    json_t *tr = json_object_get(root, "truncation"), *pad = json_object_get(root, "padding");
-    if ((tr && !json_is_null(tr)) || (pad && !json_is_null(pad))) {
-        /* Neither changes single-sequence ids without limits set by the
-         * caller; they are ignored. */
-    }
+    /* "truncation" and "padding" are ignored, as transformers does for a
+     * call that asks for neither; the published files leave them null. */
     if (load_component(root, "normalizer", sizeof(sr_normalizer), (void **)&t->normalizer,
                        parse_norm) ||
         load_component(root, "pre_tokenizer", sizeof(sr_pretok), (void **)&t->pretok, parse_pre) ||

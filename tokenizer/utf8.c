@@ -115,20 +115,3 @@ int utf8_append_lossy(sr_buf *out, const char *s, size_t n)
     }
     return buf_append(out, s + run, n - run);
 }
-
-size_t utf8_incomplete_tail(const char *s, size_t n)
-{
-    const unsigned char *u = (const unsigned char *)s;
-    for (size_t back = 1; back <= 3 && back <= n; back++) {
-        unsigned char c = u[n - back];
-        if (c < 0x80)
-            return 0;
-        if (c >= 0xC0) {
-            uint32_t cp;
-            int k = utf8_next(u + n - back, back, &cp);
-            /* A truncated but so far valid sequence reports -back. */
-            return (k == -(int)back && utf8_lead_len(c) > back) ? back : 0;
-        }
-    }
-    return 0;
-}

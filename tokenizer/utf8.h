@@ -27,8 +27,4 @@ size_t utf8_lead_len(unsigned char lead);
 /* Appends s with every maximal invalid subpart replaced by U+FFFD. */
 int utf8_append_lossy(sr_buf *out, const char *s, size_t n);
 
-/* Bytes at the end of s that could still become a valid character when more
- * bytes follow (0..3). */
-size_t utf8_incomplete_tail(const char *s, size_t n);
-
 #endif
