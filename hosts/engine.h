@@ -1,0 +1,43 @@
+/* The serving engine: one per rank, run by the rank's engine thread (the
+ * only thread that calls MPI). On the query host it owns the scheduler
+ * (continuous batching, admission against every rank's KV pool, prefixes)
+ * and serves the thread-safe calls of hosts/job_api.h; on the other ranks
+ * it follows the step plans the query host broadcasts. */
+#ifndef SR_HOSTS_ENGINE_H
+#define SR_HOSTS_ENGINE_H
+
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "hosts/job_api.h"
+#include "model/model.h"
+#include "ring/transport.h"
+#include "tokenizer/tokenizer.h"
+
+typedef struct {
+    int64_t kv_budget_tokens;       /* per rank; 0 = from kv_budget_bytes */
+    int64_t kv_budget_bytes;        /* per rank; 0 with tokens 0 = a default */
+    int page_tokens;                /* tokens per KV page (default 16) */
+    int max_batch;                  /* jobs decoding at once (default 64) */
+    int max_phase1_tokens_per_step; /* fairness cap on context encoding per step (default 512) */
+    sr_attn_mode default_mode;      /* STAR unless set */
+    int default_block_size;         /* 0 = context / ranks */
+    int default_anchor_size;        /* -1 = block size */
+    int query_rank;
+    int chunk_rows;                 /* rows per forward call */
+    int max_queue;                  /* queued jobs before UNAVAILABLE/RESOURCE_EXHAUSTED (default 1024) */
+} sr_engine_options;
+
+void engine_options_default(sr_engine_options *o);
+
+/* Called on every rank after the model is loaded there (tok may be NULL on
+ * ranks other than the query rank). The engine borrows tr, be, m and tok. */
+sr_engine *engine_create(const sr_engine_options *o, sr_transport *tr, sr_backend *be,
+                         const sr_model *m, const sr_tokenizer *tok, const char *model_dir);
+/* Runs until engine_request_shutdown() (query host) has drained; the other
+ * ranks return when the query host tells them to. 0 on a clean stop, -1
+ * (sr_error set) if a rank failed: the daemon then exits non-zero. */
+int engine_run(sr_engine *e);
+void engine_destroy(sr_engine *e);
+
+#endif
