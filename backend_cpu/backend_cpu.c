@@ -3,8 +3,10 @@
  * cuda backend. Memory is plain host memory; weights are used in place
  * (mmap'd fp32, or bf16/fp16 converted tile by tile inside the GEMM), so a
  * bf16 8B model needs 16 GB, not 32. */
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend_cpu/cpu_internal.h"
 #include "common/error.h"
@@ -81,8 +83,31 @@ static const sr_backend_ops cpu_ops = {
     .add = cpu_add,
 };
 
+void openblas_set_num_threads(int num_threads); /* OpenBLAS extension, not in cblas.h */
+
+/* Several ranks on one machine must share its cores: with every rank
+ * running a thread per core, the BLAS and OpenMP threads of different
+ * ranks spin against each other and decode slows by an order of magnitude.
+ * Unless the user set the thread counts, give each local rank its share. */
+static void cpu_threads_configure(void)
+{
+    if (getenv("OPENBLAS_NUM_THREADS") || getenv("OMP_NUM_THREADS"))
+        return;
+    const char *local = getenv("OMPI_COMM_WORLD_LOCAL_SIZE");
+    if (!local)
+        local = getenv("SLURM_NTASKS_PER_NODE");
+    long ranks = local ? strtol(local, NULL, 10) : 1;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    if (ranks < 1 || cores < 1)
+        return;
+    int threads = (int)(cores / ranks > 0 ? cores / ranks : 1);
+    openblas_set_num_threads(threads);
+    omp_set_num_threads(threads);
+}
+
 sr_backend *backend_cpu_create(void)
 {
+    cpu_threads_configure();
     sr_backend *be = calloc(1, sizeof *be);
     if (!be) {
         sr_error_set("cpu backend: out of memory");
