@@ -13,7 +13,10 @@ An instance is a dict:
     system   optional system prompt (None in the canonical evaluation format)
     context  the long document, with facts planted in filler text
     query    the question, e.g. "Question: What is the code for the blue door? Answer:"
-    answer   the expected answer text, e.g. "48213" (the model emits " 48213" + EOS)
+    answer   the expected answer value, e.g. "48213"
+    target   what the model is trained to emit (after a space, then EOS): the answer,
+             except for vt, where it is the chain down to the value, e.g.
+             "BRUMO = QXKTA = 48213" (each step is then a one-hop look-up)
 
 Tasks
     single    one fact planted in the filler; ask for its value
@@ -21,7 +24,8 @@ Tasks
     kv        many key/value records (scattered or as one JSON-like block); ask one key
     vt        variable tracking: "VAR QXKTA = 48213." ... "VAR BRUMO = QXKTA." ...;
               ask for the value of the last variable of a 1- or 2-hop chain, with
-              distractor chains around it
+              distractor chains around it; the model answers with the chain,
+              "BRUMO = QXKTA = 48213", and is scored on the value after the last "="
 
 The document filler comes from word lists and sentence templates in this file and
 in scripts/retrieval_words.txt (frequent words of Python's docstrings), in several
@@ -325,6 +329,7 @@ def make_instance(rng, task, n_chars, style=None, query_format="qa", system=None
     if style is None:
         style = rng.choices(STYLES, weights=(0.4, 0.35, 0.1, 0.15))[0]
     items, ordered, item_depths = [], False, depths
+    target = None
     if task == "single" or task == "multikey":
         tname = rng.choice(TEMPLATE_NAMES)
         maker, vmaker, fact, question = TEMPLATES[tname]
@@ -382,12 +387,13 @@ def make_instance(rng, task, n_chars, style=None, query_format="qa", system=None
             items.extend(chains[c][1])
             item_depths.extend(per_chain_pos[c])
         q, answer = "What is the value of the variable %s?" % chains[0][0][-1], vals[0]
+        target = " = ".join(list(reversed(chains[0][0])) + [answer])
         needle_chars = sum(len(s) + 1 for s in items)
     paras = make_filler(rng, max(0, n_chars - needle_chars), style)
     context = _insert(paras, items, rng, depths=item_depths, ordered=ordered) + context_end
     query = QUERY_FORMATS[query_format] % q
     return {"task": task, "style": style, "system": system, "context": context,
-            "query": query, "answer": answer}
+            "query": query, "answer": answer, "target": target or answer}
 
 
 def training_instance(rng, task, n_chars, vt_hops=(1, 2)):
@@ -409,8 +415,9 @@ def eval_instance(split, task, index, n_chars, **kw):
 
 
 def answer_matches(generated, answer):
-    """Exact match after stripping whitespace and a trailing period."""
-    g = generated.strip()
+    """Exact match of the value: the text after the last '=' (vt answers with its chain,
+    "Y = X = 48213"), stripped of whitespace and a trailing period."""
+    g = generated.rsplit("=", 1)[-1].strip()
     if g.endswith("."):
         g = g[:-1].rstrip()
     return g == answer
@@ -423,4 +430,4 @@ if __name__ == "__main__":
     inst = eval_instance("sample", task, 0, n)
     print(inst["context"])
     print("----")
-    print(json.dumps({k: inst[k] for k in ("task", "style", "query", "answer")}, indent=1))
+    print(json.dumps({k: inst[k] for k in ("task", "style", "query", "answer", "target")}, indent=1))
