@@ -1,6 +1,7 @@
 #include "engine/forward.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/error.h"
@@ -44,12 +45,22 @@ void rope_compute_inv_freq(const sr_model_config *cfg, float *inv_freq)
  * never for a whole prefill chunk: [max_rows, vocab] would be gigabytes. */
 static int forward_logits_rows(const sr_forward *f)
 {
-    return f->max_rows < SR_FORWARD_MAX_LOGITS ? f->max_rows : SR_FORWARD_MAX_LOGITS;
+    return f->logit_rows;
 }
 
 int forward_init(sr_forward *f, sr_backend *be, const sr_model *m, int max_rows)
 {
+    return forward_init_logits(f, be, m, max_rows,
+                               max_rows < SR_FORWARD_MAX_LOGITS ? max_rows : SR_FORWARD_MAX_LOGITS);
+}
+
+int forward_init_logits(sr_forward *f, sr_backend *be, const sr_model *m, int max_rows,
+                        int max_logit_rows)
+{
     memset(f, 0, sizeof *f);
+    if (max_logit_rows > max_rows)
+        max_logit_rows = max_rows;
+    f->logit_rows = max_logit_rows > 0 ? max_logit_rows : 1;
     const sr_model_config *c = &m->cfg;
     f->be = be;
     f->host = m;
@@ -97,15 +108,39 @@ void forward_free(sr_forward *f)
 int forward_run(sr_forward *f, const int32_t *ids, const int32_t *pos, int n, sr_attend_fn attend,
                 void *user, int n_logits, float *logits_host)
 {
+    if (n_logits > n || n_logits > forward_logits_rows(f))
+        return sr_error_set("forward: %d logits rows requested of %d (at most %d)", n_logits, n,
+                            forward_logits_rows(f));
+    int rows[SR_FORWARD_MAX_LOGITS] = {0};
+    int *sel = rows;
+    if (n_logits > SR_FORWARD_MAX_LOGITS && !(sel = malloc((size_t)n_logits * sizeof *sel)))
+        return sr_error_set("forward: out of memory");
+    for (int i = 0; i < n_logits; i++)
+        sel[i] = n - n_logits + i;
+    int rc = forward_run_select(f, ids, pos, n, attend, user, sel, n_logits > 0 ? n_logits : 0,
+                                logits_host);
+    if (sel != rows)
+        free(sel);
+    return rc;
+}
+
+int forward_run_select(sr_forward *f, const int32_t *ids, const int32_t *pos, int n,
+                       sr_attend_fn attend, void *user, const int *logit_rows, int n_logit_rows,
+                       float *logits_host)
+{
     sr_backend *be = f->be;
     const sr_backend_ops *op = be->ops;
     const sr_model_config *c = &f->host->cfg;
     const int H = c->hidden_size, I = c->intermediate_size, hd = c->head_dim;
     if (n <= 0 || n > f->max_rows)
         return sr_error_set("forward: %d rows, expected 1..%d", n, f->max_rows);
-    if (n_logits > n || n_logits > forward_logits_rows(f))
-        return sr_error_set("forward: %d logits rows requested of %d (at most %d)", n_logits, n,
+    if (n_logit_rows > forward_logits_rows(f))
+        return sr_error_set("forward: %d logits rows requested (at most %d)", n_logit_rows,
                             forward_logits_rows(f));
+    for (int i = 0; i < n_logit_rows; i++)
+        if (logit_rows[i] < 0 || logit_rows[i] >= n)
+            return sr_error_set("forward: logits of row %d requested of %d rows", logit_rows[i],
+                                n);
     for (int i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= c->vocab_size)
             return sr_error_set("token id %d at row %d is outside the vocabulary [0, %d)", ids[i],
@@ -133,12 +168,22 @@ int forward_run(sr_forward *f, const int32_t *ids, const int32_t *pos, int n, sr
         FWD_TRY(op->matmul(be, f->gate, &L->w_down, &L->b_down, n, f->proj));
         FWD_TRY(op->add(be, f->x, f->proj, (size_t)n * H));
     }
-    if (n_logits > 0) {
-        const float *last = f->x + (size_t)(n - n_logits) * H;
-        FWD_TRY(op->rmsnorm(be, last, &f->w.final_norm, n_logits, H, c->rms_norm_eps, f->xn));
-        FWD_TRY(op->matmul(be, f->xn, &f->w.lm_head, NULL, n_logits, f->logits));
+    if (n_logit_rows > 0) {
+        /* The chosen rows side by side (in proj, free now), then the head. */
+        const float *rows = f->x + (size_t)logit_rows[0] * H;
+        int consecutive = 1;
+        for (int i = 1; i < n_logit_rows; i++)
+            consecutive &= logit_rows[i] == logit_rows[0] + i;
+        if (!consecutive) {
+            for (int i = 0; i < n_logit_rows; i++)
+                FWD_TRY(op->copy(be, f->proj + (size_t)i * H, f->x + (size_t)logit_rows[i] * H,
+                                 (size_t)H * sizeof(float)));
+            rows = f->proj;
+        }
+        FWD_TRY(op->rmsnorm(be, rows, &f->w.final_norm, n_logit_rows, H, c->rms_norm_eps, f->xn));
+        FWD_TRY(op->matmul(be, f->xn, &f->w.lm_head, NULL, n_logit_rows, f->logits));
         FWD_TRY(op->download(be, logits_host, f->logits,
-                             (size_t)n_logits * (size_t)c->vocab_size * 4));
+                             (size_t)n_logit_rows * (size_t)c->vocab_size * 4));
     }
     return 0;
 }

@@ -29,6 +29,7 @@ typedef struct {
     const sr_model *host;   /* owned by the caller */
     sr_model w;             /* backend view of the weights */
     int max_rows;           /* rows per forward_run call */
+    int logit_rows;         /* rows of logits one call may return */
     int q_dim, kv_dim;      /* n_heads*hd, n_kv*hd */
     /* backend scratch, [max_rows, ...] */
     float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up, *logits;
@@ -37,6 +38,10 @@ typedef struct {
 } sr_forward;
 
 int forward_init(sr_forward *f, sr_backend *be, const sr_model *m, int max_rows);
+/* As forward_init, with room for logits of up to max_logit_rows rows per
+ * call (a batched decode step samples one row of every job). */
+int forward_init_logits(sr_forward *f, sr_backend *be, const sr_model *m, int max_rows,
+                        int max_logit_rows);
 void forward_free(sr_forward *f);
 
 /* Inverse frequencies of the model's RoPE (default, linear or llama3
@@ -47,5 +52,10 @@ void rope_compute_inv_freq(const sr_model_config *cfg, float *inv_freq);
  * logits_host receives [n_logits, vocab] for the LAST n_logits rows. */
 int forward_run(sr_forward *f, const int32_t *ids, const int32_t *pos, int n, sr_attend_fn attend,
                 void *user, int n_logits, float *logits_host);
+/* As forward_run, with logits for the chosen rows: logits_host receives
+ * [n_logit_rows, vocab], row i for row logit_rows[i]. */
+int forward_run_select(sr_forward *f, const int32_t *ids, const int32_t *pos, int n,
+                       sr_attend_fn attend, void *user, const int *logit_rows, int n_logit_rows,
+                       float *logits_host);
 
 #endif

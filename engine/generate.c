@@ -5,38 +5,13 @@
 #include <time.h>
 
 #include "common/error.h"
+#include "engine/token_stream.h"
 
 static double now_s(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-/* Text accumulated so far, and how much of it has been handed to the
- * streaming callback (the rest is held back while a stop string may be
- * forming). */
-typedef struct {
-    char *buf;
-    size_t len, cap, streamed;
-} text_acc;
-
-static int text_append(text_acc *t, const char *s, size_t n)
-{
-    if (t->len + n + 1 > t->cap) {
-        size_t cap = t->cap ? t->cap * 2 : 256;
-        while (cap < t->len + n + 1)
-            cap *= 2;
-        char *nb = realloc(t->buf, cap);
-        if (!nb)
-            return sr_error_set("generate: out of memory for the output text");
-        t->buf = nb;
-        t->cap = cap;
-    }
-    memcpy(t->buf + t->len, s, n);
-    t->len += n;
-    t->buf[t->len] = '\0';
-    return 0;
 }
 
 int generate_run(sr_step_fn step, void *step_user, int vocab_size, const sr_generate_request *req,
@@ -53,11 +28,9 @@ int generate_run(sr_step_fn step, void *step_user, int vocab_size, const sr_gene
     float *logits = malloc((size_t)vocab_size * sizeof *logits);
     res->ids = malloc((size_t)(max_new + 1) * sizeof *res->ids);
     sr_sampler sampler = {0};
-    sr_detok_stream ds;
-    text_acc text = {0};
+    sr_token_stream ts;
     int rc = -1, last_sent = 0;
-    if (req->tok)
-        detok_stream_init(&ds, req->tok, true);
+    token_stream_init(&ts, req->tok, &req->stop);
     if (!hist || !logits || !res->ids) {
         sr_error_set("generate: out of memory");
         goto done;
@@ -91,39 +64,21 @@ int generate_run(sr_step_fn step, void *step_user, int vocab_size, const sr_gene
         int32_t id = sampler_sample(&sampler, logits, hist, (size_t)n_hist);
         hist[n_hist++] = id;
         res->ids[res->n_ids++] = id;
-        int stop_now = stop_rules_is_stop_id(&req->stop, id);
-        if (req->tok && !stop_now) {
-            char *piece = NULL;
-            size_t plen = 0;
-            if (detok_stream_push(&ds, id, &piece, &plen) != 0)
-                goto done;
-            int arc = text_append(&text, piece, plen);
-            free(piece);
-            if (arc != 0)
-                goto done;
-            long cut = stop_rules_find_string(&req->stop, text.buf, text.len);
-            if (cut >= 0) {
-                text.len = (size_t)cut;
-                text.buf[cut] = '\0';
-                stop_now = 1;
-            }
-        }
+        bool stop_now = false;
+        if (token_stream_push(&ts, id, &stop_now) != 0)
+            goto done;
         if (stop_now)
             res->finish_reason = "stop";
         if (req->on_token) {
-            size_t ready = text.len;
-            if (!stop_now && g + 1 < max_new)
-                ready -= stop_rules_holdback(&req->stop, text.buf, text.len);
-            if (ready < text.streamed)
-                ready = text.streamed;
+            const char *piece;
+            size_t plen;
+            token_stream_take(&ts, !stop_now && g + 1 < max_new, &piece, &plen);
             if (req->on_token(req->on_token_user, res->ids + last_sent,
-                              (size_t)(res->n_ids - last_sent), text.buf + text.streamed,
-                              ready - text.streamed) != 0) {
+                              (size_t)(res->n_ids - last_sent), piece, plen) != 0) {
                 res->finish_reason = "cancelled";
                 break;
             }
             last_sent = res->n_ids;
-            text.streamed = ready;
         }
         if (stop_now || g + 1 == max_new)
             break;
@@ -131,32 +86,23 @@ int generate_run(sr_step_fn step, void *step_user, int vocab_size, const sr_gene
             goto done;
         next_pos++;
     }
-    if (req->tok && strcmp(res->finish_reason, "stop") != 0) {
-        char *piece = NULL;
-        size_t plen = 0;
-        if (detok_stream_flush(&ds, &piece, &plen) != 0)
+    if (strcmp(res->finish_reason, "stop") != 0) {
+        if (token_stream_flush(&ts) != 0)
             goto done;
-        int arc = text_append(&text, piece, plen);
-        free(piece);
-        if (arc != 0)
-            goto done;
-        if (req->on_token && text.len > text.streamed &&
-            req->on_token(req->on_token_user, NULL, 0, text.buf + text.streamed,
-                          text.len - text.streamed) != 0)
+        const char *piece;
+        size_t plen;
+        token_stream_take(&ts, false, &piece, &plen);
+        if (req->on_token && plen > 0 &&
+            req->on_token(req->on_token_user, NULL, 0, piece, plen) != 0)
             res->finish_reason = "cancelled";
     }
     res->decode_s = now_s() - t1;
-    if (!text.buf && text_append(&text, "", 0) != 0)
+    if (token_stream_steal_text(&ts, &res->text, &res->text_len) != 0)
         goto done;
-    res->text = text.buf;
-    res->text_len = text.len;
-    text.buf = NULL;
     rc = 0;
 done:
-    if (req->tok)
-        detok_stream_free(&ds);
+    token_stream_free(&ts);
     sampler_free(&sampler);
-    free(text.buf);
     free(hist);
     free(logits);
     if (rc != 0)

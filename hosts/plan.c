@@ -36,6 +36,10 @@ int plan_init(sr_plan *p, int n_ranks, int query_rank, sr_attn_mode mode, int n_
     if (n_context < 0 || block_size < 0)
         return sr_error_set("plan: negative context (%d) or block size (%d)", n_context,
                             block_size);
+    if (mode == SR_MODE_DEFAULT)
+        mode = SR_MODE_STAR;
+    if (mode != SR_MODE_STAR && mode != SR_MODE_RING)
+        return sr_error_set("plan: unknown attention mode %d", (int)mode);
     int B = block_size;
     if (B == 0) /* the paper's default: one block per rank */
         B = n_context > 0 ? (n_context + n_ranks - 1) / n_ranks : 1;

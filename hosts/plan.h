@@ -13,8 +13,9 @@
 #include <stdint.h>
 
 #include "engine/sampler.h"
-
-typedef enum { SR_MODE_STAR = 0, SR_MODE_RING = 1 } sr_attn_mode;
+/* sr_attn_mode (SR_MODE_DEFAULT, SR_MODE_STAR, SR_MODE_RING) is the one the
+ * front end sees; a plan never holds DEFAULT (plan_init resolves it to star). */
+#include "hosts/job_api.h"
 
 typedef struct {
     int n_ranks, query_rank;

@@ -1,0 +1,304 @@
+#include "engine/kv_pool.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+
+int64_t kv_pool_token_bytes(const sr_model_config *cfg)
+{
+    return (int64_t)cfg->n_layers * cfg->n_kv_heads * cfg->head_dim * 2 * (int64_t)sizeof(float) +
+           (int64_t)sizeof(int32_t);
+}
+
+int kv_pool_init(sr_kv_pool *p, sr_backend *be, const sr_model_config *cfg, int page_tokens,
+                 int n_pages)
+{
+    memset(p, 0, sizeof *p);
+    if (page_tokens < 1 || n_pages < 1)
+        return sr_error_set("kv pool: %d pages of %d tokens; at least one page of one token is "
+                            "needed",
+                            n_pages, page_tokens);
+    p->be = be;
+    p->n_layers = cfg->n_layers;
+    p->n_heads = cfg->n_heads;
+    p->n_kv = cfg->n_kv_heads;
+    p->head_dim = cfg->head_dim;
+    p->kv_dim = cfg->n_kv_heads * cfg->head_dim;
+    p->page_tokens = page_tokens;
+    p->n_pages = n_pages;
+    size_t rows = (size_t)n_pages * (size_t)page_tokens;
+    p->k = calloc((size_t)p->n_layers, sizeof *p->k);
+    p->v = calloc((size_t)p->n_layers, sizeof *p->v);
+    p->used = calloc((size_t)n_pages, 1);
+    if (!p->k || !p->v || !p->used) {
+        kv_pool_free(p);
+        return sr_error_set("kv pool: out of memory for the page table");
+    }
+    for (int l = 0; l < p->n_layers; l++) {
+        p->k[l] = be->ops->alloc(be, rows * (size_t)p->kv_dim * sizeof(float));
+        p->v[l] = be->ops->alloc(be, rows * (size_t)p->kv_dim * sizeof(float));
+        if (!p->k[l] || !p->v[l]) {
+            kv_pool_free(p);
+            return sr_error_prefix("kv pool of %d pages x %d tokens x %d layers: ", n_pages,
+                                   page_tokens, cfg->n_layers);
+        }
+    }
+    p->pos = be->ops->alloc(be, rows * sizeof(int32_t));
+    if (!p->pos) {
+        kv_pool_free(p);
+        return -1;
+    }
+    return 0;
+}
+
+void kv_pool_free(sr_kv_pool *p)
+{
+    if (!p->be)
+        return;
+    sr_backend *be = p->be;
+    for (int l = 0; l < p->n_layers; l++) {
+        if (p->k && p->k[l])
+            be->ops->free(be, p->k[l]);
+        if (p->v && p->v[l])
+            be->ops->free(be, p->v[l]);
+    }
+    void *dev[] = {p->pos, p->gk, p->gv, p->gpos};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+        if (dev[i])
+            be->ops->free(be, dev[i]);
+    free(p->k);
+    free(p->v);
+    free(p->used);
+    memset(p, 0, sizeof *p);
+}
+
+int kv_pool_available(const sr_kv_pool *p)
+{
+    return p->n_pages - p->n_used - p->n_promised;
+}
+
+int kv_pool_pages_for(const sr_kv_pool *p, int64_t tokens)
+{
+    return tokens <= 0 ? 0 : (int)((tokens + p->page_tokens - 1) / p->page_tokens);
+}
+
+int kv_quota_take(sr_kv_quota *q, sr_kv_pool *p, int pages)
+{
+    q->pool = p;
+    q->pages = 0;
+    if (pages > kv_pool_available(p))
+        return sr_error_set("kv pool: %d pages (%lld tokens) wanted, %d of %d available",
+                            pages, (long long)pages * p->page_tokens, kv_pool_available(p),
+                            p->n_pages);
+    p->n_promised += pages;
+    q->pages = pages;
+    return 0;
+}
+
+void kv_quota_release(sr_kv_quota *q)
+{
+    if (q->pool)
+        q->pool->n_promised -= q->pages;
+    q->pages = 0;
+    q->pool = NULL;
+}
+
+/* First run of m free pages, or -1. */
+static int find_run(const sr_kv_pool *p, int m)
+{
+    int run = 0;
+    for (int i = 0; i < p->n_pages; i++) {
+        run = p->used[i] ? 0 : run + 1;
+        if (run == m)
+            return i - m + 1;
+    }
+    return -1;
+}
+
+int kv_seq_reserve(sr_kv_seq *s, sr_kv_pool *p, sr_kv_quota *quota, int64_t tokens)
+{
+    memset(s, 0, sizeof *s);
+    int m = kv_pool_pages_for(p, tokens);
+    int have = quota ? quota->pages : kv_pool_available(p);
+    if (m > have)
+        return sr_error_set("kv pool: %lld tokens need %d pages, %d %s", (long long)tokens, m,
+                            have, quota ? "left in the job's quota" : "available");
+    s->pool = p;
+    s->quota = quota;
+    s->pages = malloc((size_t)(m > 0 ? m : 1) * sizeof *s->pages);
+    if (!s->pages)
+        return sr_error_set("kv pool: out of memory for a page table of %d pages", m);
+    /* A consecutive run lets attention read the pages in place. */
+    int start = m > 0 ? find_run(p, m) : -1;
+    for (int i = 0, next = 0; i < m; i++) {
+        int page = start;
+        if (start >= 0) {
+            page = start + i;
+        } else {
+            while (p->used[next])
+                next++;
+            page = next;
+        }
+        p->used[page] = 1;
+        s->pages[i] = page;
+    }
+    s->n_pages = m;
+    p->n_used += m;
+    if (quota) {
+        quota->pages -= m;
+        p->n_promised -= m;
+    }
+    return 0;
+}
+
+void kv_seq_release(sr_kv_seq *s)
+{
+    sr_kv_pool *p = s->pool;
+    if (p) {
+        for (int i = 0; i < s->n_pages; i++)
+            p->used[s->pages[i]] = 0;
+        p->n_used -= s->n_pages;
+        /* Back into the job's promise: the job may draw them again (its
+         * query cache after its anchor). */
+        if (s->quota && s->quota->pool == p) {
+            s->quota->pages += s->n_pages;
+            p->n_promised += s->n_pages;
+        }
+    }
+    free(s->pages);
+    memset(s, 0, sizeof *s);
+}
+
+int kv_seq_capacity(const sr_kv_seq *s)
+{
+    return s->pool ? s->n_pages * s->pool->page_tokens : 0;
+}
+
+bool kv_seq_is_contiguous(const sr_kv_seq *s, int begin, int end)
+{
+    if (end <= begin)
+        return true;
+    int pt = s->pool->page_tokens;
+    for (int i = begin / pt + 1; i <= (end - 1) / pt; i++)
+        if (s->pages[i] != s->pages[i - 1] + 1)
+            return false;
+    return true;
+}
+
+/* Row r of the sequence in pool rows. */
+static size_t pool_row(const sr_kv_seq *s, int r)
+{
+    int pt = s->pool->page_tokens;
+    return (size_t)s->pages[r / pt] * (size_t)pt + (size_t)(r % pt);
+}
+
+int kv_seq_write(sr_kv_seq *s, int layer, const float *k, const float *v, const int32_t *pos,
+                 int n)
+{
+    sr_kv_pool *p = s->pool;
+    if (!p || s->len + n > kv_seq_capacity(s))
+        return sr_error_set("kv sequence full: %d + %d rows exceed its %d", s->len, n,
+                            kv_seq_capacity(s));
+    sr_backend *be = p->be;
+    const size_t kd = (size_t)p->kv_dim;
+    /* Page by page: each piece is consecutive in the pool. */
+    for (int done = 0; done < n;) {
+        int r = s->len + done;
+        int piece = p->page_tokens - r % p->page_tokens;
+        if (piece > n - done)
+            piece = n - done;
+        size_t dst = pool_row(s, r), bytes = (size_t)piece * kd * sizeof(float);
+        if (be->ops->copy(be, p->k[layer] + dst * kd, k + (size_t)done * kd, bytes) != 0 ||
+            be->ops->copy(be, p->v[layer] + dst * kd, v + (size_t)done * kd, bytes) != 0)
+            return -1;
+        if (layer == 0 &&
+            be->ops->copy(be, p->pos + dst, pos + done, (size_t)piece * sizeof(int32_t)) != 0)
+            return -1;
+        done += piece;
+    }
+    return 0;
+}
+
+int kv_seq_commit(sr_kv_seq *s, int n)
+{
+    if (s->len + n > kv_seq_capacity(s))
+        return sr_error_set("kv sequence: commit of %d rows past its capacity %d", n,
+                            kv_seq_capacity(s));
+    s->len += n;
+    return 0;
+}
+
+static int gather_reserve(sr_kv_pool *p, int rows)
+{
+    if (rows <= p->gather_rows)
+        return 0;
+    sr_backend *be = p->be;
+    void *old[] = {p->gk, p->gv, p->gpos};
+    for (size_t i = 0; i < 3; i++)
+        if (old[i])
+            be->ops->free(be, old[i]);
+    p->gather_rows = 0;
+    size_t kvb = (size_t)rows * (size_t)p->kv_dim * sizeof(float);
+    p->gk = be->ops->alloc(be, kvb);
+    p->gv = be->ops->alloc(be, kvb);
+    p->gpos = be->ops->alloc(be, (size_t)rows * sizeof(int32_t));
+    if (!p->gk || !p->gv || !p->gpos)
+        return sr_error_prefix("kv pool: gather scratch of %d rows: ", rows);
+    p->gather_rows = rows;
+    return 0;
+}
+
+int kv_seq_view(sr_kv_seq *s, int layer, int begin, int end, const float **k, const float **v,
+                const int32_t **pos)
+{
+    sr_kv_pool *p = s->pool;
+    if (!p || begin < 0 || end < begin || end > kv_seq_capacity(s))
+        return sr_error_set("kv sequence: rows [%d, %d) of a sequence of %d", begin, end,
+                            kv_seq_capacity(s));
+    const size_t kd = (size_t)p->kv_dim;
+    if (end == begin || kv_seq_is_contiguous(s, begin, end)) {
+        size_t r0 = end > begin ? pool_row(s, begin) : 0;
+        *k = p->k[layer] + r0 * kd;
+        *v = p->v[layer] + r0 * kd;
+        *pos = p->pos + r0;
+        return 0;
+    }
+    if (gather_reserve(p, end - begin) != 0)
+        return -1;
+    sr_backend *be = p->be;
+    for (int r = begin; r < end;) {
+        int piece = p->page_tokens - r % p->page_tokens;
+        if (piece > end - r)
+            piece = end - r;
+        size_t src = pool_row(s, r), dst = (size_t)(r - begin);
+        size_t bytes = (size_t)piece * kd * sizeof(float);
+        if (be->ops->copy(be, p->gk + dst * kd, p->k[layer] + src * kd, bytes) != 0 ||
+            be->ops->copy(be, p->gv + dst * kd, p->v[layer] + src * kd, bytes) != 0 ||
+            be->ops->copy(be, p->gpos + dst, p->pos + src, (size_t)piece * sizeof(int32_t)) != 0)
+            return -1;
+        r += piece;
+    }
+    *k = p->gk;
+    *v = p->gv;
+    *pos = p->gpos;
+    return 0;
+}
+
+int kv_seq_attend(sr_kv_seq *s, int layer, const float *q, const int32_t *q_pos, int nq, int begin,
+                  int end, float *out, float *lse)
+{
+    sr_kv_pool *p = s->pool;
+    const float *k, *v;
+    const int32_t *pos;
+    if (kv_seq_view(s, layer, begin, end, &k, &v, &pos) != 0)
+        return -1;
+    sr_attn_args a = {
+        .q = q, .k = k, .v = v, .q_pos = q_pos, .k_pos = q_pos ? pos : NULL, .nq = nq,
+        .nk = end - begin, .n_heads = p->n_heads, .n_kv = p->n_kv, .head_dim = p->head_dim,
+        .q_stride = p->n_heads * p->head_dim, .kv_stride = p->kv_dim,
+        .scale = 1.0f / sqrtf((float)p->head_dim), .out = out, .lse = lse,
+    };
+    return p->be->ops->attention(p->be, &a);
+}

@@ -1,0 +1,103 @@
+/* A rank's paged KV pool (DESIGN.md §6): one budget of fixed-size pages
+ * from which every sequence of KV rows on the rank takes its storage (a
+ * prefix, a job's context shard, its anchor, its query/generated tokens).
+ *
+ * Storage is one backend buffer per layer for K and one for V, [n_pages *
+ * page_tokens, kv_dim], plus each row's position; page p holds rows
+ * [p * page_tokens, (p + 1) * page_tokens). A sequence (sr_kv_seq) is a
+ * page table. Attention over a sequence uses its pages in place when they
+ * are consecutive (the allocator prefers runs, so that is the usual case)
+ * and otherwise gathers them into a contiguous scratch first, so the
+ * backend's attention op needs no page table.
+ *
+ * Admission works with promises: a job takes a quota (sr_kv_quota) of pages
+ * for its peak on this rank when it is admitted, and its sequences draw
+ * pages from that quota and return them to it (an anchor's pages go back
+ * when phase 1 ends and the query's pages come out of the same quota), so a
+ * job admitted never runs out of pages mid-way. Pages go back to the pool
+ * when the quota is released. */
+#ifndef SR_ENGINE_KV_POOL_H
+#define SR_ENGINE_KV_POOL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "backend/backend.h"
+#include "model/model.h"
+
+typedef struct {
+    sr_backend *be;
+    int n_layers, kv_dim, n_heads, n_kv, head_dim;
+    int page_tokens;
+    int n_pages;
+    float **k, **v;          /* [n_layers] -> [n_pages * page_tokens, kv_dim] */
+    int32_t *pos;            /* [n_pages * page_tokens] backend memory */
+    uint8_t *used;           /* [n_pages] host: 1 = held by a sequence */
+    int n_used;              /* pages held by sequences */
+    int n_promised;          /* pages promised to quotas but not yet drawn */
+    /* gather scratch for non-consecutive pages (grown on demand) */
+    float *gk, *gv;
+    int32_t *gpos;
+    int gather_rows;
+} sr_kv_pool;
+
+/* Bytes one token takes in the pool (K and V of every layer, fp32, and its
+ * position), for budgets given in bytes. */
+int64_t kv_pool_token_bytes(const sr_model_config *cfg);
+/* n_pages pages of page_tokens tokens each. */
+int kv_pool_init(sr_kv_pool *p, sr_backend *be, const sr_model_config *cfg, int page_tokens,
+                 int n_pages);
+void kv_pool_free(sr_kv_pool *p);
+/* Pages neither held nor promised: what a new job or prefix may take. */
+int kv_pool_available(const sr_kv_pool *p);
+/* Pages for `tokens` rows (rounded up). */
+int kv_pool_pages_for(const sr_kv_pool *p, int64_t tokens);
+
+/* Pages promised to one job on this rank. */
+typedef struct {
+    sr_kv_pool *pool;
+    int pages;               /* promised and not drawn */
+} sr_kv_quota;
+
+/* Promises `pages` pages; fails (sr_error names the numbers) if fewer are
+ * available. */
+int kv_quota_take(sr_kv_quota *q, sr_kv_pool *p, int pages);
+/* Gives the undrawn rest of the promise back to the pool. */
+void kv_quota_release(sr_kv_quota *q);
+
+/* A sequence of KV rows in pages of one pool. */
+typedef struct {
+    sr_kv_pool *pool;
+    sr_kv_quota *quota;      /* where the pages came from; NULL = the pool itself */
+    int32_t *pages;
+    int n_pages;
+    int len;                 /* committed rows */
+} sr_kv_seq;
+
+/* Takes pages for `tokens` rows from quota (or from the pool's available
+ * pages when quota is NULL), preferring one consecutive run. */
+int kv_seq_reserve(sr_kv_seq *s, sr_kv_pool *p, sr_kv_quota *quota, int64_t tokens);
+/* Returns the pages to where they came from. Safe on a zeroed sequence. */
+void kv_seq_release(sr_kv_seq *s);
+int kv_seq_capacity(const sr_kv_seq *s);
+/* Whether rows [begin, end) lie in consecutive pages (no gather needed). */
+bool kv_seq_is_contiguous(const sr_kv_seq *s, int begin, int end);
+/* Stores n rows of layer `layer` (backend memory, rows of kv_dim floats)
+ * at rows [len, len + n); positions are stored with layer 0. */
+int kv_seq_write(sr_kv_seq *s, int layer, const float *k, const float *v, const int32_t *pos,
+                 int n);
+int kv_seq_commit(sr_kv_seq *s, int n);
+/* Contiguous K, V and positions of rows [begin, end) of a layer: pointers
+ * into the pool, or into the pool's gather scratch (valid until the next
+ * view of a non-consecutive range). */
+int kv_seq_view(sr_kv_seq *s, int layer, int begin, int end, const float **k, const float **v,
+                const int32_t **pos);
+/* Attention of nq query rows (q [nq, n_heads*hd], backend memory) to rows
+ * [begin, end) of the sequence: out [nq, n_heads*hd] and lse [nq, n_heads].
+ * q_pos == NULL: every row is visible (the rows precede all queries);
+ * else the position mask of sr_attn_args applies. An empty range gives
+ * out = 0, lse = -inf. */
+int kv_seq_attend(sr_kv_seq *s, int layer, const float *q, const int32_t *q_pos, int nq, int begin,
+                  int end, float *out, float *lse);
+
+#endif
