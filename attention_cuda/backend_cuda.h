@@ -1,0 +1,74 @@
+/* The cuda backend (DESIGN.md §5): backend/backend.h on one NVIDIA GPU.
+ *
+ * Precision plan (decided for this first version, see README.md here):
+ * weight matrices live on the device as bf16 whatever the file's dtype;
+ * norm weights and biases as fp32; activations, the KV cache and all
+ * softmax statistics stay fp32, so the operation interface is the same as
+ * the cpu backend's. GEMMs multiply bf16 x bf16 with fp32 accumulation
+ * (cuBLAS, or a bandwidth-bound kernel for a few rows); prefill attention
+ * rounds Q, K, V and P to bf16 for the tensor cores; decode attention and
+ * every other operation compute in fp32.
+ *
+ * All work is queued on one stream of the device; operations return once
+ * the work is queued, download() and sync() wait for it. */
+#ifndef SR_ATTENTION_CUDA_BACKEND_CUDA_H
+#define SR_ATTENTION_CUDA_BACKEND_CUDA_H
+
+#ifdef __cplusplus
+extern "C" { /* backend.h and model.h are C headers without guards of their own */
+#endif
+
+#include "backend/backend.h"
+
+/* Number of CUDA devices the runtime can use; 0 when there is no GPU or no
+ * driver (not an error: tests skip on 0). */
+int backend_cuda_device_count(void);
+
+/* Creates the backend on device `device` (0-based): a stream, a cuBLAS
+ * handle and the fixed workspaces. NULL + sr_error when no device is there
+ * or an allocation fails. Freed by backend_destroy(). */
+sr_backend *backend_cuda_create(int device);
+
+/* The device's name, for logs and benches. */
+const char *backend_cuda_device_name(const sr_backend *be);
+
+/* The one stream every operation is queued on (a cudaStream_t), for work
+ * that must be ordered with the backend's: NCCL collectives, benchmark
+ * events. */
+void *backend_cuda_stream(const sr_backend *be);
+
+/* Which attention kernels to use. AUTO: the tensor-core prefill kernel for
+ * head_dim 64/128 and many query rows, else the fp32 split-key kernel.
+ * Tests and benches force one to check or time it. */
+typedef enum {
+    SR_CUDA_ATTN_AUTO = 0,
+    SR_CUDA_ATTN_SPLIT, /* fp32 flash-decoding, any head_dim % 4 == 0 up to 256 */
+    SR_CUDA_ATTN_TC,    /* bf16 tensor cores, head_dim 64 or 128 */
+} sr_cuda_attn_path;
+
+/* How bf16 GEMMs run. AUTO: the GEMV kernel for up to 4 rows, else cuBLAS. */
+typedef enum {
+    SR_CUDA_GEMM_AUTO = 0,
+    SR_CUDA_GEMM_CUBLAS,
+    SR_CUDA_GEMM_GEMV,
+} sr_cuda_gemm_path;
+
+void backend_cuda_set_attention_path(sr_backend *be, sr_cuda_attn_path path);
+void backend_cuda_set_gemm_path(sr_backend *be, sr_cuda_gemm_path path);
+
+/* Attention splits along the keys for the split path (0 = chosen from the
+ * device and the shape). For tests of the merge of splits. */
+void backend_cuda_set_attention_splits(sr_backend *be, int splits);
+
+/* Uploads one host weight as `dtype` (SR_DTYPE_BF16 or SR_DTYPE_F32) into a
+ * device allocation of its own; tests and benches use it to build operands
+ * without a whole model. Free with backend_cuda_weight_free(). */
+int backend_cuda_weight_upload(sr_backend *be, const sr_weight *host, sr_dtype dtype,
+                               sr_weight *dev);
+void backend_cuda_weight_free(sr_backend *be, sr_weight *dev);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

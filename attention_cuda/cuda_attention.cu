@@ -1,0 +1,487 @@
+/* Attention with log-sum-exp and the merge of partial results on the GPU.
+ *
+ * The split-key kernel (flash-decoding) serves decode and every shape the
+ * tensor-core prefill kernel (cuda_prefill.cu) does not take. The keys are
+ * cut into `splits` contiguous ranges; one block handles one kv head, one
+ * range and up to QPB query vectors (query rows x the query heads that
+ * share the kv head), so each K/V row is read once for all of them (GQA).
+ * Each range yields a normalized o and its lse; the ranges are then merged
+ * by the identity of DESIGN.md §1, the same code as the merge operation.
+ * Everything here is fp32; the softmax runs in base 2 (scores pre-scaled
+ * by log2 e), and lse is returned in natural log, as the interface says.
+ *
+ * Reference: backend_cpu/cpu_attention.c and cpu_merge (cpu_ops.c). */
+#include <limits.h>
+#include <math.h>
+
+#include "attention_cuda/cuda_internal.h"
+
+#define LOG2E_F 1.4426950408889634f
+#define LN2_F 0.6931471805599453f
+
+enum { SPLIT_WARPS = 4, SPLIT_UNROLL = 2, SPLIT_MIN_KEYS = 128, MERGE_MAX_PARTS = 32 };
+
+typedef struct {
+    const float *q, *k, *v;
+    const int32_t *q_pos, *k_pos;
+    int nq, nk, n_heads, n_kv, hd, group;
+    int q_stride, kv_stride;
+    float scale_log2;
+    int n_qtiles;       /* query-vector tiles per kv head */
+    int keys_per_split;
+    float *out, *lse;   /* splits == 1: the final result */
+    float *ws_o, *ws_lse; /* splits > 1: [split][nq*n_heads][hd], [split][nq*n_heads] */
+} split_params;
+
+/* Folds state (mo, lo, ao) into (m, l, a): both are softmax partials over
+ * disjoint keys in base 2. Equal maxima (also both -inf, no key seen) give
+ * weight 1, so an empty state never produces exp2(-inf - -inf) = NaN. */
+__device__ __forceinline__ float fold_weight(float m, float mn)
+{
+    return m == mn ? 1.0f : exp2f(m - mn);
+}
+
+template <int HDP, int QPB>
+__global__ void __launch_bounds__(SPLIT_WARPS * 32) attn_split_kernel(split_params p)
+{
+    constexpr int LPK = HDP / 16; /* lanes per key: each lane owns 16 dims */
+    constexpr int KPW = 32 / LPK; /* keys a warp works on at once */
+    constexpr int NV = 4;         /* float4s per lane */
+    __shared__ float s_m[SPLIT_WARPS][QPB], s_l[SPLIT_WARPS][QPB];
+    __shared__ float4 s_acc[SPLIT_WARPS][QPB][HDP / 4];
+
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int sub = lane / LPK, l4 = lane % LPK;
+    const int g = blockIdx.x / p.n_qtiles, qt = blockIdx.x % p.n_qtiles;
+    const int nvec = p.nq * p.group;
+
+    /* This lane's 16 dims: float4 number v*LPK + l4 of the head, so that a
+     * subgroup's loads of one K row are contiguous. */
+    float4 q[QPB][NV];
+    int qpos[QPB];
+    bool qvalid[QPB];
+#pragma unroll
+    for (int qq = 0; qq < QPB; qq++) {
+        const int t = qt * QPB + qq;
+        qvalid[qq] = t < nvec;
+        const int i = qvalid[qq] ? t / p.group : 0;
+        const int h = g * p.group + (qvalid[qq] ? t % p.group : 0);
+        qpos[qq] = (qvalid[qq] && p.k_pos) ? p.q_pos[i] : 0;
+        const float *qr = p.q + (size_t)i * p.q_stride + (size_t)h * p.hd;
+#pragma unroll
+        for (int v = 0; v < NV; v++) {
+            const int d = 4 * (v * LPK + l4);
+            float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (qvalid[qq] && d < p.hd) {
+                x = __ldg((const float4 *)(qr + d));
+                x.x *= p.scale_log2, x.y *= p.scale_log2, x.z *= p.scale_log2, x.w *= p.scale_log2;
+            }
+            q[qq][v] = x;
+        }
+    }
+
+    float m[QPB], lsum[QPB];
+    float4 acc[QPB][NV];
+#pragma unroll
+    for (int qq = 0; qq < QPB; qq++) {
+        m[qq] = -INFINITY;
+        lsum[qq] = 0.0f;
+#pragma unroll
+        for (int v = 0; v < NV; v++)
+            acc[qq][v] = make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+
+    const int k_begin = blockIdx.y * p.keys_per_split;
+    const int k_end = min(p.nk, k_begin + p.keys_per_split);
+    constexpr int STEP = SPLIT_WARPS * KPW;
+    const size_t head_off = (size_t)g * p.hd;
+    /* The loop bound depends on the warp only, so every lane of a warp runs
+     * the same iterations and the shuffles below are never divergent. */
+    for (int j0 = k_begin + warp * KPW; j0 < k_end; j0 += STEP * SPLIT_UNROLL) {
+        float4 kr[SPLIT_UNROLL][NV], vr[SPLIT_UNROLL][NV];
+        bool vis[SPLIT_UNROLL][QPB];
+        /* Issue every load of the unrolled keys before using any. */
+#pragma unroll
+        for (int u = 0; u < SPLIT_UNROLL; u++) {
+            const int j = j0 + u * STEP + sub;
+            const bool active = j < k_end;
+            const int kp = (active && p.k_pos) ? p.k_pos[j] : 0;
+            bool any = false;
+#pragma unroll
+            for (int qq = 0; qq < QPB; qq++) {
+                vis[u][qq] = active && qvalid[qq] && (!p.k_pos || kp <= qpos[qq]);
+                any |= vis[u][qq];
+            }
+            const float *kp_row = p.k + (size_t)j * p.kv_stride + head_off;
+            const float *vp_row = p.v + (size_t)j * p.kv_stride + head_off;
+#pragma unroll
+            for (int v = 0; v < NV; v++) {
+                const int d = 4 * (v * LPK + l4);
+                const bool ld = any && d < p.hd;
+                kr[u][v] = ld ? __ldg((const float4 *)(kp_row + d)) : make_float4(0.f, 0.f, 0.f, 0.f);
+                vr[u][v] = ld ? __ldg((const float4 *)(vp_row + d)) : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < SPLIT_UNROLL; u++) {
+            float s[QPB];
+#pragma unroll
+            for (int qq = 0; qq < QPB; qq++) {
+                float d = 0.0f;
+#pragma unroll
+                for (int v = 0; v < NV; v++) {
+                    d = fmaf(q[qq][v].x, kr[u][v].x, d);
+                    d = fmaf(q[qq][v].y, kr[u][v].y, d);
+                    d = fmaf(q[qq][v].z, kr[u][v].z, d);
+                    d = fmaf(q[qq][v].w, kr[u][v].w, d);
+                }
+#pragma unroll
+                for (int o = LPK / 2; o > 0; o >>= 1)
+                    d += __shfl_xor_sync(0xffffffffu, d, o);
+                s[qq] = d;
+            }
+#pragma unroll
+            for (int qq = 0; qq < QPB; qq++) {
+                if (!vis[u][qq])
+                    continue;
+                if (s[qq] > m[qq]) {
+                    const float a = exp2f(m[qq] - s[qq]); /* 0 while m is -inf */
+                    lsum[qq] *= a;
+#pragma unroll
+                    for (int v = 0; v < NV; v++)
+                        acc[qq][v].x *= a, acc[qq][v].y *= a, acc[qq][v].z *= a, acc[qq][v].w *= a;
+                    m[qq] = s[qq];
+                }
+                const float pr = exp2f(s[qq] - m[qq]);
+                lsum[qq] += pr;
+#pragma unroll
+                for (int v = 0; v < NV; v++) {
+                    acc[qq][v].x = fmaf(pr, vr[u][v].x, acc[qq][v].x);
+                    acc[qq][v].y = fmaf(pr, vr[u][v].y, acc[qq][v].y);
+                    acc[qq][v].z = fmaf(pr, vr[u][v].z, acc[qq][v].z);
+                    acc[qq][v].w = fmaf(pr, vr[u][v].w, acc[qq][v].w);
+                }
+            }
+        }
+    }
+
+    /* Fold the warp's key subgroups together (lanes l4 of every subgroup). */
+#pragma unroll
+    for (int o = LPK; o < 32; o <<= 1) {
+#pragma unroll
+        for (int qq = 0; qq < QPB; qq++) {
+            const float mo = __shfl_xor_sync(0xffffffffu, m[qq], o);
+            const float lo = __shfl_xor_sync(0xffffffffu, lsum[qq], o);
+            const float mn = fmaxf(m[qq], mo);
+            const float wa = fold_weight(m[qq], mn), wb = fold_weight(mo, mn);
+            lsum[qq] = lsum[qq] * wa + lo * wb;
+#pragma unroll
+            for (int v = 0; v < NV; v++) {
+                float4 b;
+                b.x = __shfl_xor_sync(0xffffffffu, acc[qq][v].x, o);
+                b.y = __shfl_xor_sync(0xffffffffu, acc[qq][v].y, o);
+                b.z = __shfl_xor_sync(0xffffffffu, acc[qq][v].z, o);
+                b.w = __shfl_xor_sync(0xffffffffu, acc[qq][v].w, o);
+                acc[qq][v].x = acc[qq][v].x * wa + b.x * wb;
+                acc[qq][v].y = acc[qq][v].y * wa + b.y * wb;
+                acc[qq][v].z = acc[qq][v].z * wa + b.z * wb;
+                acc[qq][v].w = acc[qq][v].w * wa + b.w * wb;
+            }
+            m[qq] = mn;
+        }
+    }
+    if (sub == 0) {
+#pragma unroll
+        for (int qq = 0; qq < QPB; qq++) {
+            if (l4 == 0) {
+                s_m[warp][qq] = m[qq];
+                s_l[warp][qq] = lsum[qq];
+            }
+#pragma unroll
+            for (int v = 0; v < NV; v++)
+                s_acc[warp][qq][v * LPK + l4] = acc[qq][v];
+        }
+    }
+    __syncthreads();
+
+    /* Fold the warps and write: the final (o, lse), or this split's. */
+    const int rows = p.nq * p.n_heads;
+    const float *sacc = (const float *)s_acc;
+    for (int e = threadIdx.x; e < QPB * p.hd; e += blockDim.x) {
+        const int qq = e / p.hd, d = e - qq * p.hd;
+        const int t = qt * QPB + qq;
+        if (t >= nvec)
+            continue;
+        const int r = (t / p.group) * p.n_heads + g * p.group + t % p.group;
+        float mx = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < SPLIT_WARPS; w++)
+            mx = fmaxf(mx, s_m[w][qq]);
+        float L = 0.0f, O = 0.0f;
+#pragma unroll
+        for (int w = 0; w < SPLIT_WARPS; w++) {
+            const float wt = fold_weight(s_m[w][qq], mx);
+            L += s_l[w][qq] * wt;
+            O += sacc[((size_t)w * QPB + qq) * HDP + d] * wt;
+        }
+        const float o = L > 0.0f ? O / L : 0.0f;
+        const float lse = L > 0.0f ? (mx + log2f(L)) * LN2_F : -INFINITY;
+        if (gridDim.y == 1) {
+            p.out[(size_t)r * p.hd + d] = o;
+            if (d == 0 && p.lse)
+                p.lse[r] = lse;
+        } else {
+            p.ws_o[((size_t)blockIdx.y * rows + r) * p.hd + d] = o;
+            if (d == 0)
+                p.ws_lse[(size_t)blockIdx.y * rows + r] = lse;
+        }
+    }
+}
+
+/* ---- merge ------------------------------------------------------------ */
+
+typedef struct {
+    const float *o[MERGE_MAX_PARTS];
+    const float *lse[MERGE_MAX_PARTS];
+} merge_ptrs;
+
+struct parts_array {
+    const merge_ptrs *p;
+    __device__ const float *o(int i) const { return p->o[i]; }
+    __device__ const float *lse(int i) const { return p->lse[i]; }
+};
+
+struct parts_strided {
+    const float *o_base, *lse_base;
+    size_t o_stride, lse_stride;
+    __device__ const float *o(int i) const { return o_base + (size_t)i * o_stride; }
+    __device__ const float *lse(int i) const { return lse_base + (size_t)i * lse_stride; }
+};
+
+enum { MERGE_WARPS = 4 };
+
+/* One warp per row: l = m + log(sum exp(l_p - m)) with m the largest l_p
+ * (no exp overflows; an all-empty row stays -inf with o = 0), then
+ * o = sum exp(l_p - l) o_p, skipping parts of weight 0 (the empty ones).
+ * o_out and lse_out may be one of the parts: each lane reads its own
+ * elements before writing them, and lse after the whole warp has read it. */
+template <typename Parts>
+__device__ void merge_row(const Parts &pp, int nparts, int row, int hd, float *o_out,
+                          float *lse_out)
+{
+    const int lane = threadIdx.x & 31;
+    float m = -INFINITY;
+    for (int i = lane; i < nparts; i += 32)
+        m = fmaxf(m, pp.lse(i)[row]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float *orow = o_out + (size_t)row * hd;
+    if (m == -INFINITY) {
+        __syncwarp();
+        for (int d = lane; d < hd; d += 32)
+            orow[d] = 0.0f;
+        if (lane == 0 && lse_out)
+            lse_out[row] = -INFINITY;
+        return;
+    }
+    float sum = 0.0f;
+    for (int i = lane; i < nparts; i += 32)
+        sum += expf(pp.lse(i)[row] - m);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    const float l = m + logf(sum);
+    for (int d = lane; d < hd; d += 32) {
+        float acc = 0.0f;
+        for (int i = 0; i < nparts; i++) {
+            const float w = expf(pp.lse(i)[row] - l);
+            if (w != 0.0f)
+                acc = fmaf(w, pp.o(i)[(size_t)row * hd + d], acc);
+        }
+        orow[d] = acc;
+    }
+    __syncwarp();
+    if (lane == 0 && lse_out)
+        lse_out[row] = l;
+}
+
+__global__ void merge_array_kernel(merge_ptrs ptrs, int nparts, int rows, int hd, float *o_out,
+                                   float *lse_out)
+{
+    const int row = blockIdx.x * MERGE_WARPS + (threadIdx.x >> 5);
+    if (row >= rows)
+        return;
+    parts_array pp = {&ptrs};
+    merge_row(pp, nparts, row, hd, o_out, lse_out);
+}
+
+__global__ void merge_strided_kernel(parts_strided pp, int nparts, int rows, int hd, float *o_out,
+                                     float *lse_out)
+{
+    const int row = blockIdx.x * MERGE_WARPS + (threadIdx.x >> 5);
+    if (row >= rows)
+        return;
+    merge_row(pp, nparts, row, hd, o_out, lse_out);
+}
+
+int cuda_merge_strided(cuda_ctx *ctx, int nparts, const float *o_base, size_t o_stride,
+                       const float *lse_base, size_t lse_stride, int rows, int head_dim,
+                       float *o_out, float *lse_out)
+{
+    if (rows <= 0)
+        return 0;
+    parts_strided pp = {o_base, lse_base, o_stride, lse_stride};
+    merge_strided_kernel<<<(rows + MERGE_WARPS - 1) / MERGE_WARPS, MERGE_WARPS * 32, 0,
+                           ctx->stream>>>(pp, nparts, rows, head_dim, o_out, lse_out);
+    CUDA_CHECK_LAUNCH("merge_strided_kernel");
+    return 0;
+}
+
+int cuda_merge(sr_backend *be, int nparts, const float *const *o_parts,
+               const float *const *lse_parts, int rows, int head_dim, float *o_out,
+               float *lse_out)
+{
+    cuda_ctx *ctx = cuda_ctx_of(be);
+    if (rows <= 0)
+        return 0;
+    if (nparts <= 0)
+        return sr_error_set("cuda merge: %d parts", nparts);
+    if (nparts > MERGE_MAX_PARTS && !lse_out)
+        return sr_error_set("cuda merge: more than %d parts needs lse_out (it carries the "
+                            "running result)", MERGE_MAX_PARTS);
+    /* Parts go in kernel parameters, MERGE_MAX_PARTS at a time; the merge is
+     * associative, so a later round folds the running (o_out, lse_out) in as
+     * its first part. */
+    int done = 0;
+    while (done < nparts) {
+        merge_ptrs ptrs;
+        int k = 0;
+        if (done > 0) {
+            ptrs.o[k] = o_out;
+            ptrs.lse[k] = lse_out;
+            k++;
+        }
+        while (k < MERGE_MAX_PARTS && done < nparts) {
+            ptrs.o[k] = o_parts[done];
+            ptrs.lse[k] = lse_parts[done];
+            k++, done++;
+        }
+        merge_array_kernel<<<(rows + MERGE_WARPS - 1) / MERGE_WARPS, MERGE_WARPS * 32, 0,
+                             ctx->stream>>>(ptrs, k, rows, head_dim, o_out, lse_out);
+        CUDA_CHECK_LAUNCH("merge_array_kernel");
+    }
+    return 0;
+}
+
+/* ---- dispatch --------------------------------------------------------- */
+
+template <int HDP, int QPB>
+static void split_launch(dim3 grid, cudaStream_t st, const split_params &p)
+{
+    attn_split_kernel<HDP, QPB><<<grid, SPLIT_WARPS * 32, 0, st>>>(p);
+}
+
+template <int HDP>
+static void split_launch_q(int qpb, dim3 grid, cudaStream_t st, const split_params &p)
+{
+    if (qpb == 1)
+        split_launch<HDP, 1>(grid, st, p);
+    else if (qpb == 2)
+        split_launch<HDP, 2>(grid, st, p);
+    else
+        split_launch<HDP, 4>(grid, st, p);
+}
+
+static int split_attention(cuda_ctx *ctx, const sr_attn_args *a)
+{
+    const int hd = a->head_dim, group = a->n_heads / a->n_kv;
+    const int hdp = hd <= 16 ? 16 : hd <= 32 ? 32 : hd <= 64 ? 64 : hd <= 128 ? 128 : 256;
+    const long long nvec = (long long)a->nq * group;
+    const int qpb = nvec >= 4 ? 4 : nvec >= 2 ? 2 : 1;
+    const long long n_qtiles = (nvec + qpb - 1) / qpb;
+    const long long base = n_qtiles * a->n_kv;
+    if (base > INT_MAX)
+        return sr_error_set("cuda attention: %d query rows x %d heads is too many for one call",
+                            a->nq, a->n_heads);
+    /* Enough blocks to fill the device several times over, but no split
+     * under SPLIT_MIN_KEYS keys, and the partials must fit the workspace. */
+    const size_t rows = (size_t)a->nq * a->n_heads;
+    long long splits = ctx->attn_splits;
+    if (splits <= 0) {
+        long long want = (4LL * ctx->sm_count + base - 1) / base;
+        long long by_keys = (a->nk + SPLIT_MIN_KEYS - 1) / SPLIT_MIN_KEYS;
+        splits = want < by_keys ? want : by_keys;
+    }
+    long long by_ws = (long long)(ctx->attn_ws_bytes / (rows * (size_t)(hd + 1) * sizeof(float)));
+    if (splits > by_ws)
+        splits = by_ws;
+    if (splits > 65535)
+        splits = 65535;
+    if (splits < 1 || a->nk == 0)
+        splits = 1;
+    int kps = (int)((a->nk + splits - 1) / splits);
+    if (kps < 1)
+        kps = 1;
+    splits = (a->nk + kps - 1) / kps;
+    if (splits < 1)
+        splits = 1;
+
+    split_params p;
+    p.q = a->q, p.k = a->k, p.v = a->v, p.q_pos = a->q_pos, p.k_pos = a->k_pos;
+    p.nq = a->nq, p.nk = a->nk, p.n_heads = a->n_heads, p.n_kv = a->n_kv, p.hd = hd;
+    p.group = group, p.q_stride = a->q_stride, p.kv_stride = a->kv_stride;
+    p.scale_log2 = a->scale * LOG2E_F;
+    p.n_qtiles = (int)n_qtiles, p.keys_per_split = kps;
+    p.out = a->out, p.lse = a->lse;
+    p.ws_o = ctx->attn_ws;
+    p.ws_lse = ctx->attn_ws + (size_t)splits * rows * hd;
+    dim3 grid((unsigned)base, (unsigned)splits);
+    switch (hdp) {
+    case 16: split_launch_q<16>(qpb, grid, ctx->stream, p); break;
+    case 32: split_launch_q<32>(qpb, grid, ctx->stream, p); break;
+    case 64: split_launch_q<64>(qpb, grid, ctx->stream, p); break;
+    case 128: split_launch_q<128>(qpb, grid, ctx->stream, p); break;
+    default: split_launch_q<256>(qpb, grid, ctx->stream, p); break;
+    }
+    CUDA_CHECK_LAUNCH("attn_split_kernel");
+    if (splits > 1)
+        return cuda_merge_strided(ctx, (int)splits, p.ws_o, rows * hd, p.ws_lse, rows, (int)rows,
+                                  hd, a->out, a->lse);
+    return 0;
+}
+
+static int aligned16(const void *p)
+{
+    return ((uintptr_t)p & 15) == 0;
+}
+
+int cuda_attention(sr_backend *be, const sr_attn_args *a)
+{
+    cuda_ctx *ctx = cuda_ctx_of(be);
+    if (a->n_kv <= 0 || a->n_heads % a->n_kv != 0)
+        return sr_error_set("attention: %d query heads not divisible by %d kv heads", a->n_heads,
+                            a->n_kv);
+    if (a->k_pos && !a->q_pos)
+        return sr_error_set("attention: key positions given without query positions");
+    if (a->head_dim % 4 || a->head_dim > 256 || a->head_dim <= 0)
+        return sr_error_set("cuda attention: head_dim %d unsupported (a multiple of 4 up to 256)",
+                            a->head_dim);
+    if (a->q_stride % 4 || a->kv_stride % 4 || !aligned16(a->q) ||
+        (a->nk > 0 && (!aligned16(a->k) || !aligned16(a->v))))
+        return sr_error_set("cuda attention: q/k/v rows must be 16-byte aligned (strides %d, %d)",
+                            a->q_stride, a->kv_stride);
+    if (a->nq <= 0)
+        return 0;
+    const int tc_ok = cuda_prefill_supported(a);
+    if (ctx->attn_path == SR_CUDA_ATTN_TC) {
+        if (!tc_ok)
+            return sr_error_set("cuda attention: the tensor-core path takes head_dim 64 or 128, "
+                                "not %d", a->head_dim);
+        return cuda_prefill_attention(ctx, a);
+    }
+    /* Many query rows make the tensor cores worth their bf16 rounding. */
+    if (ctx->attn_path == SR_CUDA_ATTN_AUTO && tc_ok && a->nq >= 64 && a->nk >= 64)
+        return cuda_prefill_attention(ctx, a);
+    return split_attention(ctx, a);
+}

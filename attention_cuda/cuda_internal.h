@@ -1,0 +1,68 @@
+/* Shared by the files of the cuda backend; not part of its interface. */
+#ifndef SR_ATTENTION_CUDA_CUDA_INTERNAL_H
+#define SR_ATTENTION_CUDA_CUDA_INTERNAL_H
+
+#include <cuda_bf16.h>
+
+#include "attention_cuda/backend_cuda.h"
+#include "attention_cuda/cuda_check.h"
+
+/* One prepared model's device weights: one allocation for all of them. */
+typedef struct {
+    const void *layers; /* the prepared sr_model's layer array, the key */
+    void *base;
+} cuda_prepared;
+
+typedef struct {
+    int device;
+    char name[256];
+    int sm_count;
+    size_t smem_optin;          /* per-block shared memory limit after opt-in */
+    cudaStream_t stream;        /* every operation is queued here */
+    cublasHandle_t cublas;
+    void *cublas_ws;            /* fixed cuBLAS workspace (graph-capture friendly) */
+    size_t cublas_ws_bytes;
+    __nv_bfloat16 *act_bf16;    /* GEMM activations rounded to bf16; grows to the */
+    size_t act_bf16_bytes;      /* largest n*cols seen (first prefill), then stays */
+    float *attn_ws;             /* split-key partials (o, lse), fixed size */
+    size_t attn_ws_bytes;
+    sr_cuda_attn_path attn_path;
+    sr_cuda_gemm_path gemm_path;
+    int attn_splits;            /* 0 = automatic */
+    cuda_prepared *prepared;
+    int n_prepared, cap_prepared;
+} cuda_ctx;
+
+static inline cuda_ctx *cuda_ctx_of(const sr_backend *be)
+{
+    return (cuda_ctx *)be->ctx;
+}
+
+/* Launchers (cuda_ops.cu): each queues its kernel on ctx->stream. */
+int cuda_embed(sr_backend *be, const sr_weight *table, const int32_t *ids, int n, float *out);
+int cuda_rmsnorm(sr_backend *be, const float *x, const sr_weight *w, int n, int dim, float eps,
+                 float *out);
+int cuda_rope(sr_backend *be, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
+              int stride, const float *inv_freq);
+int cuda_swiglu(sr_backend *be, const float *gate, const float *up, size_t n, float *out);
+int cuda_add(sr_backend *be, float *x, const float *y, size_t n);
+int cuda_matmul(sr_backend *be, const float *x, const sr_weight *w, const sr_weight *bias, int n,
+                float *y);
+
+/* cuda_attention.cu */
+int cuda_attention(sr_backend *be, const sr_attn_args *a);
+int cuda_merge(sr_backend *be, int nparts, const float *const *o_parts,
+               const float *const *lse_parts, int rows, int head_dim, float *o_out,
+               float *lse_out);
+
+/* cuda_prefill.cu: the tensor-core path; 1 if it takes these arguments. */
+int cuda_prefill_supported(const sr_attn_args *a);
+int cuda_prefill_attention(cuda_ctx *ctx, const sr_attn_args *a);
+
+/* Merges `nparts` partials stored at base + p * stride (o: [rows, hd],
+ * lse: [rows]) into o_out/lse_out; used after a split-key attention. */
+int cuda_merge_strided(cuda_ctx *ctx, int nparts, const float *o_base, size_t o_stride,
+                       const float *lse_base, size_t lse_stride, int rows, int head_dim,
+                       float *o_out, float *lse_out);
+
+#endif

@@ -1,0 +1,323 @@
+/* Kernel benchmarks of the cuda backend against the device's own ceilings.
+ *
+ *   gpu_bench [ceilings] [gemv] [decode] [prefill]     (default: all)
+ *
+ * ceilings: device-to-device copy GB/s (bytes read + written) and cuBLAS
+ *           bf16 GEMM TFLOP/s on an 8192^3 product of random data;
+ * gemv:     the batch-1 weight GEMV against cuBLAS on Llama-3-8B shapes,
+ *           GB/s of weights read;
+ * decode:   split-key decode attention, Llama-3-8B heads (32 q, 8 kv,
+ *           head_dim 128, fp32 KV), one query against 4K..256K keys: GB/s
+ *           of K, V and positions read, and that over the copy bandwidth;
+ * prefill:  tensor-core causal prefill attention, same heads, 4K..64K
+ *           tokens: TFLOP/s counting the causal half (2 * n^2 * d * heads).
+ *
+ * Times are medians of CUDA-event-timed repetitions after a warm-up; the
+ * inputs are random (never zeros) and rotate among enough copies to
+ * exceed the L2 cache where one copy would fit in it. Prints one markdown
+ * table per section. */
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "attention_cuda/backend_cuda.h"
+#include "common/error.h"
+}
+
+#define CK(call)                                                                               \
+    do {                                                                                       \
+        cudaError_t e_ = (call);                                                               \
+        if (e_ != cudaSuccess) {                                                               \
+            fprintf(stderr, "gpu_bench: %s failed at %s:%d: %s\n", #call, __FILE__, __LINE__,  \
+                    cudaGetErrorString(e_));                                                   \
+            exit(1);                                                                           \
+        }                                                                                      \
+    } while (0)
+#define CKB(call)                                                                              \
+    do {                                                                                       \
+        cublasStatus_t s_ = (call);                                                            \
+        if (s_ != CUBLAS_STATUS_SUCCESS) {                                                     \
+            fprintf(stderr, "gpu_bench: %s failed at %s:%d: %s\n", #call, __FILE__, __LINE__,  \
+                    cublasGetStatusString(s_));                                                \
+            exit(1);                                                                           \
+        }                                                                                      \
+    } while (0)
+#define CKR(call)                                                                              \
+    do {                                                                                       \
+        if ((call) != 0) {                                                                     \
+            fprintf(stderr, "gpu_bench: %s failed: %s\n", #call, sr_error_get());             \
+            exit(1);                                                                           \
+        }                                                                                      \
+    } while (0)
+
+static sr_backend *be;
+static cudaStream_t st; /* the backend's stream: all timed work goes there */
+static double copy_gbs;
+
+__global__ void fill_f32(float *p, size_t n, uint64_t seed, float scale)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        p[i] = ((float)(z >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f) * scale;
+    }
+}
+
+__global__ void fill_bf16(__nv_bfloat16 *p, size_t n, uint64_t seed)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t z = (i + 1) * 0x9E3779B97F4A7C15ull ^ seed;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z ^= z >> 31;
+        p[i] = __float2bfloat16((float)(z >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f);
+    }
+}
+
+__global__ void fill_iota(int32_t *p, int n, int base)
+{
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x)
+        p[i] = base + i;
+}
+
+static float *dev_f32(size_t n, uint64_t seed, float scale)
+{
+    float *p;
+    CK(cudaMalloc(&p, n * 4));
+    fill_f32<<<1024, 256>>>(p, n, seed, scale);
+    CK(cudaGetLastError());
+    return p;
+}
+
+static int32_t *dev_iota(int n, int base)
+{
+    int32_t *p;
+    CK(cudaMalloc(&p, (size_t)(n ? n : 1) * 4));
+    fill_iota<<<256, 256>>>(p, n, base);
+    CK(cudaGetLastError());
+    return p;
+}
+
+static double median(std::vector<double> v)
+{
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+/* Median milliseconds of `reps` runs of fn(rep) after `warm` runs, each
+ * bracketed by events on the stream fn queues its work on. */
+template <typename F>
+static double time_ms(int warm, int reps, F fn)
+{
+    cudaEvent_t a, b;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
+    for (int i = 0; i < warm; i++)
+        fn(i);
+    CK(cudaDeviceSynchronize());
+    std::vector<double> t;
+    for (int i = 0; i < reps; i++) {
+        CK(cudaEventRecord(a, st));
+        fn(warm + i);
+        CK(cudaEventRecord(b, st));
+        CK(cudaEventSynchronize(b));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, a, b));
+        t.push_back(ms);
+    }
+    CK(cudaEventDestroy(a));
+    CK(cudaEventDestroy(b));
+    return median(t);
+}
+
+static void bench_ceilings(void)
+{
+    const size_t bytes = (size_t)2 << 30;
+    void *src, *dst;
+    CK(cudaMalloc(&src, bytes));
+    CK(cudaMalloc(&dst, bytes));
+    fill_f32<<<1024, 256>>>((float *)src, bytes / 4, 1, 1.0f);
+    CK(cudaDeviceSynchronize());
+    double ms = time_ms(3, 20, [&](int) { CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, st)); });
+    copy_gbs = 2.0 * bytes / (ms * 1e-3) / 1e9;
+    CK(cudaFree(src));
+    CK(cudaFree(dst));
+
+    const int N = 8192;
+    __nv_bfloat16 *A, *B;
+    float *C;
+    CK(cudaMalloc(&A, (size_t)N * N * 2));
+    CK(cudaMalloc(&B, (size_t)N * N * 2));
+    CK(cudaMalloc(&C, (size_t)N * N * 4));
+    fill_bf16<<<1024, 256>>>(A, (size_t)N * N, 2);
+    fill_bf16<<<1024, 256>>>(B, (size_t)N * N, 3);
+    CK(cudaDeviceSynchronize());
+    cublasHandle_t h;
+    CKB(cublasCreate(&h));
+    CKB(cublasSetStream(h, st));
+    const float one = 1.0f, zero = 0.0f;
+    double gms = time_ms(3, 10, [&](int) {
+        CKB(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, N, N, N, &one, A, CUDA_R_16BF, N, B,
+                         CUDA_R_16BF, N, &zero, C, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT));
+    });
+    double tflops = 2.0 * N * (double)N * N / (gms * 1e-3) / 1e12;
+    CKB(cublasDestroy(h));
+    CK(cudaFree(A));
+    CK(cudaFree(B));
+    CK(cudaFree(C));
+    printf("\n| ceiling | measured |\n|---|---|\n");
+    printf("| device-to-device copy (read + write) | %.0f GB/s |\n", copy_gbs);
+    printf("| cuBLAS bf16 GEMM 8192^3, fp32 out | %.0f TFLOP/s |\n", tflops);
+}
+
+static void bench_gemv(void)
+{
+    struct { int rows, cols; const char *what; } shapes[] = {
+        {4096, 4096, "q/o proj"}, {1024, 4096, "k/v proj"}, {14336, 4096, "gate/up"},
+        {4096, 14336, "down"}, {128256, 4096, "lm_head"}};
+    printf("\n| batch-1 GEMM (bf16 W, fp32 x) | rows x cols | GEMV GB/s | cuBLAS GB/s | GEMV / copy |\n");
+    printf("|---|---|---|---|---|\n");
+    for (auto &s : shapes) {
+        const size_t wn = (size_t)s.rows * s.cols;
+        int sets = (int)std::max<size_t>(1, ((size_t)256 << 20) / (wn * 2) + 1);
+        std::vector<sr_weight> w(sets);
+        for (int i = 0; i < sets; i++) {
+            __nv_bfloat16 *p;
+            CK(cudaMalloc(&p, wn * 2));
+            fill_bf16<<<1024, 256>>>(p, wn, 10 + i);
+            w[i] = sr_weight{p, SR_DTYPE_BF16, s.rows, s.cols};
+        }
+        float *x = dev_f32(s.cols, 5, 1.0f), *y;
+        CK(cudaMalloc(&y, (size_t)s.rows * 4));
+        CK(cudaDeviceSynchronize());
+        double gbs[2];
+        const sr_cuda_gemm_path paths[2] = {SR_CUDA_GEMM_GEMV, SR_CUDA_GEMM_CUBLAS};
+        for (int p = 0; p < 2; p++) {
+            backend_cuda_set_gemm_path(be, paths[p]);
+            double ms = time_ms(5, 50, [&](int r) { CKR(be->ops->matmul(be, x, &w[r % sets], NULL, 1, y)); });
+            gbs[p] = wn * 2.0 / (ms * 1e-3) / 1e9;
+        }
+        backend_cuda_set_gemm_path(be, SR_CUDA_GEMM_AUTO);
+        printf("| %s | %d x %d | %.0f | %.0f | %.2f |\n", s.what, s.rows, s.cols, gbs[0], gbs[1],
+               gbs[0] / copy_gbs);
+        for (auto &ww : w)
+            CK(cudaFree((void *)ww.data));
+        CK(cudaFree(x));
+        CK(cudaFree(y));
+    }
+}
+
+static void bench_decode(void)
+{
+    const int H = 32, KV = 8, D = 128;
+    const int ctxs[] = {4096, 16384, 65536, 131072, 262144};
+    printf("\n| decode attention (1 query, 32/8 heads, d 128, fp32 KV) | context | us | GB/s | / copy |\n");
+    printf("|---|---|---|---|---|\n");
+    for (int ctx : ctxs) {
+        const size_t kvn = (size_t)ctx * KV * D;
+        const size_t bytes = kvn * 4 * 2 + (size_t)ctx * 4;
+        int sets = (int)std::max<size_t>(1, ((size_t)512 << 20) / bytes + 1);
+        std::vector<float *> k(sets), v(sets);
+        for (int i = 0; i < sets; i++) {
+            k[i] = dev_f32(kvn, 100 + i, 1.0f);
+            v[i] = dev_f32(kvn, 200 + i, 1.0f);
+        }
+        float *q = dev_f32((size_t)H * D, 7, 1.0f), *out, *lse;
+        CK(cudaMalloc(&out, (size_t)H * D * 4));
+        CK(cudaMalloc(&lse, (size_t)H * 4));
+        int32_t *kp = dev_iota(ctx, 0), *qp = dev_iota(1, ctx);
+        CK(cudaDeviceSynchronize());
+        double ms = time_ms(5, 30, [&](int r) {
+            sr_attn_args a = {q, k[r % sets], v[r % sets], qp, kp, 1, ctx, H, KV, D, H * D, KV * D,
+                              1.0f / sqrtf((float)D), out, lse};
+            CKR(be->ops->attention(be, &a));
+        });
+        double gbs = bytes / (ms * 1e-3) / 1e9;
+        printf("| split-key, GQA-aware | %dK | %.1f | %.0f | %.2f |\n", ctx / 1024, ms * 1e3, gbs,
+               gbs / copy_gbs);
+        for (int i = 0; i < sets; i++) {
+            CK(cudaFree(k[i]));
+            CK(cudaFree(v[i]));
+        }
+        CK(cudaFree(q));
+        CK(cudaFree(out));
+        CK(cudaFree(lse));
+        CK(cudaFree(kp));
+        CK(cudaFree(qp));
+    }
+}
+
+static void bench_prefill(void)
+{
+    const int H = 32, KV = 8, D = 128;
+    const int seqs[] = {4096, 8192, 16384, 32768, 65536};
+    printf("\n| prefill attention (causal, 32/8 heads, d 128, fp32 in/out, bf16 MMA) | tokens | ms | TFLOP/s |\n");
+    printf("|---|---|---|---|\n");
+    for (int n : seqs) {
+        float *q = dev_f32((size_t)n * H * D, 11, 1.0f), *k = dev_f32((size_t)n * KV * D, 12, 1.0f);
+        float *v = dev_f32((size_t)n * KV * D, 13, 1.0f), *out, *lse;
+        CK(cudaMalloc(&out, (size_t)n * H * D * 4));
+        CK(cudaMalloc(&lse, (size_t)n * H * 4));
+        int32_t *pos = dev_iota(n, 0);
+        CK(cudaDeviceSynchronize());
+        backend_cuda_set_attention_path(be, SR_CUDA_ATTN_TC);
+        int reps = n >= 32768 ? 3 : 10;
+        double ms = time_ms(1, reps, [&](int) {
+            sr_attn_args a = {q, k, v, pos, pos, n, n, H, KV, D, H * D, KV * D,
+                              1.0f / sqrtf((float)D), out, lse};
+            CKR(be->ops->attention(be, &a));
+        });
+        backend_cuda_set_attention_path(be, SR_CUDA_ATTN_AUTO);
+        double flops = 2.0 * (double)n * n * D * H; /* 4 n^2 d h, causal half */
+        printf("| tensor-core flash | %dK | %.2f | %.0f |\n", n / 1024, ms, flops / (ms * 1e-3) / 1e12);
+        CK(cudaFree(q));
+        CK(cudaFree(k));
+        CK(cudaFree(v));
+        CK(cudaFree(out));
+        CK(cudaFree(lse));
+        CK(cudaFree(pos));
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (backend_cuda_device_count() <= 0) {
+        printf("gpu_bench: SKIP: no CUDA device visible\n");
+        return 77;
+    }
+    be = backend_cuda_create(0);
+    if (!be) {
+        fprintf(stderr, "gpu_bench: %s\n", sr_error_get());
+        return 1;
+    }
+    st = (cudaStream_t)backend_cuda_stream(be);
+    printf("gpu_bench on %s\n", backend_cuda_device_name(be));
+    bool all = argc < 2;
+    auto want = [&](const char *s) {
+        for (int i = 1; i < argc; i++)
+            if (!strcmp(argv[i], s))
+                return true;
+        return all;
+    };
+    bench_ceilings(); /* the others are reported against the copy bandwidth */
+    if (want("gemv"))
+        bench_gemv();
+    if (want("decode"))
+        bench_decode();
+    if (want("prefill"))
+        bench_prefill();
+    backend_destroy(be);
+    return 0;
+}

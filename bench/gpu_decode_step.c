@@ -1,0 +1,155 @@
+/* The whole model on the cuda backend, batch 1: Llama-3.1-8B's config with
+ * seeded random bf16 weights (--load-format dummy), prefill of a context
+ * of random tokens, then single-token decode steps through forward_run and
+ * the KV cache, exactly as generation runs them (each step ends with the
+ * logits' download, which waits for the device).
+ *
+ *   gpu_decode_step MODEL_DIR_OR_CONFIG [CONTEXT ...]   (default 512 4096 32768)
+ *
+ * Batch-1 decode must read every weight once per token plus the KV cache
+ * (fp32 here) of every layer: bytes/token over the step time is the
+ * achieved bandwidth, reported beside the measured copy bandwidth. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "attention_cuda/backend_cuda.h"
+#include "common/error.h"
+#include "engine/forward.h"
+#include "engine/kvcache.h"
+#include "engine/local_step.h"
+
+enum { CHUNK_ROWS = 2048, DECODE_WARM = 3, DECODE_STEPS = 32 };
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static void die(const char *what)
+{
+    fprintf(stderr, "gpu_decode_step: %s: %s\n", what, sr_error_get());
+    exit(1);
+}
+
+/* Device-to-device copy, bytes read + written per second (host-timed over
+ * 10 copies of 1 GiB, median). */
+static double copy_bandwidth(sr_backend *be)
+{
+    const size_t bytes = (size_t)1 << 30;
+    void *a = be->ops->alloc(be, bytes), *b = be->ops->alloc(be, bytes);
+    if (!a || !b)
+        die("copy buffers");
+    double t[10];
+    be->ops->copy(be, b, a, bytes);
+    be->ops->sync(be);
+    for (int i = 0; i < 10; i++) {
+        double t0 = now_s();
+        if (be->ops->copy(be, b, a, bytes) != 0 || be->ops->sync(be) != 0)
+            die("copy");
+        t[i] = now_s() - t0;
+    }
+    qsort(t, 10, sizeof t[0], cmp_double);
+    be->ops->free(be, a);
+    be->ops->free(be, b);
+    return 2.0 * bytes / t[5];
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        fprintf(stderr, "usage: gpu_decode_step MODEL_DIR_OR_CONFIG [CONTEXT ...]\n");
+        return 2;
+    }
+    if (backend_cuda_device_count() <= 0) {
+        printf("gpu_decode_step: SKIP: no CUDA device visible\n");
+        return 77;
+    }
+    int ctxs[16] = {512, 4096, 32768}, n_ctx = 3;
+    if (argc > 2) {
+        n_ctx = 0;
+        for (int i = 2; i < argc && n_ctx < 16; i++)
+            ctxs[n_ctx++] = atoi(argv[i]);
+    }
+    sr_backend *be = backend_cuda_create(0);
+    if (!be)
+        die("cuda backend");
+    double t0 = now_s();
+    sr_model m;
+    sr_load_options opt = {.format = SR_LOAD_DUMMY, .dummy_seed = 1, .dummy_dtype = SR_DTYPE_BF16};
+    if (model_load(&m, argv[1], &opt) != 0)
+        die("loading the model");
+    double t_load = now_s() - t0;
+    const sr_model_config *c = &m.cfg;
+    double copy_bps = copy_bandwidth(be);
+
+    sr_forward f;
+    t0 = now_s();
+    if (forward_init(&f, be, &m, CHUNK_ROWS) != 0)
+        die("forward_init");
+    double t_upload = now_s() - t0;
+    /* bytes one decode step must read: every weight (bf16 matrices, fp32
+     * norms; a tied lm_head once) and, per context token, K and V of every
+     * layer in fp32 */
+    double weight_bytes = (double)model_count_params(&m) * 2.0;
+    double kv_token_bytes = (double)c->n_layers * c->n_kv_heads * c->head_dim * 4.0 * 2.0;
+    printf("gpu_decode_step on %s: %s, %d layers, %.2f GB of bf16 weights; host fill %.1f s, "
+           "upload %.1f s; copy bandwidth %.0f GB/s\n\n", backend_cuda_device_name(be),
+           c->arch_name, c->n_layers, weight_bytes / 1e9, t_load, t_upload, copy_bps / 1e9);
+    printf("| model (dummy bf16) | context | prefill tok/s | decode ms/token | decode tok/s | "
+           "GB read/token | GB/s | / copy |\n|---|---|---|---|---|---|---|---|\n");
+
+    float *logits = malloc((size_t)c->vocab_size * sizeof *logits);
+    uint64_t rng = 12345;
+    for (int ci = 0; ci < n_ctx; ci++) {
+        const int ctx = ctxs[ci];
+        sr_kvcache kv;
+        if (kvcache_init(&kv, be, c, ctx + DECODE_WARM + DECODE_STEPS + 1) != 0)
+            die("kvcache_init");
+        sr_local_step st = {.fwd = &f, .kv = &kv};
+        int32_t *ids = malloc((size_t)ctx * sizeof *ids), *pos = malloc((size_t)ctx * sizeof *pos);
+        for (int i = 0; i < ctx; i++) {
+            rng = rng * 6364136223846793005ull + 1442695040888963407ull;
+            ids[i] = (int32_t)((rng >> 33) % (uint64_t)c->vocab_size);
+            pos[i] = i;
+        }
+        t0 = now_s();
+        if (local_step(&st, ids, pos, ctx, logits) != 0)
+            die("prefill");
+        double t_prefill = now_s() - t0;
+        double steps[DECODE_STEPS];
+        int32_t tok = ids[ctx - 1];
+        for (int s = 0; s < DECODE_WARM + DECODE_STEPS; s++) {
+            int32_t p = ctx + s;
+            tok = (tok * 7 + 13) % c->vocab_size;
+            double ts = now_s();
+            if (local_step(&st, &tok, &p, 1, logits) != 0)
+                die("decode step");
+            if (s >= DECODE_WARM)
+                steps[s - DECODE_WARM] = now_s() - ts;
+        }
+        qsort(steps, DECODE_STEPS, sizeof steps[0], cmp_double);
+        double step = steps[DECODE_STEPS / 2];
+        double bytes = weight_bytes + kv_token_bytes * (ctx + DECODE_WARM + DECODE_STEPS / 2);
+        printf("| %s | %d | %.0f | %.2f | %.1f | %.2f | %.0f | %.2f |\n", c->arch_name, ctx,
+               ctx / t_prefill, step * 1e3, 1.0 / step, bytes / 1e9, bytes / step / 1e9,
+               bytes / step / copy_bps);
+        fflush(stdout);
+        free(ids), free(pos);
+        kvcache_free(&kv);
+    }
+    free(logits);
+    forward_free(&f);
+    model_free(&m);
+    backend_destroy(be);
+    return 0;
+}

@@ -1,0 +1,458 @@
+/* Every operation of the cuda backend against the cpu backend's on fresh
+ * random inputs: several shapes, odd lengths, masks with position gaps,
+ * rows that see no key, empty key sets, forced splits with empty ranges,
+ * lse gaps above 100 in merges, more parts than one merge launch takes.
+ * Outputs are poisoned with NaN before each run.
+ *
+ * Tolerances (relative, ||gpu - cpu|| / ||cpu||): 1e-5 for fp32 paths
+ * (element-wise ops, rmsnorm, rope, merge, split-key attention, GEMV with
+ * its fp32 activations over bf16 weights, fp32 GEMM); 1e-2 for paths that
+ * round activations to bf16 (cuBLAS bf16 GEMM, tensor-core attention).
+ * Skips (exit 77) when no GPU is visible. SR_TEST_SEED picks the data. */
+#include <stdint.h>
+
+#include "tests/gpu/gpu_test_util.h"
+
+static sr_backend *cpu, *gpu;
+/* SR_TEST_QUICK=1 drops the largest shapes, for runs under
+ * compute-sanitizer, which slows kernels a hundredfold. */
+static int quick;
+
+/* ---- element-wise and per-row ---------------------------------------- */
+
+static void test_embed(sr_dtype dt, int vocab, int dim, int n)
+{
+    float *tf = gpu_rand_host((size_t)vocab * dim, 1.0f);
+    uint16_t *tb = NULL;
+    sr_weight host = {.data = tf, .dtype = SR_DTYPE_F32, .rows = vocab, .cols = dim};
+    if (dt == SR_DTYPE_BF16) { /* the cpu reads the same bf16 values */
+        tb = malloc((size_t)vocab * dim * 2);
+        for (size_t i = 0; i < (size_t)vocab * dim; i++) {
+            uint32_t u;
+            memcpy(&u, &tf[i], 4);
+            tb[i] = (uint16_t)(u >> 16);
+        }
+        host.data = tb;
+        host.dtype = SR_DTYPE_BF16;
+    }
+    sr_weight dev;
+    CHECK(backend_cuda_weight_upload(gpu, &host, dt, &dev) == 0, "upload: %s", sr_error_get());
+    int32_t *ids = malloc((size_t)n * sizeof *ids);
+    for (int i = 0; i < n; i++)
+        ids[i] = (int32_t)((gpu_frand() + 1.0f) * 0.5f * (vocab - 1));
+    ids[0] = vocab - 1;
+    float *ref = malloc((size_t)n * dim * sizeof *ref);
+    CHECK(cpu->ops->embed(cpu, &host, ids, n, ref) == 0, "cpu embed");
+    int32_t *dids = gpu_put(gpu, ids, (size_t)n * 4);
+    float *dout = gpu_poisoned(gpu, (size_t)n * dim);
+    CHECK(gpu->ops->embed(gpu, &dev, dids, n, dout) == 0, "embed: %s", sr_error_get());
+    float *out = gpu_get(gpu, dout, (size_t)n * dim);
+    double e = gpu_rel_err(out, ref, (size_t)n * dim);
+    CHECK(e == 0.0, "embed %s %dx%d n=%d: rel err %g (must be exact)", sr_dtype_name(dt), vocab,
+          dim, n, e);
+    backend_cuda_weight_free(gpu, &dev);
+    gpu->ops->free(gpu, dids), gpu->ops->free(gpu, dout);
+    free(tf), free(tb), free(ids), free(ref), free(out);
+}
+
+static void test_rmsnorm(int n, int dim, int in_place)
+{
+    float *x = gpu_rand_host((size_t)n * dim, 3.0f), *w = gpu_rand_host((size_t)dim, 1.0f);
+    sr_weight hw = {.data = w, .dtype = SR_DTYPE_F32, .rows = dim, .cols = 1}, dw;
+    CHECK(backend_cuda_weight_upload(gpu, &hw, SR_DTYPE_F32, &dw) == 0, "upload");
+    float *ref = malloc((size_t)n * dim * 4);
+    cpu->ops->rmsnorm(cpu, x, &hw, n, dim, 1e-5f, ref);
+    float *dx = gpu_put(gpu, x, (size_t)n * dim * 4);
+    float *dout = in_place ? dx : gpu_poisoned(gpu, (size_t)n * dim);
+    CHECK(gpu->ops->rmsnorm(gpu, dx, &dw, n, dim, 1e-5f, dout) == 0, "rmsnorm: %s",
+          sr_error_get());
+    float *out = gpu_get(gpu, dout, (size_t)n * dim);
+    double e = gpu_rel_err(out, ref, (size_t)n * dim);
+    CHECK(e < 1e-5, "rmsnorm n=%d dim=%d in_place=%d: rel err %g", n, dim, in_place, e);
+    backend_cuda_weight_free(gpu, &dw);
+    gpu->ops->free(gpu, dx);
+    if (!in_place)
+        gpu->ops->free(gpu, dout);
+    free(x), free(w), free(ref), free(out);
+}
+
+static void test_rope(int n, int heads, int hd, int extra)
+{
+    int stride = heads * hd + extra;
+    float *x = gpu_rand_host((size_t)n * stride, 1.0f), *ref = malloc((size_t)n * stride * 4);
+    memcpy(ref, x, (size_t)n * stride * 4);
+    int32_t *pos = malloc((size_t)n * 4);
+    for (int i = 0; i < n; i++)
+        pos[i] = i == 0 ? 0 : i == 1 ? 131071 : (int32_t)((gpu_frand() + 1.0f) * 20000.0f);
+    float *inv = malloc((size_t)hd / 2 * 4);
+    for (int f = 0; f < hd / 2; f++)
+        inv[f] = (float)(1.0 / pow(500000.0, 2.0 * f / hd));
+    cpu->ops->rope(cpu, ref, pos, n, heads, hd, stride, inv);
+    float *dx = gpu_put(gpu, x, (size_t)n * stride * 4);
+    int32_t *dpos = gpu_put(gpu, pos, (size_t)n * 4);
+    float *dinv = gpu_put(gpu, inv, (size_t)hd / 2 * 4);
+    CHECK(gpu->ops->rope(gpu, dx, dpos, n, heads, hd, stride, dinv) == 0, "rope: %s",
+          sr_error_get());
+    float *out = gpu_get(gpu, dx, (size_t)n * stride);
+    double e = gpu_rel_err(out, ref, (size_t)n * stride);
+    CHECK(e < 1e-6, "rope n=%d heads=%d hd=%d: rel err %g", n, heads, hd, e);
+    gpu->ops->free(gpu, dx), gpu->ops->free(gpu, dpos), gpu->ops->free(gpu, dinv);
+    free(x), free(ref), free(pos), free(inv), free(out);
+}
+
+static void test_swiglu_add(size_t n)
+{
+    float *g = gpu_rand_host(n, 12.0f), *u = gpu_rand_host(n, 2.0f);
+    float *ref = malloc(n * 4);
+    cpu->ops->swiglu(cpu, g, u, n, ref);
+    float *dg = gpu_put(gpu, g, n * 4), *du = gpu_put(gpu, u, n * 4);
+    float *dout = gpu_poisoned(gpu, n);
+    CHECK(gpu->ops->swiglu(gpu, dg, du, n, dout) == 0, "swiglu: %s", sr_error_get());
+    float *out = gpu_get(gpu, dout, n);
+    double e = gpu_rel_err(out, ref, n);
+    CHECK(e < 1e-6, "swiglu n=%zu: rel err %g", n, e);
+    /* add, in place on the swiglu output (as the forward pass adds) */
+    cpu->ops->add(cpu, ref, u, n);
+    CHECK(gpu->ops->add(gpu, dout, du, n) == 0, "add: %s", sr_error_get());
+    free(out);
+    out = gpu_get(gpu, dout, n);
+    e = gpu_rel_err(out, ref, n);
+    CHECK(e < 1e-6, "add n=%zu: rel err %g", n, e);
+    gpu->ops->free(gpu, dg), gpu->ops->free(gpu, du), gpu->ops->free(gpu, dout);
+    free(g), free(u), free(ref), free(out);
+}
+
+/* ---- matmul ----------------------------------------------------------- */
+
+static void test_matmul(sr_dtype dev_dt, sr_cuda_gemm_path path, int n, int rows, int cols,
+                        int with_bias)
+{
+    float *x = gpu_rand_host((size_t)n * cols, 1.0f), *wf = gpu_rand_host((size_t)rows * cols, 1.0f);
+    float *b = gpu_rand_host((size_t)rows, 1.0f);
+    /* The device keeps bf16 weights: the reference multiplies the same
+     * rounded values, so only the activations' treatment differs. */
+    uint16_t *wb = malloc((size_t)rows * cols * 2);
+    for (size_t i = 0; i < (size_t)rows * cols; i++) {
+        uint32_t u;
+        memcpy(&u, &wf[i], 4);
+        wb[i] = (uint16_t)(u >> 16);
+    }
+    sr_weight hw = {.data = dev_dt == SR_DTYPE_BF16 ? (void *)wb : (void *)wf, .dtype = dev_dt,
+                    .rows = rows, .cols = cols};
+    sr_weight hb = {.data = b, .dtype = SR_DTYPE_F32, .rows = rows, .cols = 1}, dw, db;
+    CHECK(backend_cuda_weight_upload(gpu, &hw, dev_dt, &dw) == 0, "upload w");
+    CHECK(backend_cuda_weight_upload(gpu, &hb, SR_DTYPE_F32, &db) == 0, "upload b");
+    float *ref = malloc((size_t)n * rows * 4);
+    cpu->ops->matmul(cpu, x, &hw, with_bias ? &hb : NULL, n, ref);
+    float *dx = gpu_put(gpu, x, (size_t)n * cols * 4);
+    float *dy = gpu_poisoned(gpu, (size_t)n * rows);
+    backend_cuda_set_gemm_path(gpu, path);
+    CHECK(gpu->ops->matmul(gpu, dx, &dw, with_bias ? &db : NULL, n, dy) == 0, "matmul: %s",
+          sr_error_get());
+    backend_cuda_set_gemm_path(gpu, SR_CUDA_GEMM_AUTO);
+    float *y = gpu_get(gpu, dy, (size_t)n * rows);
+    double e = gpu_rel_err(y, ref, (size_t)n * rows);
+    /* GEMV keeps x in fp32 (cols % 8 == 0 only, else cuBLAS takes it) */
+    int exact = dev_dt == SR_DTYPE_F32 ||
+                ((path == SR_CUDA_GEMM_GEMV || (path == SR_CUDA_GEMM_AUTO && n <= 4)) &&
+                 n <= 4 && cols % 8 == 0);
+    double tol = exact ? 1e-5 : 1e-2;
+    CHECK(e < tol, "matmul %s path=%d n=%d %dx%d bias=%d: rel err %g (tol %g)",
+          sr_dtype_name(dev_dt), (int)path, n, rows, cols, with_bias, e, tol);
+    backend_cuda_weight_free(gpu, &dw), backend_cuda_weight_free(gpu, &db);
+    gpu->ops->free(gpu, dx), gpu->ops->free(gpu, dy);
+    free(x), free(wf), free(b), free(wb), free(ref), free(y);
+}
+
+/* ---- attention -------------------------------------------------------- */
+
+typedef enum { MASK_NONE, MASK_STAR, MASK_CAUSAL, MASK_SHUFFLED } mask_kind;
+
+static const char *mask_name(mask_kind m)
+{
+    return m == MASK_NONE ? "none" : m == MASK_STAR ? "star" : m == MASK_CAUSAL ? "causal"
+                                                                                : "shuffled";
+}
+
+/* Runs one attention shape on both backends and compares out and lse.
+ * MASK_STAR: keys with a position gap (Star's anchor layout), queries end
+ * at the last key and the first query precedes every key (sees nothing).
+ * MASK_CAUSAL: q and k are the same positions 0..n-1 (prefill).
+ * MASK_SHUFFLED: key positions in no order, so no kernel may assume they
+ * ascend. */
+static void test_attention(sr_cuda_attn_path path, int splits, int nq, int nk, int n_heads,
+                           int n_kv, int hd, mask_kind mask, float qscale)
+{
+    int qs = n_heads * hd, ks = n_kv * hd;
+    float *q = gpu_rand_host((size_t)nq * qs, qscale), *k = gpu_rand_host((size_t)nk * ks, 1.0f);
+    float *v = gpu_rand_host((size_t)nk * ks, 1.0f);
+    int32_t *qp = malloc((size_t)(nq ? nq : 1) * 4), *kp = malloc((size_t)(nk ? nk : 1) * 4);
+    for (int j = 0; j < nk; j++)
+        kp[j] = mask == MASK_CAUSAL ? j : (j < nk / 3 ? j : j + 7);
+    if (mask == MASK_SHUFFLED)
+        for (int j = nk - 1; j > 0; j--) {
+            int r = (int)((gpu_frand() + 1.0f) * 0.5f * j);
+            int32_t t = kp[j];
+            kp[j] = kp[r], kp[r] = t;
+        }
+    int32_t last = 0;
+    for (int j = 0; j < nk; j++)
+        last = kp[j] > last ? kp[j] : last;
+    for (int i = 0; i < nq; i++)
+        qp[i] = mask == MASK_CAUSAL ? i + (nk - nq) : last - (nq - 1 - i) - (i == 0 ? 100 : 0);
+    const int masked = mask != MASK_NONE;
+    float *ref = malloc((size_t)nq * qs * 4), *rlse = malloc((size_t)nq * n_heads * 4);
+    sr_attn_args a = {.q = q, .k = k, .v = v, .q_pos = qp, .k_pos = masked ? kp : NULL,
+                      .nq = nq, .nk = nk, .n_heads = n_heads, .n_kv = n_kv, .head_dim = hd,
+                      .q_stride = qs, .kv_stride = ks, .scale = 1.0f / sqrtf((float)hd),
+                      .out = ref, .lse = rlse};
+    CHECK(cpu->ops->attention(cpu, &a) == 0, "cpu attention");
+    sr_attn_args d = a;
+    d.q = gpu_put(gpu, q, (size_t)nq * qs * 4);
+    d.k = gpu_put(gpu, k, (size_t)nk * ks * 4);
+    d.v = gpu_put(gpu, v, (size_t)nk * ks * 4);
+    d.q_pos = gpu_put(gpu, qp, (size_t)nq * 4);
+    d.k_pos = masked ? gpu_put(gpu, kp, (size_t)nk * 4) : NULL;
+    d.out = gpu_poisoned(gpu, (size_t)nq * qs);
+    d.lse = gpu_poisoned(gpu, (size_t)nq * n_heads);
+    backend_cuda_set_attention_path(gpu, path);
+    backend_cuda_set_attention_splits(gpu, splits);
+    int rc = gpu->ops->attention(gpu, &d);
+    backend_cuda_set_attention_path(gpu, SR_CUDA_ATTN_AUTO);
+    backend_cuda_set_attention_splits(gpu, 0);
+    CHECK(rc == 0, "attention: %s", sr_error_get());
+    float *out = gpu_get(gpu, d.out, (size_t)nq * qs), *lse = gpu_get(gpu, d.lse, (size_t)nq * n_heads);
+    double e = gpu_rel_err(out, ref, (size_t)nq * qs);
+    const int tc = path == SR_CUDA_ATTN_TC ||
+                   (path == SR_CUDA_ATTN_AUTO && (hd == 64 || hd == 128) && nq >= 64 && nk >= 64);
+    double tol = tc ? 1e-2 : 1e-5, ltol = tc ? 1e-2 : 1e-5;
+    CHECK(e < tol, "attention %s splits=%d nq=%d nk=%d h=%d kv=%d hd=%d mask=%s: rel err %g "
+          "(tol %g)", tc ? "tc" : "split", splits, nq, nk, n_heads, n_kv, hd, mask_name(mask), e,
+          tol);
+    int bad = 0, empty_rows = 0;
+    double worst = 0;
+    for (int i = 0; i < nq * n_heads; i++) {
+        if (isinf(rlse[i])) {
+            empty_rows++;
+            if (!(isinf(lse[i]) && lse[i] < 0))
+                bad++;
+            for (int c = 0; c < hd; c++) /* out = 0 exactly for a row that sees nothing */
+                if (out[(size_t)i * hd + c] != 0.0f)
+                    bad++;
+        } else {
+            double diff = fabs((double)lse[i] - rlse[i]) / (1.0 + fabs(rlse[i]));
+            if (!(diff <= ltol))
+                bad++;
+            worst = isnan(diff) ? INFINITY : fmax(worst, diff);
+        }
+    }
+    CHECK(bad == 0, "attention %s nq=%d nk=%d hd=%d mask=%s: %d lse/empty-row mismatches "
+          "(worst lse diff %g, %d empty rows)", tc ? "tc" : "split", nq, nk, hd, mask_name(mask),
+          bad, worst, empty_rows);
+    int32_t kmin = INT32_MAX;
+    for (int j = 0; j < nk; j++)
+        kmin = kp[j] < kmin ? kp[j] : kmin;
+    if (masked && nk > 0 && qp[0] < kmin) /* the data has a row that sees nothing */
+        CHECK(empty_rows >= n_heads, "test data: the first query should see no key");
+    gpu->ops->free(gpu, (void *)d.q), gpu->ops->free(gpu, (void *)d.k);
+    gpu->ops->free(gpu, (void *)d.v), gpu->ops->free(gpu, (void *)d.q_pos);
+    if (d.k_pos)
+        gpu->ops->free(gpu, (void *)d.k_pos);
+    gpu->ops->free(gpu, d.out), gpu->ops->free(gpu, d.lse);
+    free(q), free(k), free(v), free(qp), free(kp), free(ref), free(rlse), free(out), free(lse);
+}
+
+/* lse = NULL is allowed: only out is written. */
+static void test_attention_no_lse(void)
+{
+    int nq = 3, nk = 1000, h = 8, kv = 2, hd = 128, qs = h * hd, ks = kv * hd;
+    float *q = gpu_rand_host((size_t)nq * qs, 1.0f), *k = gpu_rand_host((size_t)nk * ks, 1.0f);
+    float *v = gpu_rand_host((size_t)nk * ks, 1.0f), *ref = malloc((size_t)nq * qs * 4);
+    sr_attn_args a = {.q = q, .k = k, .v = v, .nq = nq, .nk = nk, .n_heads = h, .n_kv = kv,
+                      .head_dim = hd, .q_stride = qs, .kv_stride = ks, .scale = 0.088f,
+                      .out = ref};
+    cpu->ops->attention(cpu, &a);
+    sr_attn_args d = a;
+    d.q = gpu_put(gpu, q, (size_t)nq * qs * 4);
+    d.k = gpu_put(gpu, k, (size_t)nk * ks * 4);
+    d.v = gpu_put(gpu, v, (size_t)nk * ks * 4);
+    d.out = gpu_poisoned(gpu, (size_t)nq * qs);
+    CHECK(gpu->ops->attention(gpu, &d) == 0, "attention without lse: %s", sr_error_get());
+    float *out = gpu_get(gpu, d.out, (size_t)nq * qs);
+    double e = gpu_rel_err(out, ref, (size_t)nq * qs);
+    CHECK(e < 1e-5, "attention without lse: rel err %g", e);
+    gpu->ops->free(gpu, (void *)d.q), gpu->ops->free(gpu, (void *)d.k);
+    gpu->ops->free(gpu, (void *)d.v), gpu->ops->free(gpu, d.out);
+    free(q), free(k), free(v), free(ref), free(out);
+}
+
+/* ---- merge ------------------------------------------------------------ */
+
+/* Partials from cpu attention over parts of a key set, merged by both
+ * backends. `gap`: later parts dominate by an lse gap above 100. */
+static void test_merge(int nk, const int *cuts, int ncuts, int gap, const char *what)
+{
+    int nq = 3, n_heads = 4, n_kv = 2, hd = 64, qs = n_heads * hd, ks = n_kv * hd;
+    float qscale = gap ? 60.0f : 1.0f;
+    float *q = gpu_rand_host((size_t)nq * qs, qscale), *k = gpu_rand_host((size_t)nk * ks, 1.0f);
+    float *v = gpu_rand_host((size_t)nk * ks, 1.0f);
+    if (gap)
+        for (size_t i = (size_t)cuts[0] * ks; i < (size_t)nk * ks; i++)
+            k[i] = fabsf(k[i]) * 8.0f * (q[i % ks] >= 0 ? 1.0f : -1.0f);
+    int nparts = ncuts + 1, rows = nq * n_heads;
+    float **po = malloc((size_t)nparts * sizeof *po), **pl = malloc((size_t)nparts * sizeof *pl);
+    float **dpo = malloc((size_t)nparts * sizeof *dpo), **dpl = malloc((size_t)nparts * sizeof *dpl);
+    int start = 0;
+    for (int p = 0; p < nparts; p++) {
+        int end = p < ncuts ? cuts[p] : nk;
+        po[p] = malloc((size_t)rows * hd * 4);
+        pl[p] = malloc((size_t)rows * 4);
+        sr_attn_args a = {.q = q, .k = k + (size_t)start * ks, .v = v + (size_t)start * ks,
+                          .nq = nq, .nk = end - start, .n_heads = n_heads, .n_kv = n_kv,
+                          .head_dim = hd, .q_stride = qs, .kv_stride = ks,
+                          .scale = 1.0f / sqrtf((float)hd), .out = po[p], .lse = pl[p]};
+        cpu->ops->attention(cpu, &a);
+        dpo[p] = gpu_put(gpu, po[p], (size_t)rows * hd * 4);
+        dpl[p] = gpu_put(gpu, pl[p], (size_t)rows * 4);
+        start = end;
+    }
+    if (gap) {
+        float g = 0;
+        for (int i = 0; i < rows; i++)
+            g = fmaxf(g, fabsf(pl[1][i] - pl[0][i]));
+        CHECK(g > 100.0f, "merge (%s): test data should have an lse gap > 100, got %g", what, g);
+    }
+    float *ro = malloc((size_t)rows * hd * 4), *rl = malloc((size_t)rows * 4);
+    cpu->ops->merge(cpu, nparts, (const float *const *)po, (const float *const *)pl, rows, hd, ro,
+                    rl);
+    float *dmo = gpu_poisoned(gpu, (size_t)rows * hd), *dml = gpu_poisoned(gpu, (size_t)rows);
+    CHECK(gpu->ops->merge(gpu, nparts, (const float *const *)dpo, (const float *const *)dpl, rows,
+                          hd, dmo, dml) == 0, "merge: %s", sr_error_get());
+    float *mo = gpu_get(gpu, dmo, (size_t)rows * hd), *ml = gpu_get(gpu, dml, (size_t)rows);
+    double e = gpu_rel_err(mo, ro, (size_t)rows * hd);
+    CHECK(e < 1e-5, "merge (%s, %d parts): rel err %g", what, nparts, e);
+    int ok = 1;
+    for (int i = 0; i < rows; i++)
+        if (isnan(ml[i]) || fabs((double)ml[i] - rl[i]) > 1e-5 * (1 + fabs(rl[i])))
+            ok = 0;
+    CHECK(ok, "merge (%s): lse mismatch", what);
+    for (int p = 0; p < nparts; p++) {
+        free(po[p]), free(pl[p]);
+        gpu->ops->free(gpu, dpo[p]), gpu->ops->free(gpu, dpl[p]);
+    }
+    gpu->ops->free(gpu, dmo), gpu->ops->free(gpu, dml);
+    free(po), free(pl), free(dpo), free(dpl), free(q), free(k), free(v), free(ro), free(rl);
+    free(mo), free(ml);
+}
+
+static void test_merge_all_empty(void)
+{
+    float o[2][8] = {{0}}, l[2][2] = {{-INFINITY, -INFINITY}, {-INFINITY, -INFINITY}};
+    float *dpo[2], *dpl[2];
+    for (int p = 0; p < 2; p++) {
+        dpo[p] = gpu_put(gpu, o[p], sizeof o[p]);
+        dpl[p] = gpu_put(gpu, l[p], sizeof l[p]);
+    }
+    float *dmo = gpu_poisoned(gpu, 8), *dml = gpu_poisoned(gpu, 2);
+    CHECK(gpu->ops->merge(gpu, 2, (const float *const *)dpo, (const float *const *)dpl, 2, 4, dmo,
+                          dml) == 0, "merge: %s", sr_error_get());
+    float *mo = gpu_get(gpu, dmo, 8), *ml = gpu_get(gpu, dml, 2);
+    int ok = isinf(ml[0]) && ml[0] < 0 && isinf(ml[1]) && ml[1] < 0;
+    for (int i = 0; i < 8; i++)
+        ok &= mo[i] == 0.0f;
+    CHECK(ok, "all-empty merge must give lse = -inf and o = 0 (got %g, %g)", ml[0], mo[0]);
+    for (int p = 0; p < 2; p++)
+        gpu->ops->free(gpu, dpo[p]), gpu->ops->free(gpu, dpl[p]);
+    gpu->ops->free(gpu, dmo), gpu->ops->free(gpu, dml);
+    free(mo), free(ml);
+}
+
+int main(void)
+{
+    gpu = gpu_backend_or_skip("cuda_ops");
+    cpu = backend_cpu_create();
+    const char *seed = getenv("SR_TEST_SEED");
+    gpu_seed(seed ? strtoull(seed, NULL, 0) : 0x1234567ull);
+    quick = getenv("SR_TEST_QUICK") && atoi(getenv("SR_TEST_QUICK"));
+
+    test_embed(SR_DTYPE_BF16, 1000, 300, 7);
+    test_embed(SR_DTYPE_F32, 77, 64, 33);
+    test_rmsnorm(5, 37, 0);
+    test_rmsnorm(3, 4096, 0);
+    test_rmsnorm(2, 1000, 1);
+    test_rope(6, 3, 16, 0);
+    test_rope(9, 32, 128, 0);
+    test_rope(4, 8, 64, 8); /* stride wider than the heads */
+    test_swiglu_add(1000003);
+    test_swiglu_add(5);
+
+    const sr_cuda_gemm_path paths[3] = {SR_CUDA_GEMM_AUTO, SR_CUDA_GEMM_GEMV, SR_CUDA_GEMM_CUBLAS};
+    for (int p = 0; p < 3; p++) {
+        test_matmul(SR_DTYPE_BF16, paths[p], 1, 70, 64, 0);
+        if (!quick)
+            test_matmul(SR_DTYPE_BF16, paths[p], 1, 4096, 4096, 1);
+        test_matmul(SR_DTYPE_BF16, paths[p], 3, 1000, 136, 1);
+        if (!quick)
+            test_matmul(SR_DTYPE_BF16, paths[p], 4, 14336, 512, 0);
+        test_matmul(SR_DTYPE_BF16, paths[p], 2, 33, 36, 1); /* cols % 8 != 0 */
+    }
+    test_matmul(SR_DTYPE_BF16, SR_CUDA_GEMM_AUTO, 9, 300, 96, 1);
+    test_matmul(SR_DTYPE_BF16, SR_CUDA_GEMM_AUTO, 257, 512, 1024, 0);
+    test_matmul(SR_DTYPE_F32, SR_CUDA_GEMM_AUTO, 3, 17, 33, 1);
+    test_matmul(SR_DTYPE_F32, SR_CUDA_GEMM_AUTO, 100, 64, 200, 0);
+
+    /* The split-key (fp32) kernel: every head_dim template, GQA, masks. */
+    const sr_cuda_attn_path S = SR_CUDA_ATTN_SPLIT, T = SR_CUDA_ATTN_TC;
+    test_attention(S, 0, 7, 23, 4, 2, 16, MASK_STAR, 1.0f);
+    test_attention(S, 0, 1, 300, 8, 2, 64, MASK_NONE, 1.0f);
+    test_attention(S, 0, 40, 40, 4, 4, 32, MASK_CAUSAL, 1.0f);
+    test_attention(S, 0, 5, 1, 2, 1, 8, MASK_STAR, 1.0f);
+    test_attention(S, 0, 3, 0, 2, 1, 8, MASK_NONE, 1.0f); /* empty key set */
+    test_attention(S, 0, 3, 0, 4, 2, 128, MASK_STAR, 1.0f);
+    test_attention(S, 0, 9, 50, 4, 1, 128, MASK_STAR, 4.0f);
+    test_attention(S, 0, 1, 4097, 32, 8, 128, MASK_STAR, 1.0f);  /* Llama-3-8B decode */
+    if (!quick)
+        test_attention(S, 0, 1, 20011, 32, 8, 128, MASK_NONE, 1.0f);
+    test_attention(S, 0, 2, 3001, 6, 3, 96, MASK_STAR, 1.0f);    /* padded head_dim */
+    test_attention(S, 0, 3, 777, 4, 1, 256, MASK_SHUFFLED, 1.0f);
+    test_attention(S, 0, 5, 2000, 7, 7, 64, MASK_SHUFFLED, 2.0f); /* MHA, odd heads */
+    /* forced splits: more splits than keys want, ranges that see nothing */
+    test_attention(S, 7, 4, 333, 8, 2, 128, MASK_STAR, 1.0f);
+    test_attention(S, 64, 1, 100, 4, 2, 64, MASK_CAUSAL, 1.0f);
+    test_attention(S, 3, 2, 5000, 16, 2, 32, MASK_SHUFFLED, 1.0f);
+
+    /* The tensor-core kernel: head_dim 64 and 128, odd lengths, masks. */
+    test_attention(T, 0, 64, 64, 2, 2, 64, MASK_CAUSAL, 1.0f);
+    test_attention(T, 0, 200, 200, 4, 2, 128, MASK_CAUSAL, 1.0f);
+    test_attention(T, 0, 77, 333, 4, 1, 64, MASK_STAR, 1.0f);
+    test_attention(T, 0, 130, 301, 8, 2, 128, MASK_STAR, 4.0f);
+    if (!quick)
+        test_attention(T, 0, 1000, 1000, 8, 2, 128, MASK_CAUSAL, 1.0f);
+    test_attention(T, 0, 300, 1200, 4, 4, 128, MASK_SHUFFLED, 1.0f);
+    test_attention(T, 0, 65, 5, 2, 1, 64, MASK_NONE, 1.0f);
+    test_attention(T, 0, 3, 0, 2, 1, 128, MASK_STAR, 1.0f); /* empty key set */
+    test_attention(T, 0, 1, 1, 2, 2, 64, MASK_CAUSAL, 1.0f);
+    /* AUTO picks the tensor cores for prefill, the split kernel for decode */
+    if (!quick)
+        test_attention(SR_CUDA_ATTN_AUTO, 0, 512, 1536, 32, 8, 128, MASK_CAUSAL, 1.0f);
+    test_attention(SR_CUDA_ATTN_AUTO, 0, 1, 1536, 32, 8, 128, MASK_CAUSAL, 1.0f);
+    test_attention_no_lse();
+
+    int c1[] = {5, 11};
+    test_merge(20, c1, 2, 0, "three parts");
+    int c2[] = {0, 20};
+    test_merge(20, c2, 2, 0, "empty first and last part");
+    int c3[] = {1, 2, 3};
+    test_merge(8, c3, 3, 0, "one-key parts");
+    int c4[] = {10};
+    test_merge(30, c4, 1, 1, "lse gap > 100");
+    int c5[40];
+    for (int i = 0; i < 40; i++)
+        c5[i] = i * 3 + (i % 5 == 0 ? 0 : 1); /* 41 parts, some empty: two launches */
+    test_merge(200, c5, 40, 0, "41 parts");
+    test_merge_all_empty();
+
+    backend_destroy(cpu);
+    backend_destroy(gpu);
+    return check_finish("cuda_ops");
+}
