@@ -88,7 +88,7 @@ if want sanitize; then
   t0=$SECONDS
   : > "$out/sanitize.log"
   for tool in memcheck racecheck; do
-    SR_TEST_QUICK=1 timeout 600 compute-sanitizer --tool "$tool" --error-exitcode 3 \
+    SR_TEST_QUICK=1 timeout 150 compute-sanitizer --tool "$tool" --error-exitcode 3 \
       "$dir/tests/gpu/test_cuda_ops" >> "$out/sanitize.log" 2>&1
     rc=$?
     [ $rc -ne 0 ] && status=1
