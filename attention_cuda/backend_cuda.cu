@@ -369,6 +369,7 @@ static void cuda_destroy(sr_backend *be)
         cudaFree(ctx->cublas_ws);
         cudaFree(ctx->act_bf16);
         cudaFree(ctx->attn_ws);
+        cudaFree(ctx->prefill_ws);
         if (ctx->stream)
             cudaStreamDestroy(ctx->stream);
         free(ctx);

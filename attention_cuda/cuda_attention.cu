@@ -19,7 +19,8 @@
 #define LOG2E_F 1.4426950408889634f
 #define LN2_F 0.6931471805599453f
 
-enum { SPLIT_WARPS = 4, SPLIT_UNROLL = 2, SPLIT_MIN_KEYS = 128, MERGE_MAX_PARTS = 32 };
+enum { SPLIT_WARPS = 4, SPLIT_UNROLL = 4, SPLIT_DPL = 8, SPLIT_MIN_KEYS = 128,
+       MERGE_MAX_PARTS = 32 };
 
 typedef struct {
     const float *q, *k, *v;
@@ -41,12 +42,15 @@ __device__ __forceinline__ float fold_weight(float m, float mn)
     return m == mn ? 1.0f : exp2f(m - mn);
 }
 
+/* Each lane owns SPLIT_DPL dims of a head: few enough registers for three
+ * blocks per multiprocessor with 4 query vectors and SPLIT_UNROLL keys in
+ * flight per lane. */
 template <int HDP, int QPB>
-__global__ void __launch_bounds__(SPLIT_WARPS * 32) attn_split_kernel(split_params p)
+__global__ void __launch_bounds__(SPLIT_WARPS * 32, 3) attn_split_kernel(split_params p)
 {
-    constexpr int LPK = HDP / 16; /* lanes per key: each lane owns 16 dims */
-    constexpr int KPW = 32 / LPK; /* keys a warp works on at once */
-    constexpr int NV = 4;         /* float4s per lane */
+    constexpr int LPK = HDP / SPLIT_DPL; /* lanes per key */
+    constexpr int KPW = 32 / LPK;        /* keys a warp works on at once */
+    constexpr int NV = SPLIT_DPL / 4;    /* float4s per lane */
     __shared__ float s_m[SPLIT_WARPS][QPB], s_l[SPLIT_WARPS][QPB];
     __shared__ float4 s_acc[SPLIT_WARPS][QPB][HDP / 4];
 
@@ -55,7 +59,7 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32) attn_split_kernel(split_para
     const int g = blockIdx.x / p.n_qtiles, qt = blockIdx.x % p.n_qtiles;
     const int nvec = p.nq * p.group;
 
-    /* This lane's 16 dims: float4 number v*LPK + l4 of the head, so that a
+    /* This lane's dims: float4 number v*LPK + l4 of the head, so that a
      * subgroup's loads of one K row are contiguous. */
     float4 q[QPB][NV];
     int qpos[QPB];
@@ -100,24 +104,22 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32) attn_split_kernel(split_para
     for (int j0 = k_begin + warp * KPW; j0 < k_end; j0 += STEP * SPLIT_UNROLL) {
         float4 kr[SPLIT_UNROLL][NV], vr[SPLIT_UNROLL][NV];
         bool vis[SPLIT_UNROLL][QPB];
-        /* Issue every load of the unrolled keys before using any. */
+        /* Issue every load of the unrolled keys before using any; K and V
+         * do not wait for the key's position (masked keys are read too). */
 #pragma unroll
         for (int u = 0; u < SPLIT_UNROLL; u++) {
             const int j = j0 + u * STEP + sub;
             const bool active = j < k_end;
             const int kp = (active && p.k_pos) ? p.k_pos[j] : 0;
-            bool any = false;
 #pragma unroll
-            for (int qq = 0; qq < QPB; qq++) {
+            for (int qq = 0; qq < QPB; qq++)
                 vis[u][qq] = active && qvalid[qq] && (!p.k_pos || kp <= qpos[qq]);
-                any |= vis[u][qq];
-            }
             const float *kp_row = p.k + (size_t)j * p.kv_stride + head_off;
             const float *vp_row = p.v + (size_t)j * p.kv_stride + head_off;
 #pragma unroll
             for (int v = 0; v < NV; v++) {
                 const int d = 4 * (v * LPK + l4);
-                const bool ld = any && d < p.hd;
+                const bool ld = active && d < p.hd;
                 kr[u][v] = ld ? __ldg((const float4 *)(kp_row + d)) : make_float4(0.f, 0.f, 0.f, 0.f);
                 vr[u][v] = ld ? __ldg((const float4 *)(vp_row + d)) : make_float4(0.f, 0.f, 0.f, 0.f);
             }
@@ -246,9 +248,9 @@ typedef struct {
 } merge_ptrs;
 
 struct parts_array {
-    const merge_ptrs *p;
-    __device__ const float *o(int i) const { return p->o[i]; }
-    __device__ const float *lse(int i) const { return p->lse[i]; }
+    merge_ptrs p; /* by value: the kernel's parameters */
+    __device__ const float *o(int i) const { return p.o[i]; }
+    __device__ const float *lse(int i) const { return p.lse[i]; }
 };
 
 struct parts_strided {
@@ -258,71 +260,91 @@ struct parts_strided {
     __device__ const float *lse(int i) const { return lse_base + (size_t)i * lse_stride; }
 };
 
-enum { MERGE_WARPS = 4 };
+enum { MERGE_THREADS = 128, MERGE_MAX_DPT = 8, MERGE_CHUNK = 256 };
 
-/* One warp per row: l = m + log(sum exp(l_p - m)) with m the largest l_p
- * (no exp overflows; an all-empty row stays -inf with o = 0), then
- * o = sum exp(l_p - l) o_p, skipping parts of weight 0 (the empty ones).
- * o_out and lse_out may be one of the parts: each lane reads its own
- * elements before writing them, and lse after the whole warp has read it. */
-template <typename Parts>
-__device__ void merge_row(const Parts &pp, int nparts, int row, int hd, float *o_out,
-                          float *lse_out)
+__device__ __forceinline__ float block_reduce(float v, bool is_max, float *red)
 {
-    const int lane = threadIdx.x & 31;
-    float m = -INFINITY;
-    for (int i = lane; i < nparts; i += 32)
-        m = fmaxf(m, pp.lse(i)[row]);
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    for (int o = 16; o > 0; o >>= 1) {
+        const float w = __shfl_xor_sync(0xffffffffu, v, o);
+        v = is_max ? fmaxf(v, w) : v + w;
+    }
+    __syncthreads(); /* red may still be read from the previous reduction */
+    if ((threadIdx.x & 31) == 0)
+        red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    v = red[0];
+    for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+        v = is_max ? fmaxf(v, red[w]) : v + red[w];
+    return v;
+}
+
+/* One block per row: l = m + log(sum exp(l_p - m)) with m the largest l_p
+ * (no exp overflows; an all-empty row stays -inf with o = 0), then
+ * o = sum exp(l_p - l) o_p. The weights of MERGE_CHUNK parts at a time are
+ * computed once into shared memory; each thread then sums its dims over
+ * them with independent loads. Parts of weight 0 (the empty ones) are
+ * skipped, as on the cpu. o_out and lse_out may be one of the parts: each
+ * thread reads its own elements before writing them, and lse is written
+ * after every thread has read it. Needs head_dim <= 1024. */
+template <typename Parts>
+__global__ void __launch_bounds__(MERGE_THREADS) merge_kernel(Parts pp, int nparts, int hd,
+                                                              float *o_out, float *lse_out)
+{
+    __shared__ float red[MERGE_THREADS / 32];
+    __shared__ float w_s[MERGE_CHUNK];
+    const int row = blockIdx.x, tid = threadIdx.x;
+    float m = -INFINITY;
+    for (int i = tid; i < nparts; i += MERGE_THREADS)
+        m = fmaxf(m, pp.lse(i)[row]);
+    m = block_reduce(m, true, red);
     float *orow = o_out + (size_t)row * hd;
     if (m == -INFINITY) {
-        __syncwarp();
-        for (int d = lane; d < hd; d += 32)
+        __syncthreads();
+        for (int d = tid; d < hd; d += MERGE_THREADS)
             orow[d] = 0.0f;
-        if (lane == 0 && lse_out)
+        if (tid == 0 && lse_out)
             lse_out[row] = -INFINITY;
         return;
     }
     float sum = 0.0f;
-    for (int i = lane; i < nparts; i += 32)
+    for (int i = tid; i < nparts; i += MERGE_THREADS)
         sum += expf(pp.lse(i)[row] - m);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-        sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    sum = block_reduce(sum, false, red);
     const float l = m + logf(sum);
-    for (int d = lane; d < hd; d += 32) {
-        float acc = 0.0f;
-        for (int i = 0; i < nparts; i++) {
-            const float w = expf(pp.lse(i)[row] - l);
-            if (w != 0.0f)
-                acc = fmaf(w, pp.o(i)[(size_t)row * hd + d], acc);
+    float acc[MERGE_MAX_DPT];
+#pragma unroll
+    for (int k = 0; k < MERGE_MAX_DPT; k++)
+        acc[k] = 0.0f;
+    for (int c0 = 0; c0 < nparts; c0 += MERGE_CHUNK) {
+        const int nc = min(MERGE_CHUNK, nparts - c0);
+        __syncthreads(); /* the previous chunk's weights are used up */
+        for (int i = tid; i < nc; i += MERGE_THREADS)
+            w_s[i] = expf(pp.lse(c0 + i)[row] - l);
+        __syncthreads();
+#pragma unroll 4
+        for (int i = 0; i < nc; i++) {
+            const float w = w_s[i];
+            if (w == 0.0f)
+                continue;
+            const float *op = pp.o(c0 + i) + (size_t)row * hd;
+#pragma unroll
+            for (int k = 0; k < MERGE_MAX_DPT; k++) {
+                const int d = tid + k * MERGE_THREADS;
+                if (d < hd)
+                    acc[k] = fmaf(w, op[d], acc[k]);
+            }
         }
-        orow[d] = acc;
     }
-    __syncwarp();
-    if (lane == 0 && lse_out)
+    __syncthreads(); /* every thread has read lse_out (if it is a part) */
+#pragma unroll
+    for (int k = 0; k < MERGE_MAX_DPT; k++) {
+        const int d = tid + k * MERGE_THREADS;
+        if (d < hd)
+            orow[d] = acc[k];
+    }
+    if (tid == 0 && lse_out)
         lse_out[row] = l;
-}
-
-__global__ void merge_array_kernel(merge_ptrs ptrs, int nparts, int rows, int hd, float *o_out,
-                                   float *lse_out)
-{
-    const int row = blockIdx.x * MERGE_WARPS + (threadIdx.x >> 5);
-    if (row >= rows)
-        return;
-    parts_array pp = {&ptrs};
-    merge_row(pp, nparts, row, hd, o_out, lse_out);
-}
-
-__global__ void merge_strided_kernel(parts_strided pp, int nparts, int rows, int hd, float *o_out,
-                                     float *lse_out)
-{
-    const int row = blockIdx.x * MERGE_WARPS + (threadIdx.x >> 5);
-    if (row >= rows)
-        return;
-    merge_row(pp, nparts, row, hd, o_out, lse_out);
 }
 
 int cuda_merge_strided(cuda_ctx *ctx, int nparts, const float *o_base, size_t o_stride,
@@ -332,9 +354,8 @@ int cuda_merge_strided(cuda_ctx *ctx, int nparts, const float *o_base, size_t o_
     if (rows <= 0)
         return 0;
     parts_strided pp = {o_base, lse_base, o_stride, lse_stride};
-    merge_strided_kernel<<<(rows + MERGE_WARPS - 1) / MERGE_WARPS, MERGE_WARPS * 32, 0,
-                           ctx->stream>>>(pp, nparts, rows, head_dim, o_out, lse_out);
-    CUDA_CHECK_LAUNCH("merge_strided_kernel");
+    merge_kernel<<<rows, MERGE_THREADS, 0, ctx->stream>>>(pp, nparts, head_dim, o_out, lse_out);
+    CUDA_CHECK_LAUNCH("merge_kernel (strided parts)");
     return 0;
 }
 
@@ -347,6 +368,11 @@ int cuda_merge(sr_backend *be, int nparts, const float *const *o_parts,
         return 0;
     if (nparts <= 0)
         return sr_error_set("cuda merge: %d parts", nparts);
+    if (head_dim <= 0 || head_dim > MERGE_THREADS * MERGE_MAX_DPT)
+        return sr_error_set("cuda merge: head_dim %d (at most %d)", head_dim,
+                            MERGE_THREADS * MERGE_MAX_DPT);
+    if (rows > INT_MAX / 2)
+        return sr_error_set("cuda merge: %d rows", rows);
     if (nparts > MERGE_MAX_PARTS && !lse_out)
         return sr_error_set("cuda merge: more than %d parts needs lse_out (it carries the "
                             "running result)", MERGE_MAX_PARTS);
@@ -367,9 +393,9 @@ int cuda_merge(sr_backend *be, int nparts, const float *const *o_parts,
             ptrs.lse[k] = lse_parts[done];
             k++, done++;
         }
-        merge_array_kernel<<<(rows + MERGE_WARPS - 1) / MERGE_WARPS, MERGE_WARPS * 32, 0,
-                             ctx->stream>>>(ptrs, k, rows, head_dim, o_out, lse_out);
-        CUDA_CHECK_LAUNCH("merge_array_kernel");
+        parts_array pa = {ptrs};
+        merge_kernel<<<rows, MERGE_THREADS, 0, ctx->stream>>>(pa, k, head_dim, o_out, lse_out);
+        CUDA_CHECK_LAUNCH("merge_kernel");
     }
     return 0;
 }

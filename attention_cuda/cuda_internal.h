@@ -26,6 +26,8 @@ typedef struct {
     size_t act_bf16_bytes;      /* largest n*cols seen (first prefill), then stays */
     float *attn_ws;             /* split-key partials (o, lse), fixed size */
     size_t attn_ws_bytes;
+    void *prefill_ws;           /* bf16 K/V and tile position ranges of a prefill */
+    size_t prefill_ws_bytes;    /* attention; grows to the largest key set, then stays */
     sr_cuda_attn_path attn_path;
     sr_cuda_gemm_path gemm_path;
     int attn_splits;            /* 0 = automatic */
@@ -54,6 +56,10 @@ int cuda_attention(sr_backend *be, const sr_attn_args *a);
 int cuda_merge(sr_backend *be, int nparts, const float *const *o_parts,
                const float *const *lse_parts, int rows, int head_dim, float *o_out,
                float *lse_out);
+
+/* Grows a device workspace (*buf, *bytes) to at least `need` bytes; waits
+ * for queued work first, which may still use the old buffer. */
+int cuda_ws_reserve(cuda_ctx *ctx, void **buf, size_t *bytes, size_t need);
 
 /* cuda_prefill.cu: the tensor-core path; 1 if it takes these arguments. */
 int cuda_prefill_supported(const sr_attn_args *a);

@@ -226,67 +226,100 @@ __global__ void bias_add_kernel(float *y, const float *__restrict__ b, int n, in
         y[i] += b[i % rows];
 }
 
-enum { GEMV_WARPS = 8, GEMV_UNROLL = 4, GEMV_MAX_ROWS = 4 };
+enum { GEMV_WARPS = 8, GEMV_UNROLL = 8, GEMV_MAX_ROWS = 4 };
 
 /* y[i, r] = x[i, :] . w[r, :] (+ b[r]) for N <= 4 rows of x: batch-1 decode,
- * where the whole cost is reading w once. One warp per output row, 16-byte
- * loads of 8 bf16 weights, GEMV_UNROLL loads in flight per lane; x (fp32,
- * a few KB) is read through L1. x stays fp32, so this path rounds only the
+ * where the whole cost is reading w once. WPR warps share an output row
+ * (split along the columns, summed through shared memory), so that small
+ * matrices still put enough warps on every multiprocessor; each lane keeps
+ * GEMV_UNROLL 16-byte loads of 8 bf16 weights in flight; x (fp32, a few
+ * KB) is read through L1. x stays fp32, so this path rounds only the
  * weights. Needs cols % 8 == 0 and 16-byte aligned x and w. */
-template <int N>
+template <int N, int WPR>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
     gemv_bf16_kernel(const float *__restrict__ x, const __nv_bfloat16 *__restrict__ w,
                      const float *__restrict__ bias, float *__restrict__ y, int rows, int cols)
 {
-    const int lane = threadIdx.x & 31;
-    const int r = blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    if (r >= rows)
-        return; /* whole warps leave together */
-    const uint4 *wr = (const uint4 *)(w + (size_t)r * cols);
+    constexpr int RPB = GEMV_WARPS / WPR; /* output rows per block */
+    constexpr int T = 32 * WPR;           /* threads per output row */
+    __shared__ float part[GEMV_WARPS][N];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int rloc = warp / WPR, t = (warp % WPR) * 32 + lane;
+    const int r = blockIdx.x * RPB + rloc;
     const int n8 = cols >> 3;
     float acc[N];
 #pragma unroll
     for (int i = 0; i < N; i++)
         acc[i] = 0.0f;
-    for (int c0 = lane; c0 < n8; c0 += 32 * GEMV_UNROLL) {
-        uint4 wv[GEMV_UNROLL];
+    if (r < rows) {
+        const uint4 *wr = (const uint4 *)(w + (size_t)r * cols);
+        for (int c0 = t; c0 < n8; c0 += T * GEMV_UNROLL) {
+            uint4 wv[GEMV_UNROLL];
 #pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
-            const int c = c0 + u * 32;
-            wv[u] = c < n8 ? __ldg(wr + c) : make_uint4(0, 0, 0, 0);
-        }
-#pragma unroll
-        for (int u = 0; u < GEMV_UNROLL; u++) {
-            const int c = c0 + u * 32;
-            if (c >= n8)
-                break;
-            float wf[8];
-            const uint32_t wu[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                wf[2 * k] = bf16_bits_to_f32(wu[k] & 0xffffu);
-                wf[2 * k + 1] = __uint_as_float(wu[k] & 0xffff0000u);
+            for (int u = 0; u < GEMV_UNROLL; u++) {
+                const int c = c0 + u * T;
+                wv[u] = c < n8 ? __ldg(wr + c) : make_uint4(0, 0, 0, 0);
             }
 #pragma unroll
-            for (int i = 0; i < N; i++) {
-                const float4 *xr = (const float4 *)(x + (size_t)i * cols) + 2 * c;
-                const float4 a = __ldg(xr), b = __ldg(xr + 1);
-                acc[i] = fmaf(wf[0], a.x, acc[i]);
-                acc[i] = fmaf(wf[1], a.y, acc[i]);
-                acc[i] = fmaf(wf[2], a.z, acc[i]);
-                acc[i] = fmaf(wf[3], a.w, acc[i]);
-                acc[i] = fmaf(wf[4], b.x, acc[i]);
-                acc[i] = fmaf(wf[5], b.y, acc[i]);
-                acc[i] = fmaf(wf[6], b.z, acc[i]);
-                acc[i] = fmaf(wf[7], b.w, acc[i]);
+            for (int u = 0; u < GEMV_UNROLL; u++) {
+                const int c = c0 + u * T;
+                if (c >= n8)
+                    break;
+                float wf[8];
+                const uint32_t wu[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
+#pragma unroll
+                for (int k = 0; k < 4; k++) {
+                    wf[2 * k] = bf16_bits_to_f32(wu[k] & 0xffffu);
+                    wf[2 * k + 1] = __uint_as_float(wu[k] & 0xffff0000u);
+                }
+#pragma unroll
+                for (int i = 0; i < N; i++) {
+                    const float4 *xr = (const float4 *)(x + (size_t)i * cols) + 2 * c;
+                    const float4 a = __ldg(xr), b = __ldg(xr + 1);
+                    acc[i] = fmaf(wf[0], a.x, acc[i]);
+                    acc[i] = fmaf(wf[1], a.y, acc[i]);
+                    acc[i] = fmaf(wf[2], a.z, acc[i]);
+                    acc[i] = fmaf(wf[3], a.w, acc[i]);
+                    acc[i] = fmaf(wf[4], b.x, acc[i]);
+                    acc[i] = fmaf(wf[5], b.y, acc[i]);
+                    acc[i] = fmaf(wf[6], b.z, acc[i]);
+                    acc[i] = fmaf(wf[7], b.w, acc[i]);
+                }
             }
         }
     }
 #pragma unroll
     for (int i = 0; i < N; i++) {
-        const float s = warp_sum(acc[i]);
-        if (lane == 0)
-            y[(size_t)i * rows + r] = s + (bias ? bias[r] : 0.0f);
+        const float v = warp_sum(acc[i]);
+        if (WPR == 1) {
+            if (lane == 0 && r < rows)
+                y[(size_t)i * rows + r] = v + (bias ? bias[r] : 0.0f);
+        } else if (lane == 0) {
+            part[warp][i] = v;
+        }
+    }
+    if (WPR > 1) {
+        __syncthreads();
+        if (warp % WPR == 0 && lane < N && r < rows) {
+            float v = 0.0f;
+#pragma unroll
+            for (int k = 0; k < WPR; k++)
+                v += part[warp + k][lane];
+            y[(size_t)lane * rows + r] = v + (bias ? bias[r] : 0.0f);
+        }
+    }
+}
+
+template <int N>
+static void gemv_launch_n(int wpr, int rows, cudaStream_t st, const float *x,
+                          const __nv_bfloat16 *w, const float *bias, float *y, int cols)
+{
+    const int rpb = GEMV_WARPS / wpr, blocks = (rows + rpb - 1) / rpb;
+    switch (wpr) {
+    case 1: gemv_bf16_kernel<N, 1><<<blocks, GEMV_WARPS * 32, 0, st>>>(x, w, bias, y, rows, cols); break;
+    case 2: gemv_bf16_kernel<N, 2><<<blocks, GEMV_WARPS * 32, 0, st>>>(x, w, bias, y, rows, cols); break;
+    case 4: gemv_bf16_kernel<N, 4><<<blocks, GEMV_WARPS * 32, 0, st>>>(x, w, bias, y, rows, cols); break;
+    default: gemv_bf16_kernel<N, 8><<<blocks, GEMV_WARPS * 32, 0, st>>>(x, w, bias, y, rows, cols); break;
     }
 }
 
@@ -294,39 +327,35 @@ static int gemv_launch(cuda_ctx *ctx, const float *x, const sr_weight *w, const 
                        int n, float *y)
 {
     const int rows = (int)w->rows, cols = (int)w->cols;
-    const int blocks = (rows + GEMV_WARPS - 1) / GEMV_WARPS;
+    /* Enough warps for a full device (64 per multiprocessor): split rows
+     * across up to 8 warps when there are few of them. */
+    const long long want = 64LL * ctx->sm_count;
+    int wpr = 1;
+    while (wpr < GEMV_WARPS && (long long)rows * wpr < want && cols / 8 >= 64 * wpr)
+        wpr *= 2;
     const __nv_bfloat16 *wd = (const __nv_bfloat16 *)w->data;
     switch (n) {
-    case 1:
-        gemv_bf16_kernel<1><<<blocks, GEMV_WARPS * 32, 0, ctx->stream>>>(x, wd, bias, y, rows, cols);
-        break;
-    case 2:
-        gemv_bf16_kernel<2><<<blocks, GEMV_WARPS * 32, 0, ctx->stream>>>(x, wd, bias, y, rows, cols);
-        break;
-    case 3:
-        gemv_bf16_kernel<3><<<blocks, GEMV_WARPS * 32, 0, ctx->stream>>>(x, wd, bias, y, rows, cols);
-        break;
-    default:
-        gemv_bf16_kernel<4><<<blocks, GEMV_WARPS * 32, 0, ctx->stream>>>(x, wd, bias, y, rows, cols);
-        break;
+    case 1: gemv_launch_n<1>(wpr, rows, ctx->stream, x, wd, bias, y, cols); break;
+    case 2: gemv_launch_n<2>(wpr, rows, ctx->stream, x, wd, bias, y, cols); break;
+    case 3: gemv_launch_n<3>(wpr, rows, ctx->stream, x, wd, bias, y, cols); break;
+    default: gemv_launch_n<4>(wpr, rows, ctx->stream, x, wd, bias, y, cols); break;
     }
     CUDA_CHECK_LAUNCH("gemv_bf16_kernel");
     return 0;
 }
 
-static int act_bf16_reserve(cuda_ctx *ctx, size_t elems)
+int cuda_ws_reserve(cuda_ctx *ctx, void **buf, size_t *bytes, size_t need)
 {
-    size_t bytes = elems * sizeof(__nv_bfloat16);
-    if (bytes <= ctx->act_bf16_bytes)
+    if (need <= *bytes)
         return 0;
-    /* Grows once to the largest prefill chunk; the old buffer may still be
-     * read by queued work, so wait before freeing it. */
+    /* Grows once to the largest shape (the first prefill chunk) and then
+     * stays; the old buffer may still be read by queued work. */
     CUDA_TRY(cudaStreamSynchronize(ctx->stream));
-    cudaFree(ctx->act_bf16);
-    ctx->act_bf16 = NULL;
-    ctx->act_bf16_bytes = 0;
-    CUDA_TRY(cudaMalloc((void **)&ctx->act_bf16, bytes));
-    ctx->act_bf16_bytes = bytes;
+    cudaFree(*buf);
+    *buf = NULL;
+    *bytes = 0;
+    CUDA_TRY(cudaMalloc(buf, need));
+    *bytes = need;
     return 0;
 }
 
@@ -362,7 +391,8 @@ int cuda_matmul(sr_backend *be, const float *x, const sr_weight *w, const sr_wei
          * where row-major W is a column-major [cols, rows] matrix (op T) and
          * row-major x a column-major [cols, n] one. */
         size_t elems = (size_t)n * (size_t)cols;
-        if (act_bf16_reserve(ctx, elems) != 0)
+        if (cuda_ws_reserve(ctx, (void **)&ctx->act_bf16, &ctx->act_bf16_bytes,
+                            elems * sizeof(__nv_bfloat16)) != 0)
             return sr_error_prefix("cuda matmul: bf16 activations for %d x %lld: ", n,
                                    (long long)cols);
         to_bf16_kernel<<<grid_for(ctx, elems), OPS_THREADS, 0, ctx->stream>>>(x, elems,

@@ -2,17 +2,21 @@
  *
  * Flash-attention style: a block owns 64 query rows of one head (4 warps,
  * 16 rows each) and walks the keys in tiles of 64. Q, K and V arrive as
- * fp32 (the interface's activations and KV cache); they are rounded to
- * bf16 as they are copied into shared memory, S = Q K^T and O += P V run
- * as mma.sync m16n8k16 bf16 with fp32 accumulation, and the softmax keeps
- * running fp32 statistics per row (base 2, Q pre-scaled by scale * log2 e).
+ * fp32 (the interface's activations and KV cache). A first pass rounds K
+ * and V to bf16 into a workspace laid out [kv head][key][dim], so a tile is
+ * one contiguous block, and records each key tile's position range. The
+ * attention kernel then streams K/V tiles into shared memory with cp.async,
+ * two stages deep (the next tile's copy overlaps this tile's math), rounds
+ * Q to bf16 as it loads it, and runs S = Q K^T and O += P V as mma.sync
+ * m16n8k16 bf16 with fp32 accumulation; the softmax keeps running fp32
+ * statistics per row (base 2, Q pre-scaled by scale * log2 e).
  *
  * The position mask (key j visible to query i iff k_pos[j] <= q_pos[i]) is
- * applied per element; whole tiles are skipped when every key in them is
- * after every query of the block, and the mask is not evaluated when every
- * key is before every query, with no assumption that positions ascend.
- * Blocks with the most work (last query rows of a causal prefill) are
- * issued first. A row that sees no key gets o = 0 and lse = -inf.
+ * applied per element; a tile is skipped when every key in it is after
+ * every query of the block, and the mask is not evaluated when every key is
+ * before every query, with no assumption that positions ascend. Blocks with
+ * the most work (last query rows of a causal prefill) are issued first. A
+ * row that sees no key gets o = 0 and lse = -inf.
  *
  * Reference: backend_cpu/cpu_attention.c. */
 #include <limits.h>
@@ -25,10 +29,12 @@
 enum { PF_WARPS = 4, PF_BR = 16 * PF_WARPS, PF_BC = 64 };
 
 typedef struct {
-    const float *q, *k, *v;
+    const float *q;
+    const __nv_bfloat16 *kb, *vb; /* [n_kv][nk][D] */
+    const int2 *tiles;            /* [ceil(nk / PF_BC)] (min, max) key position */
     const int32_t *q_pos, *k_pos;
     int nq, nk, n_heads, group;
-    int q_stride, kv_stride;
+    int q_stride;
     float scale_log2;
     int n_qtiles;
     float *out, *lse;
@@ -62,40 +68,90 @@ __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint3
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+/* Asynchronous global -> shared copy of `bytes` (16, or 0 to zero-fill). */
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int bytes)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem), "r"(bytes)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cp_async4(void *smem, const void *gmem, int bytes)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(a), "l"(gmem), "r"(bytes)
+                 : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+/* Waits until at most `n` of this thread's copy groups are in flight. */
+template <int n>
+__device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(n) : "memory");
+}
+
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
 {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* lo in the low half */
     return *reinterpret_cast<uint32_t *>(&v);
 }
 
-/* Copies rows [r0, r0+nrows) of a [*, stride] fp32 matrix (head at col0,
- * D wide) into bf16 shared memory [nrows][LD], times `mul`; rows past
- * `limit` become zeros (finite, so P = 0 times them stays 0). */
-template <int D, int LD>
-__device__ __forceinline__ void tile_to_smem(__nv_bfloat16 *dst, const float *src, int stride,
-                                             int r0, int nrows, int limit, float mul)
+/* K and V (fp32, [nk, kv_stride], kv head g at g*D) to bf16 [n_kv][nk][D]. */
+__global__ void kv_to_bf16_kernel(const float *__restrict__ k, const float *__restrict__ v,
+                                  int nk, int n_kv, int D, int kv_stride,
+                                  __nv_bfloat16 *__restrict__ kb, __nv_bfloat16 *__restrict__ vb)
 {
-    for (int idx = threadIdx.x; idx < nrows * (D / 4); idx += PF_WARPS * 32) {
-        const int r = idx / (D / 4), c4 = idx - r * (D / 4);
-        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (r0 + r < limit)
-            x = __ldg((const float4 *)(src + (size_t)(r0 + r) * stride) + c4);
-        uint2 packed;
-        packed.x = pack_bf16(x.x * mul, x.y * mul);
-        packed.y = pack_bf16(x.z * mul, x.w * mul);
-        *reinterpret_cast<uint2 *>(dst + r * LD + 4 * c4) = packed;
+    const int d4 = D / 4;
+    const size_t total = (size_t)nk * n_kv * d4;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        const int c = (int)(i % d4);
+        const size_t jg = i / d4;
+        const int g = (int)(jg % n_kv);
+        const size_t j = jg / n_kv;
+        const size_t src = j * kv_stride + (size_t)g * D + 4 * c;
+        const size_t dst = ((size_t)g * nk + j) * D + 4 * c;
+        const float4 a = __ldg((const float4 *)(k + src)), b = __ldg((const float4 *)(v + src));
+        *reinterpret_cast<uint2 *>(kb + dst) = make_uint2(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w));
+        *reinterpret_cast<uint2 *>(vb + dst) = make_uint2(pack_bf16(b.x, b.y), pack_bf16(b.z, b.w));
     }
+}
+
+/* (min, max) of k_pos over each tile of PF_BC keys; one warp per tile. */
+__global__ void tile_ranges_kernel(const int32_t *__restrict__ k_pos, int nk, int2 *tiles)
+{
+    const int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (t * PF_BC >= nk)
+        return;
+    int mn = INT_MAX, mx = INT_MIN;
+    for (int j = t * PF_BC + lane; j < min(nk, (t + 1) * PF_BC); j += 32) {
+        mn = min(mn, k_pos[j]);
+        mx = max(mx, k_pos[j]);
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        mn = min(mn, __shfl_xor_sync(0xffffffffu, mn, o));
+        mx = max(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    }
+    if (lane == 0)
+        tiles[t] = make_int2(mn, mx);
 }
 
 template <int D>
 __global__ void __launch_bounds__(PF_WARPS * 32, 3) attn_prefill_tc_kernel(prefill_params p)
 {
     constexpr int LD = D + 8; /* 16-byte pad: ldmatrix rows hit distinct banks */
+    constexpr int TILE = PF_BC * LD;
     extern __shared__ __align__(16) unsigned char pf_smem[];
-    __nv_bfloat16 *Qs = reinterpret_cast<__nv_bfloat16 *>(pf_smem);
-    __nv_bfloat16 *Ks = Qs + PF_BR * LD;
-    __nv_bfloat16 *Vs = Ks + PF_BC * LD;
-    int *kpos_s = reinterpret_cast<int *>(Vs + PF_BC * LD);
+    /* [stage][K|V] tiles; Q passes through stage 1's K tile on its way to
+     * registers, before the pipeline starts. */
+    __nv_bfloat16 *kv_s = reinterpret_cast<__nv_bfloat16 *>(pf_smem);
+    int *kpos_s = reinterpret_cast<int *>(kv_s + 4 * TILE); /* [2][PF_BC] */
     __shared__ int qmin_s, qmax_s;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -105,7 +161,16 @@ __global__ void __launch_bounds__(PF_WARPS * 32, 3) attn_prefill_tc_kernel(prefi
     const int q0 = qt * PF_BR;
     const bool masked = p.k_pos != nullptr;
 
-    tile_to_smem<D, LD>(Qs, p.q + (size_t)h * D, p.q_stride, q0, PF_BR, p.nq, p.scale_log2);
+    __nv_bfloat16 *Qs = kv_s + 2 * TILE;
+    for (int idx = tid; idx < PF_BR * (D / 4); idx += PF_WARPS * 32) {
+        const int r = idx / (D / 4), c4 = idx - r * (D / 4);
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (q0 + r < p.nq)
+            x = __ldg((const float4 *)(p.q + (size_t)(q0 + r) * p.q_stride + (size_t)h * D) + c4);
+        const float m = p.scale_log2;
+        *reinterpret_cast<uint2 *>(Qs + r * LD + 4 * c4) =
+            make_uint2(pack_bf16(x.x * m, x.y * m), pack_bf16(x.z * m, x.w * m));
+    }
     if (tid == 0) {
         qmin_s = INT_MAX;
         qmax_s = INT_MIN;
@@ -115,20 +180,17 @@ __global__ void __launch_bounds__(PF_WARPS * 32, 3) attn_prefill_tc_kernel(prefi
         atomicMin(&qmin_s, p.q_pos[q0 + tid]);
         atomicMax(&qmax_s, p.q_pos[q0 + tid]);
     }
-    /* This thread's two rows (mma C layout: lane/4 and lane/4 + 8). Keys
-     * carry INT_MIN when unmasked and INT_MAX past nk, rows INT_MAX - 1
-     * when unmasked, so one comparison decides visibility. */
+    /* This thread's two rows (mma C layout: lane/4 and lane/4 + 8). */
     const int rr0 = warp * 16 + (lane >> 2), rr1 = rr0 + 8;
     const int i0 = q0 + rr0, i1 = q0 + rr1;
-    const int qp0 = (masked && i0 < p.nq) ? p.q_pos[i0] : INT_MAX - 1;
-    const int qp1 = (masked && i1 < p.nq) ? p.q_pos[i1] : INT_MAX - 1;
-    __syncthreads();
-    const int qmin = qmin_s, qmax = qmax_s;
-
+    const int qp0 = (masked && i0 < p.nq) ? p.q_pos[i0] : INT_MAX;
+    const int qp1 = (masked && i1 < p.nq) ? p.q_pos[i1] : INT_MAX;
     uint32_t qf[D / 16][4];
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++)
         ldsm_x4(qf[kk], Qs + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+    __syncthreads(); /* Q is in registers; qmin/qmax are final */
+    const int qmin = qmin_s, qmax = qmax_s;
 
     float o[D / 8][4];
 #pragma unroll
@@ -136,40 +198,48 @@ __global__ void __launch_bounds__(PF_WARPS * 32, 3) attn_prefill_tc_kernel(prefi
         o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 
-    const float *kbase = p.k + (size_t)g * D, *vbase = p.v + (size_t)g * D;
-    for (int t0 = 0; t0 < p.nk; t0 += PF_BC) {
-        bool need_mask = t0 + PF_BC > p.nk;
-        if (masked) {
-            /* Every warp computes the tile's position range: the decision is
-             * uniform across the block without another barrier. */
-            int kmn = INT_MAX, kmx = INT_MIN;
-#pragma unroll
-            for (int u = 0; u < PF_BC / 32; u++) {
-                const int j = t0 + lane + 32 * u;
-                if (j < p.nk) {
-                    const int kp = p.k_pos[j];
-                    kmn = min(kmn, kp);
-                    kmx = max(kmx, kp);
-                }
-            }
-#pragma unroll
-            for (int off = 16; off > 0; off >>= 1) {
-                kmn = min(kmn, __shfl_xor_sync(0xffffffffu, kmn, off));
-                kmx = max(kmx, __shfl_xor_sync(0xffffffffu, kmx, off));
-            }
-            if (kmn > qmax)
-                continue; /* no query of the block sees any key of the tile */
-            if (kmx > qmin)
-                need_mask = true;
+    const int ntiles = (p.nk + PF_BC - 1) / PF_BC;
+    const __nv_bfloat16 *kbase = p.kb + (size_t)g * p.nk * D, *vbase = p.vb + (size_t)g * p.nk * D;
+    /* The next tile at or after t that some query of the block can see;
+     * the same answer in every thread. */
+    auto next_tile = [&](int t) {
+        if (masked)
+            while (t < ntiles && p.tiles[t].x > qmax)
+                t++;
+        return t;
+    };
+    auto issue = [&](int t, int stage) {
+        __nv_bfloat16 *ks = kv_s + (2 * stage) * TILE, *vs = ks + TILE;
+        const size_t base = (size_t)t * PF_BC * D;
+        for (int idx = tid; idx < PF_BC * (D / 8); idx += PF_WARPS * 32) {
+            const int r = idx / (D / 8), c = idx - r * (D / 8);
+            const int ok = t * PF_BC + r < p.nk;
+            const size_t off = base + (ok ? (size_t)r * D + 8 * c : 0);
+            cp_async16(ks + r * LD + 8 * c, kbase + off, ok ? 16 : 0);
+            cp_async16(vs + r * LD + 8 * c, vbase + off, ok ? 16 : 0);
         }
-        __syncthreads(); /* the previous tile is no longer read */
-        tile_to_smem<D, LD>(Ks, kbase, p.kv_stride, t0, PF_BC, p.nk, 1.0f);
-        tile_to_smem<D, LD>(Vs, vbase, p.kv_stride, t0, PF_BC, p.nk, 1.0f);
-        if (tid < PF_BC) {
-            const int j = t0 + tid;
-            kpos_s[tid] = j >= p.nk ? INT_MAX : masked ? p.k_pos[j] : INT_MIN;
+        if (masked && tid < PF_BC) {
+            const int j = t * PF_BC + tid;
+            cp_async4(kpos_s + stage * PF_BC + tid, p.k_pos + (j < p.nk ? j : t * PF_BC),
+                      j < p.nk ? 4 : 0);
         }
-        __syncthreads();
+    };
+
+    int cur = next_tile(0), stage = 0;
+    if (cur < ntiles)
+        issue(cur, 0);
+    cp_async_commit();
+    while (cur < ntiles) {
+        const int nxt = next_tile(cur + 1);
+        if (nxt < ntiles)
+            issue(nxt, stage ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>(); /* this thread's copies of tile `cur` have landed */
+        __syncthreads();    /* ... and everyone else's */
+        const __nv_bfloat16 *Ks = kv_s + (2 * stage) * TILE, *Vs = Ks + TILE;
+        const int *kps = kpos_s + stage * PF_BC;
+        const int t0 = cur * PF_BC;
+        const bool need_mask = t0 + PF_BC > p.nk || (masked && p.tiles[cur].y > qmin);
 
         float s[PF_BC / 8][4];
 #pragma unroll
@@ -190,11 +260,12 @@ __global__ void __launch_bounds__(PF_WARPS * 32, 3) attn_prefill_tc_kernel(prefi
 #pragma unroll
             for (int nt = 0; nt < PF_BC / 8; nt++) {
                 const int jl = nt * 8 + 2 * (lane & 3);
-                const int kp0 = kpos_s[jl], kp1 = kpos_s[jl + 1];
-                if (kp0 > qp0) s[nt][0] = -INFINITY;
-                if (kp1 > qp0) s[nt][1] = -INFINITY;
-                if (kp0 > qp1) s[nt][2] = -INFINITY;
-                if (kp1 > qp1) s[nt][3] = -INFINITY;
+                const bool in0 = t0 + jl < p.nk, in1 = t0 + jl + 1 < p.nk;
+                const int kp0 = masked ? kps[jl] : INT_MIN, kp1 = masked ? kps[jl + 1] : INT_MIN;
+                if (!in0 || kp0 > qp0) s[nt][0] = -INFINITY;
+                if (!in1 || kp1 > qp0) s[nt][1] = -INFINITY;
+                if (!in0 || kp0 > qp1) s[nt][2] = -INFINITY;
+                if (!in1 || kp1 > qp1) s[nt][3] = -INFINITY;
             }
         }
         /* Online softmax over the tile; the quad of lanes sharing a row
@@ -249,7 +320,11 @@ __global__ void __launch_bounds__(PF_WARPS * 32, 3) attn_prefill_tc_kernel(prefi
                 mma_16816(o[2 * dp + 1], pa, b[2], b[3]);
             }
         }
+        __syncthreads(); /* this stage is refilled by the next iteration's copy */
+        cur = nxt;
+        stage ^= 1;
     }
+    cp_async_wait<0>();
 
 #pragma unroll
     for (int off = 1; off < 4; off <<= 1) {
@@ -286,8 +361,8 @@ int cuda_prefill_supported(const sr_attn_args *a)
 template <int D>
 static int prefill_launch(cuda_ctx *ctx, const prefill_params &p, long long blocks)
 {
-    const size_t smem = (size_t)(PF_BR + 2 * PF_BC) * (D + 8) * sizeof(__nv_bfloat16) +
-                        PF_BC * sizeof(int);
+    const size_t smem = (size_t)4 * PF_BC * (D + 8) * sizeof(__nv_bfloat16) +
+                        2 * PF_BC * sizeof(int);
     static int attr_set; /* once per kernel instance (one device per process) */
     if (!attr_set) {
         if (smem > ctx->smem_optin)
@@ -304,17 +379,40 @@ static int prefill_launch(cuda_ctx *ctx, const prefill_params &p, long long bloc
 
 int cuda_prefill_attention(cuda_ctx *ctx, const sr_attn_args *a)
 {
-    prefill_params p;
-    p.q = a->q, p.k = a->k, p.v = a->v, p.q_pos = a->q_pos, p.k_pos = a->k_pos;
-    p.nq = a->nq, p.nk = a->nk, p.n_heads = a->n_heads, p.group = a->n_heads / a->n_kv;
-    p.q_stride = a->q_stride, p.kv_stride = a->kv_stride;
-    p.scale_log2 = a->scale * LOG2E_F;
-    p.n_qtiles = (a->nq + PF_BR - 1) / PF_BR;
-    p.out = a->out, p.lse = a->lse;
-    const long long blocks = (long long)p.n_qtiles * a->n_heads;
+    const int D = a->head_dim;
+    const long long n_qtiles = (a->nq + PF_BR - 1) / PF_BR;
+    const long long blocks = n_qtiles * a->n_heads;
     if (blocks > INT_MAX)
         return sr_error_set("cuda attention: %d query rows x %d heads is too many for one call",
                             a->nq, a->n_heads);
-    return a->head_dim == 64 ? prefill_launch<64>(ctx, p, blocks)
-                             : prefill_launch<128>(ctx, p, blocks);
+    /* bf16 K and V, then the tiles' position ranges, in one workspace */
+    const size_t kv_elems = (size_t)a->n_kv * (size_t)a->nk * D;
+    const int ntiles = (a->nk + PF_BC - 1) / PF_BC;
+    const size_t tiles_off = (2 * kv_elems * sizeof(__nv_bfloat16) + 255) & ~(size_t)255;
+    if (cuda_ws_reserve(ctx, &ctx->prefill_ws, &ctx->prefill_ws_bytes,
+                        tiles_off + (size_t)(ntiles > 0 ? ntiles : 1) * sizeof(int2)) != 0)
+        return sr_error_prefix("cuda attention: bf16 K/V for %d keys: ", a->nk);
+    __nv_bfloat16 *kb = (__nv_bfloat16 *)ctx->prefill_ws, *vb = kb + kv_elems;
+    int2 *tiles = (int2 *)((char *)ctx->prefill_ws + tiles_off);
+    if (a->nk > 0) {
+        const size_t n4 = kv_elems / 4;
+        long long grid = (long long)((n4 + 255) / 256);
+        if (grid > 16LL * ctx->sm_count)
+            grid = 16LL * ctx->sm_count;
+        kv_to_bf16_kernel<<<(unsigned)grid, 256, 0, ctx->stream>>>(a->k, a->v, a->nk, a->n_kv, D,
+                                                                   a->kv_stride, kb, vb);
+        CUDA_CHECK_LAUNCH("kv_to_bf16_kernel");
+        if (a->k_pos) {
+            tile_ranges_kernel<<<(ntiles + 7) / 8, 256, 0, ctx->stream>>>(a->k_pos, a->nk, tiles);
+            CUDA_CHECK_LAUNCH("tile_ranges_kernel");
+        }
+    }
+    prefill_params p;
+    p.q = a->q, p.kb = kb, p.vb = vb, p.tiles = tiles, p.q_pos = a->q_pos, p.k_pos = a->k_pos;
+    p.nq = a->nq, p.nk = a->nk, p.n_heads = a->n_heads, p.group = a->n_heads / a->n_kv;
+    p.q_stride = a->q_stride;
+    p.scale_log2 = a->scale * LOG2E_F;
+    p.n_qtiles = (int)n_qtiles;
+    p.out = a->out, p.lse = a->lse;
+    return D == 64 ? prefill_launch<64>(ctx, p, blocks) : prefill_launch<128>(ctx, p, blocks);
 }

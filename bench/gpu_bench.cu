@@ -115,26 +115,31 @@ static double median(std::vector<double> v)
     return v[v.size() / 2];
 }
 
-/* Median milliseconds of `reps` runs of fn(rep) after `warm` runs, each
- * bracketed by events on the stream fn queues its work on. */
+/* Median milliseconds per call: `reps` timed groups of `inner` back-to-back
+ * calls fn(k) (k counts every call, for rotating inputs) after `warm`
+ * calls, each group bracketed by events on the stream fn queues its work
+ * on. Back-to-back groups keep the device busy, as the decode step does,
+ * so small kernels are not charged the host's launch latency. */
 template <typename F>
-static double time_ms(int warm, int reps, F fn)
+static double time_ms(int warm, int reps, int inner, F fn)
 {
     cudaEvent_t a, b;
     CK(cudaEventCreate(&a));
     CK(cudaEventCreate(&b));
+    int k = 0;
     for (int i = 0; i < warm; i++)
-        fn(i);
+        fn(k++);
     CK(cudaDeviceSynchronize());
     std::vector<double> t;
     for (int i = 0; i < reps; i++) {
         CK(cudaEventRecord(a, st));
-        fn(warm + i);
+        for (int j = 0; j < inner; j++)
+            fn(k++);
         CK(cudaEventRecord(b, st));
         CK(cudaEventSynchronize(b));
         float ms;
         CK(cudaEventElapsedTime(&ms, a, b));
-        t.push_back(ms);
+        t.push_back(ms / inner);
     }
     CK(cudaEventDestroy(a));
     CK(cudaEventDestroy(b));
@@ -149,7 +154,7 @@ static void bench_ceilings(void)
     CK(cudaMalloc(&dst, bytes));
     fill_f32<<<1024, 256>>>((float *)src, bytes / 4, 1, 1.0f);
     CK(cudaDeviceSynchronize());
-    double ms = time_ms(3, 20, [&](int) { CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, st)); });
+    double ms = time_ms(3, 20, 1, [&](int) { CK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, st)); });
     copy_gbs = 2.0 * bytes / (ms * 1e-3) / 1e9;
     CK(cudaFree(src));
     CK(cudaFree(dst));
@@ -167,7 +172,7 @@ static void bench_ceilings(void)
     CKB(cublasCreate(&h));
     CKB(cublasSetStream(h, st));
     const float one = 1.0f, zero = 0.0f;
-    double gms = time_ms(3, 10, [&](int) {
+    double gms = time_ms(3, 10, 1, [&](int) {
         CKB(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, N, N, N, &one, A, CUDA_R_16BF, N, B,
                          CUDA_R_16BF, N, &zero, C, CUDA_R_32F, N, CUBLAS_COMPUTE_32F,
                          CUBLAS_GEMM_DEFAULT));
@@ -206,7 +211,7 @@ static void bench_gemv(void)
         const sr_cuda_gemm_path paths[2] = {SR_CUDA_GEMM_GEMV, SR_CUDA_GEMM_CUBLAS};
         for (int p = 0; p < 2; p++) {
             backend_cuda_set_gemm_path(be, paths[p]);
-            double ms = time_ms(5, 50, [&](int r) { CKR(be->ops->matmul(be, x, &w[r % sets], NULL, 1, y)); });
+            double ms = time_ms(5, 15, 20, [&](int r) { CKR(be->ops->matmul(be, x, &w[r % sets], NULL, 1, y)); });
             gbs[p] = wn * 2.0 / (ms * 1e-3) / 1e9;
         }
         backend_cuda_set_gemm_path(be, SR_CUDA_GEMM_AUTO);
@@ -239,7 +244,7 @@ static void bench_decode(void)
         CK(cudaMalloc(&lse, (size_t)H * 4));
         int32_t *kp = dev_iota(ctx, 0), *qp = dev_iota(1, ctx);
         CK(cudaDeviceSynchronize());
-        double ms = time_ms(5, 30, [&](int r) {
+        double ms = time_ms(5, 15, 10, [&](int r) {
             sr_attn_args a = {q, k[r % sets], v[r % sets], qp, kp, 1, ctx, H, KV, D, H * D, KV * D,
                               1.0f / sqrtf((float)D), out, lse};
             CKR(be->ops->attention(be, &a));
@@ -274,7 +279,7 @@ static void bench_prefill(void)
         CK(cudaDeviceSynchronize());
         backend_cuda_set_attention_path(be, SR_CUDA_ATTN_TC);
         int reps = n >= 32768 ? 3 : 10;
-        double ms = time_ms(1, reps, [&](int) {
+        double ms = time_ms(1, reps, 1, [&](int) {
             sr_attn_args a = {q, k, v, pos, pos, n, n, H, KV, D, H * D, KV * D,
                               1.0f / sqrtf((float)D), out, lse};
             CKR(be->ops->attention(be, &a));

@@ -3,7 +3,8 @@
 # run the GPU tests (kernels against the cpu backend, the fixture models
 # end to end), the benchmarks (device ceilings, GEMV, decode and prefill
 # attention beside torch SDPA, the whole Llama-3.1-8B decode step), then
-# compute-sanitizer memcheck and racecheck on the kernel tests.
+# compute-sanitizer (memcheck, racecheck, synccheck, initcheck) on the
+# kernel tests.
 #
 #   scripts/gpu_check.sh [build|test|bench|sanitize ...]   (default: all)
 #
@@ -87,7 +88,7 @@ fi
 if want sanitize; then
   t0=$SECONDS
   : > "$out/sanitize.log"
-  for tool in memcheck racecheck; do
+  for tool in memcheck racecheck synccheck initcheck; do
     SR_TEST_QUICK=1 timeout 150 compute-sanitizer --tool "$tool" --error-exitcode 3 \
       "$dir/tests/gpu/test_cuda_ops" >> "$out/sanitize.log" 2>&1
     rc=$?
