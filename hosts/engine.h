@@ -6,6 +6,7 @@
 #ifndef SR_HOSTS_ENGINE_H
 #define SR_HOSTS_ENGINE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "backend/backend.h"
@@ -39,5 +40,14 @@ sr_engine *engine_create(const sr_engine_options *o, sr_transport *tr, sr_backen
  * (sr_error set) if a rank failed: the daemon then exits non-zero. */
 int engine_run(sr_engine *e);
 void engine_destroy(sr_engine *e);
+
+/* Additive, for tests and `starrelayd batch --logits-dir`: called on the
+ * engine thread with the logits of each job's first generated position
+ * (before sampling changes them). Set before engine_run. */
+typedef void (*sr_engine_logits_fn)(void *user, uint64_t job_id, const float *logits, int vocab);
+void engine_set_logits_hook(sr_engine *e, sr_engine_logits_fn fn, void *user);
+/* Additive, for benchmarks: relay == false attends each job to its prefix
+ * on its own (the baseline RelayAttention is measured against). */
+void engine_set_relay(sr_engine *e, bool relay);
 
 #endif

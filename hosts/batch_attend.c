@@ -1,0 +1,327 @@
+#include "hosts/batch_attend.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/error.h"
+#include "ring/fail_hook.h"
+
+enum { PART_PREFIX = 0, PART_SRC = 1, PART_DEST = 2, N_PARTS = 3 };
+
+static bool exchanging(const sr_batch_attend *A)
+{
+    return A->tr && A->tr->size > 1;
+}
+
+/* Floats of one rank's record for n rows and s segments. */
+static size_t record_floats(const sr_batch_attend *A, int n, int s)
+{
+    return (size_t)n * (size_t)(A->q_dim + A->n_heads) + (size_t)s + 1;
+}
+
+int batch_attend_init(sr_batch_attend *A, sr_backend *be, sr_transport *tr,
+                      const sr_model_config *cfg, int max_rows, int max_segs)
+{
+    memset(A, 0, sizeof *A);
+    A->be = be;
+    A->tr = tr;
+    A->rank = tr ? tr->rank : 0;
+    A->relay = true;
+    A->n_layers = cfg->n_layers;
+    A->n_heads = cfg->n_heads;
+    A->head_dim = cfg->head_dim;
+    A->q_dim = cfg->n_heads * cfg->head_dim;
+    A->max_rows = max_rows;
+    A->max_segs = max_segs;
+    const size_t R = (size_t)max_rows;
+    int rc = 0;
+    for (int i = 0; i < N_PARTS && rc == 0; i++) {
+        A->o[i] = be->ops->alloc(be, R * (size_t)A->q_dim * sizeof(float));
+        A->lse[i] = be->ops->alloc(be, R * (size_t)A->n_heads * sizeof(float));
+        rc = A->o[i] && A->lse[i] ? 0 : -1;
+    }
+    A->has_parts = calloc((size_t)max_segs, sizeof *A->has_parts);
+    if (rc == 0 && A->has_parts && exchanging(A)) {
+        size_t rec = record_floats(A, max_rows, max_segs), all = rec * (size_t)tr->size;
+        A->o_local = be->ops->alloc(be, R * (size_t)A->q_dim * sizeof(float));
+        A->lse_local = be->ops->alloc(be, R * (size_t)A->n_heads * sizeof(float));
+        A->send = malloc(rec * sizeof(float));
+        A->recv = malloc(all * sizeof(float));
+        A->dev_all = be->ops->alloc(be, all * sizeof(float));
+        A->o_ptr = calloc((size_t)tr->size, sizeof *A->o_ptr);
+        A->lse_ptr = calloc((size_t)tr->size, sizeof *A->lse_ptr);
+        rc = A->o_local && A->lse_local && A->send && A->recv && A->dev_all && A->o_ptr &&
+                     A->lse_ptr
+                 ? 0
+                 : -1;
+    }
+    if (rc != 0 || !A->has_parts) {
+        batch_attend_free(A);
+        return sr_error_prefix("batch attention buffers for %d rows, %d jobs: ", max_rows,
+                               max_segs);
+    }
+    return 0;
+}
+
+void batch_attend_free(sr_batch_attend *A)
+{
+    if (!A->be)
+        return;
+    sr_backend *be = A->be;
+    for (int i = 0; i < N_PARTS; i++) {
+        if (A->o[i])
+            be->ops->free(be, A->o[i]);
+        if (A->lse[i])
+            be->ops->free(be, A->lse[i]);
+    }
+    float *dev[] = {A->o_local, A->lse_local, A->dev_all};
+    for (size_t i = 0; i < 3; i++)
+        if (dev[i])
+            be->ops->free(be, dev[i]);
+    free(A->send);
+    free(A->recv);
+    free(A->o_ptr);
+    free(A->lse_ptr);
+    free(A->has_parts);
+    memset(A, 0, sizeof *A);
+}
+
+void batch_attend_begin(sr_batch_attend *A, sr_batch_seg *segs, int n_segs)
+{
+    A->segs = segs;
+    A->n_segs = n_segs;
+    A->layers_synced = 0;
+    A->failed_here = A->failed_elsewhere = false;
+    for (int i = 0; i < n_segs; i++) {
+        segs[i].failed = segs[i].failed_here = false;
+        segs[i].error[0] = '\0';
+    }
+}
+
+static void seg_fail(sr_batch_seg *s, const char *what)
+{
+    if (!s->failed)
+        snprintf(s->error, sizeof s->error, "%s%s", what, sr_error_get());
+    s->failed = s->failed_here = true;
+}
+
+/* The test hook (ring/fail_hook.h); STARRELAY_TEST_FAIL_JOB=N narrows it
+ * to job N, so a test can fail one job of a batch and watch the others
+ * finish. */
+static int hook_check(const sr_batch_attend *A, uint64_t job_id)
+{
+    if (!A->hook_stage)
+        return 0;
+    const char *j = getenv("STARRELAY_TEST_FAIL_JOB");
+    if (j && *j && strtoull(j, NULL, 10) != job_id)
+        return 0;
+    return fail_hook_check(A->hook_stage, A->rank);
+}
+
+static bool seg_has_prefix(const sr_batch_seg *s)
+{
+    return s->prefix && s->prefix->len > 0;
+}
+
+/* RelayAttention: the segments from i on that share segs[i]'s prefix and
+ * sit next to each other attend to it in one call; returns the end of the
+ * group. Without relay every segment is a group of its own. */
+static int relay_group(sr_batch_attend *A, int layer, const float *q, int i)
+{
+    sr_batch_seg *s = A->segs;
+    int j = i + 1;
+    while (A->relay && j < A->n_segs && s[j].prefix == s[i].prefix)
+        j++;
+    int row0 = s[i].row0, rows = s[j - 1].row0 + s[j - 1].n - row0;
+    /* The prefix precedes every row: no mask. */
+    if (kv_seq_attend(s[i].prefix, layer, q + (size_t)row0 * A->q_dim, NULL, rows, 0,
+                      s[i].prefix->len, A->o[PART_PREFIX] + (size_t)row0 * A->q_dim,
+                      A->lse[PART_PREFIX] + (size_t)row0 * A->n_heads) != 0)
+        for (int g = i; g < j; g++)
+            seg_fail(&s[g], "prefix attention: ");
+    return j;
+}
+
+/* One segment's own parts, merged into o_out/lse_out at its rows. Returns
+ * the number of parts (0: this rank holds nothing for it). */
+static int seg_attend(sr_batch_attend *A, sr_batch_seg *s, int layer, const float *q,
+                      const int32_t *pos, float *o_out, float *lse_out)
+{
+    const int r0 = s->row0, n = s->n;
+    const float *qs = q + (size_t)r0 * A->q_dim;
+    const float *op[N_PARTS], *lp[N_PARTS];
+    int np = 0;
+    if (seg_has_prefix(s)) {
+        op[np] = A->o[PART_PREFIX] + (size_t)r0 * A->q_dim;
+        lp[np++] = A->lse[PART_PREFIX] + (size_t)r0 * A->n_heads;
+    }
+    if (s->src && s->src->len > 0) {
+        float *o = A->o[PART_SRC] + (size_t)r0 * A->q_dim;
+        float *l = A->lse[PART_SRC] + (size_t)r0 * A->n_heads;
+        if (kv_seq_attend(s->src, layer, qs, NULL, n, 0, s->src->len, o, l) != 0) {
+            seg_fail(s, "attention to the held KV: ");
+            return -1;
+        }
+        op[np] = o;
+        lp[np++] = l;
+    }
+    if (s->dest) {
+        float *o = A->o[PART_DEST] + (size_t)r0 * A->q_dim;
+        float *l = A->lse[PART_DEST] + (size_t)r0 * A->n_heads;
+        /* Causal among the new rows and the window before them. */
+        if (kv_seq_attend(s->dest, layer, qs, pos + r0, n, s->dest_begin, s->dest->len + n, o,
+                          l) != 0) {
+            seg_fail(s, "causal attention: ");
+            return -1;
+        }
+        op[np] = o;
+        lp[np++] = l;
+    }
+    if (np == 0)
+        return 0;
+    if (A->be->ops->merge(A->be, np, op, lp, n * A->n_heads, A->head_dim,
+                          o_out + (size_t)r0 * A->q_dim,
+                          lse_out ? lse_out + (size_t)r0 * A->n_heads : NULL) != 0) {
+        seg_fail(s, "merge: ");
+        return -1;
+    }
+    return np;
+}
+
+/* This rank's parts of every segment. Segment failures are recorded in
+ * the segments; the call goes on. has_parts[i] tells whether segment i got
+ * an (o, lse) here. */
+static void attend_local(sr_batch_attend *A, int layer, const float *q, const float *k,
+                         const float *v, const int32_t *pos, float *o_out, float *lse_out,
+                         bool *has_parts)
+{
+    sr_batch_seg *s = A->segs;
+    for (int i = 0; i < A->n_segs; i++) {
+        has_parts[i] = false;
+        if (s[i].failed)
+            continue;
+        if (hook_check(A, s[i].job_id) != 0) {
+            seg_fail(&s[i], "");
+            continue;
+        }
+        if (s[i].dest) {
+            size_t kd = (size_t)s[i].dest->pool->kv_dim;
+            if (kv_seq_write(s[i].dest, layer, k + (size_t)s[i].row0 * kd,
+                             v + (size_t)s[i].row0 * kd, pos + s[i].row0, s[i].n) != 0)
+                seg_fail(&s[i], "storing KV: ");
+        }
+    }
+    for (int i = 0; i < A->n_segs;) {
+        if (!seg_has_prefix(&s[i])) {
+            i++;
+            continue;
+        }
+        i = relay_group(A, layer, q, i);
+    }
+    for (int i = 0; i < A->n_segs; i++)
+        if (!s[i].failed)
+            has_parts[i] = seg_attend(A, &s[i], layer, q, pos, o_out, lse_out) > 0;
+}
+
+/* Zero output for rows this rank has nothing for (or failed): out = 0,
+ * lse = -inf, which every merge ignores. */
+static void record_empty_rows(sr_batch_attend *A, float *o, float *lse, int row0, int n)
+{
+    memset(o + (size_t)row0 * A->q_dim, 0, (size_t)n * A->q_dim * sizeof(float));
+    for (size_t i = 0; i < (size_t)n * A->n_heads; i++)
+        lse[(size_t)row0 * A->n_heads + i] = -INFINITY;
+}
+
+/* The layer's all-gather and merge of every rank's partials; call_ok ==
+ * false sends the call's failure flag. */
+static int exchange(sr_batch_attend *A, int layer, int n, bool call_ok, const bool *has_parts,
+                    float *out)
+{
+    sr_transport *tr = A->tr;
+    sr_backend *be = A->be;
+    const int S = A->n_segs;
+    const size_t rec = record_floats(A, n, S);
+    float *o = A->send, *lse = A->send + (size_t)n * A->q_dim, *flags = lse + (size_t)n * A->n_heads;
+    char err[512];
+    snprintf(err, sizeof err, "%s", call_ok ? "" : sr_error_get());
+    if (call_ok &&
+        (be->ops->download(be, o, A->o_local, (size_t)n * A->q_dim * sizeof(float)) != 0 ||
+         be->ops->download(be, lse, A->lse_local, (size_t)n * A->n_heads * sizeof(float)) != 0)) {
+        call_ok = false;
+        snprintf(err, sizeof err, "%s", sr_error_get());
+    }
+    for (int i = 0; i < S; i++) {
+        const sr_batch_seg *s = &A->segs[i];
+        if (!call_ok || s->failed || !has_parts[i])
+            record_empty_rows(A, o, lse, s->row0, s->n);
+        flags[i] = s->failed ? 1.0f : 0.0f;
+    }
+    flags[S] = call_ok ? 0.0f : 1.0f;
+    if (tr->ops->allgather(tr, A->send, A->recv, rec * sizeof(float)) != 0)
+        return -1;
+    A->layers_synced++;
+    if (!call_ok) {
+        A->failed_here = true;
+        return sr_error_set("%s", err);
+    }
+    for (int r = 0; r < tr->size; r++) {
+        const float *fr = A->recv + (size_t)r * rec + (size_t)n * (A->q_dim + A->n_heads);
+        if (fr[S] != 0.0f) {
+            A->failed_elsewhere = true;
+            return sr_error_set("rank %d failed in layer %d of a batched step", r, layer);
+        }
+        for (int i = 0; i < S; i++)
+            if (fr[i] != 0.0f && !A->segs[i].failed) {
+                A->segs[i].failed = true; /* its message is on the rank that failed */
+                snprintf(A->segs[i].error, sizeof A->segs[i].error, "failed on rank %d", r);
+            }
+    }
+    if (be->ops->upload(be, A->dev_all, A->recv, rec * (size_t)tr->size * sizeof(float)) != 0)
+        return -1;
+    for (int r = 0; r < tr->size; r++) {
+        A->o_ptr[r] = A->dev_all + (size_t)r * rec;
+        A->lse_ptr[r] = A->dev_all + (size_t)r * rec + (size_t)n * A->q_dim;
+    }
+    return be->ops->merge(be, tr->size, A->o_ptr, A->lse_ptr, n * A->n_heads, A->head_dim, out,
+                          NULL);
+}
+
+int batch_attend(void *user, int layer, const float *q, const float *k, const float *v,
+                 const int32_t *pos_host, const int32_t *pos, int n, float *out)
+{
+    (void)pos_host;
+    sr_batch_attend *A = user;
+    if (layer == 0)
+        A->layers_synced = 0;
+    bool *has = A->has_parts;
+    if (!exchanging(A)) {
+        attend_local(A, layer, q, k, v, pos, out, NULL, has);
+        /* Rows with no part at all (an empty job on one rank) or a failed
+         * segment: zero, so the rest of the layer stays finite. */
+        for (int i = 0; i < A->n_segs; i++)
+            if (!has[i]) {
+                const sr_batch_seg *s = &A->segs[i];
+                float *zero = calloc((size_t)s->n * A->q_dim, sizeof(float));
+                int rc = zero ? A->be->ops->upload(A->be, out + (size_t)s->row0 * A->q_dim, zero,
+                                                   (size_t)s->n * A->q_dim * sizeof(float))
+                              : sr_error_set("out of memory");
+                free(zero);
+                if (rc != 0)
+                    return -1;
+            }
+        return 0;
+    }
+    attend_local(A, layer, q, k, v, pos, A->o_local, A->lse_local, has);
+    return exchange(A, layer, n, true, has, out);
+}
+
+void batch_attend_drain(sr_batch_attend *A, int n)
+{
+    if (!exchanging(A) || A->failed_here || A->failed_elsewhere || A->layers_synced >= A->n_layers)
+        return;
+    for (int i = 0; i < A->n_segs; i++)
+        A->has_parts[i] = false;
+    exchange(A, A->layers_synced, n, false, A->has_parts, NULL);
+}
