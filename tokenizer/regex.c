@@ -8,8 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Oniguruma's Unicode \w: Letter, Mark, Number, Connector_Punctuation. */
-#define ONIG_WORD_CHARS "\\p{L}\\p{M}\\p{N}\\p{Pc}"
+/* Oniguruma's Unicode \w as measured against the reference build, code
+ * point by code point: Alphabetic, Mark, Decimal_Number, Connector_
+ * Punctuation, and outside a bracket class also the Latin-1 number signs
+ * ¹ ² ³ ¼ ½ ¾. */
+#define ONIG_CLASS_WORD_CHARS "\\p{Alphabetic}\\p{M}\\p{Nd}\\p{Pc}"
+#define ONIG_WORD_CHARS ONIG_CLASS_WORD_CHARS "\\xB2\\xB3\\xB9\\xBC-\\xBE"
 
 /* Rewrites the escapes whose meaning differs between Oniguruma (what the
  * reference compiles a file's regexes with) and PCRE2: \s \S \w \W \h \H.
@@ -36,7 +40,7 @@ static int translate_onig(const char *p, size_t n, sr_buf *out)
                 if (e == 's')
                     rep = SR_RE_SPACE_CHARS;
                 else if (e == 'w')
-                    rep = ONIG_WORD_CHARS;
+                    rep = ONIG_CLASS_WORD_CHARS;
                 else if (e == 'h')
                     rep = "0-9a-fA-F";
             } else {
@@ -102,7 +106,18 @@ int regex_compile(sr_regex *re, const char *pattern, size_t len, sr_regex_syntax
         src = tr.data ? tr.data : "";
         src_len = tr.len;
     }
-    pcre2_code *code = pcre2_compile((PCRE2_SPTR)src, src_len, opts, &err, &off, NULL);
+    /* Oniguruma's default (Ruby) syntax makes ^ and $ line anchors; lines
+     * end at \n only. */
+    if (syntax == REGEX_ONIG)
+        opts |= PCRE2_MULTILINE;
+    pcre2_compile_context *cc = pcre2_compile_context_create(NULL);
+    if (!cc) {
+        buf_free(&tr);
+        return sr_error_set("tokenizer: out of memory (regex context)");
+    }
+    pcre2_set_newline(cc, PCRE2_NEWLINE_LF);
+    pcre2_code *code = pcre2_compile((PCRE2_SPTR)src, src_len, opts, &err, &off, cc);
+    pcre2_compile_context_free(cc);
     buf_free(&tr);
     if (!code) {
         PCRE2_UCHAR msg[256];
