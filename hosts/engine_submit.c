@@ -112,14 +112,15 @@ int engine_job_never_fits(const sr_engine *e, const sr_sched_job *j, int64_t pre
     snprintf(msg, msg_len,
              "the job can never fit: it needs %lld KV tokens in all (%d-token context, system %d "
              "on each rank, query %d + max_tokens %d on the query rank, %s mode, block %d, "
-             "anchor %d) and %lld on rank %d alone, but each of the %d rank%s holds %lld "
-             "tokens (%d pages of %d) of which %lld hold prefixes, so %lld are available per "
-             "rank; use a shorter context, more ranks or a larger KV budget",
+             "anchor %d) and %lld on rank %d alone, but each rank holds %lld tokens (%d pages "
+             "of %d), %lld of them prefixes, leaving %lld per rank and %lld on all %d rank%s; "
+             "use a shorter context, more ranks or a larger KV budget",
              (long long)need_total * pt, j->plan.n_context, j->own_system, j->plan.n_query,
              j->plan.max_tokens, plan_mode_name(j->plan.mode), j->plan.block_size,
-             j->plan.anchor_size, (long long)j->pages[worst] * pt, worst, e->n_ranks,
-             e->n_ranks == 1 ? "" : "s", (long long)e->pages_per_rank * pt, e->pages_per_rank,
-             pt, (long long)prefix_pages * pt, (long long)have * pt);
+             j->plan.anchor_size, (long long)j->pages[worst] * pt, worst,
+             (long long)e->pages_per_rank * pt, e->pages_per_rank, pt,
+             (long long)prefix_pages * pt, (long long)have * pt,
+             (long long)have * pt * e->n_ranks, e->n_ranks, e->n_ranks == 1 ? "" : "s");
     return 1;
 }
 
@@ -289,7 +290,7 @@ int engine_build_job(sr_engine *e, sr_job_request *req, sr_sched_job **out, sr_s
         segment_ids(e, &req->context, "context", &first, &ctx, st, msg, msg_len) != 0 ||
         segment_ids(e, &req->query, "query", &first, &qry, st, msg, msg_len) != 0)
         goto done;
-    if (qry.n == 0) {
+    if (qry.n == 0 || (!req->query.ids && req->query.text && !req->query.text[0])) {
         refuse(st, msg, msg_len, SR_STATUS_INVALID_ARGUMENT,
                "query: empty; a job needs at least one query token");
         goto done;
