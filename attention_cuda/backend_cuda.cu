@@ -60,6 +60,11 @@ void backend_cuda_set_attention_splits(sr_backend *be, int splits)
     cuda_ctx_of(be)->attn_splits = splits > 0 ? splits : 0;
 }
 
+void backend_cuda_set_attention_variant(sr_backend *be, int variant)
+{
+    cuda_ctx_of(be)->split_variant = variant == 1 ? 1 : 0;
+}
+
 static void *cuda_alloc(sr_backend *be, size_t bytes)
 {
     (void)be;

@@ -19,8 +19,7 @@
 #define LOG2E_F 1.4426950408889634f
 #define LN2_F 0.6931471805599453f
 
-enum { SPLIT_WARPS = 4, SPLIT_UNROLL = 4, SPLIT_DPL = 8, SPLIT_MIN_KEYS = 128,
-       MERGE_MAX_PARTS = 32 };
+enum { SPLIT_WARPS = 4, SPLIT_MIN_KEYS = 128, MERGE_MAX_PARTS = 32 };
 
 typedef struct {
     const float *q, *k, *v;
@@ -42,15 +41,16 @@ __device__ __forceinline__ float fold_weight(float m, float mn)
     return m == mn ? 1.0f : exp2f(m - mn);
 }
 
-/* Each lane owns SPLIT_DPL dims of a head: few enough registers for three
- * blocks per multiprocessor with 4 query vectors and SPLIT_UNROLL keys in
- * flight per lane. */
-template <int HDP, int QPB>
-__global__ void __launch_bounds__(SPLIT_WARPS * 32, 3) attn_split_kernel(split_params p)
+/* Each lane owns DPL dims of a head and keeps U keys' loads in flight.
+ * Variant 0 (DPL 8, U 4) fits three blocks per multiprocessor with 4 query
+ * vectors; variant 1 (DPL 16, U 2) has fewer shuffles per key but two
+ * blocks (backend_cuda_set_attention_variant; benches compare them). */
+template <int HDP, int QPB, int DPL, int U, int MINB>
+__global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(split_params p)
 {
-    constexpr int LPK = HDP / SPLIT_DPL; /* lanes per key */
-    constexpr int KPW = 32 / LPK;        /* keys a warp works on at once */
-    constexpr int NV = SPLIT_DPL / 4;    /* float4s per lane */
+    constexpr int LPK = HDP / DPL; /* lanes per key */
+    constexpr int KPW = 32 / LPK;  /* keys a warp works on at once */
+    constexpr int NV = DPL / 4;    /* float4s per lane */
     __shared__ float s_m[SPLIT_WARPS][QPB], s_l[SPLIT_WARPS][QPB];
     __shared__ float4 s_acc[SPLIT_WARPS][QPB][HDP / 4];
 
@@ -101,13 +101,13 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32, 3) attn_split_kernel(split_p
     const size_t head_off = (size_t)g * p.hd;
     /* The loop bound depends on the warp only, so every lane of a warp runs
      * the same iterations and the shuffles below are never divergent. */
-    for (int j0 = k_begin + warp * KPW; j0 < k_end; j0 += STEP * SPLIT_UNROLL) {
-        float4 kr[SPLIT_UNROLL][NV], vr[SPLIT_UNROLL][NV];
-        bool vis[SPLIT_UNROLL][QPB];
+    for (int j0 = k_begin + warp * KPW; j0 < k_end; j0 += STEP * U) {
+        float4 kr[U][NV], vr[U][NV];
+        bool vis[U][QPB];
         /* Issue every load of the unrolled keys before using any; K and V
          * do not wait for the key's position (masked keys are read too). */
 #pragma unroll
-        for (int u = 0; u < SPLIT_UNROLL; u++) {
+        for (int u = 0; u < U; u++) {
             const int j = j0 + u * STEP + sub;
             const bool active = j < k_end;
             const int kp = (active && p.k_pos) ? p.k_pos[j] : 0;
@@ -125,7 +125,7 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32, 3) attn_split_kernel(split_p
             }
         }
 #pragma unroll
-        for (int u = 0; u < SPLIT_UNROLL; u++) {
+        for (int u = 0; u < U; u++) {
             float s[QPB];
 #pragma unroll
             for (int qq = 0; qq < QPB; qq++) {
@@ -283,8 +283,8 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float *red)
  * (no exp overflows; an all-empty row stays -inf with o = 0), then
  * o = sum exp(l_p - l) o_p. The weights of MERGE_CHUNK parts at a time are
  * computed once into shared memory; each thread then sums its dims over
- * them with independent loads. Parts of weight 0 (the empty ones) are
- * skipped, as on the cpu. o_out and lse_out may be one of the parts: each
+ * them with independent loads. Parts of weight 0 (the empty ones) add
+ * nothing, as on the cpu. o_out and lse_out may be one of the parts: each
  * thread reads its own elements before writing them, and lse is written
  * after every thread has read it. Needs head_dim <= 1024. */
 template <typename Parts>
@@ -322,17 +322,20 @@ __global__ void __launch_bounds__(MERGE_THREADS) merge_kernel(Parts pp, int npar
         for (int i = tid; i < nc; i += MERGE_THREADS)
             w_s[i] = expf(pp.lse(c0 + i)[row] - l);
         __syncthreads();
-#pragma unroll 4
+        /* Loads do not wait on the weights (no branch around them), so the
+         * unrolled iterations' loads are all in flight at once; a part of
+         * weight 0 adds exactly 0 whatever its o holds. */
+#pragma unroll 8
         for (int i = 0; i < nc; i++) {
             const float w = w_s[i];
-            if (w == 0.0f)
-                continue;
             const float *op = pp.o(c0 + i) + (size_t)row * hd;
 #pragma unroll
             for (int k = 0; k < MERGE_MAX_DPT; k++) {
                 const int d = tid + k * MERGE_THREADS;
-                if (d < hd)
-                    acc[k] = fmaf(w, op[d], acc[k]);
+                if (d < hd) {
+                    const float x = op[d];
+                    acc[k] += w != 0.0f ? w * x : 0.0f;
+                }
             }
         }
     }
@@ -403,20 +406,24 @@ int cuda_merge(sr_backend *be, int nparts, const float *const *o_parts,
 /* ---- dispatch --------------------------------------------------------- */
 
 template <int HDP, int QPB>
-static void split_launch(dim3 grid, cudaStream_t st, const split_params &p)
+static void split_launch(int variant, dim3 grid, cudaStream_t st, const split_params &p)
 {
-    attn_split_kernel<HDP, QPB><<<grid, SPLIT_WARPS * 32, 0, st>>>(p);
+    if (variant == 1)
+        attn_split_kernel<HDP, QPB, 16, 2, 2><<<grid, SPLIT_WARPS * 32, 0, st>>>(p);
+    else
+        attn_split_kernel<HDP, QPB, 8, 4, 3><<<grid, SPLIT_WARPS * 32, 0, st>>>(p);
 }
 
 template <int HDP>
-static void split_launch_q(int qpb, dim3 grid, cudaStream_t st, const split_params &p)
+static void split_launch_q(int variant, int qpb, dim3 grid, cudaStream_t st,
+                           const split_params &p)
 {
     if (qpb == 1)
-        split_launch<HDP, 1>(grid, st, p);
+        split_launch<HDP, 1>(variant, grid, st, p);
     else if (qpb == 2)
-        split_launch<HDP, 2>(grid, st, p);
+        split_launch<HDP, 2>(variant, grid, st, p);
     else
-        split_launch<HDP, 4>(grid, st, p);
+        split_launch<HDP, 4>(variant, grid, st, p);
 }
 
 static int split_attention(cuda_ctx *ctx, const sr_attn_args *a)
@@ -463,12 +470,13 @@ static int split_attention(cuda_ctx *ctx, const sr_attn_args *a)
     p.ws_o = ctx->attn_ws;
     p.ws_lse = ctx->attn_ws + (size_t)splits * rows * hd;
     dim3 grid((unsigned)base, (unsigned)splits);
+    const int v = ctx->split_variant;
     switch (hdp) {
-    case 16: split_launch_q<16>(qpb, grid, ctx->stream, p); break;
-    case 32: split_launch_q<32>(qpb, grid, ctx->stream, p); break;
-    case 64: split_launch_q<64>(qpb, grid, ctx->stream, p); break;
-    case 128: split_launch_q<128>(qpb, grid, ctx->stream, p); break;
-    default: split_launch_q<256>(qpb, grid, ctx->stream, p); break;
+    case 16: split_launch_q<16>(v, qpb, grid, ctx->stream, p); break;
+    case 32: split_launch_q<32>(v, qpb, grid, ctx->stream, p); break;
+    case 64: split_launch_q<64>(v, qpb, grid, ctx->stream, p); break;
+    case 128: split_launch_q<128>(v, qpb, grid, ctx->stream, p); break;
+    default: split_launch_q<256>(v, qpb, grid, ctx->stream, p); break;
     }
     CUDA_CHECK_LAUNCH("attn_split_kernel");
     if (splits > 1)

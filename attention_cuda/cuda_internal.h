@@ -31,6 +31,7 @@ typedef struct {
     sr_cuda_attn_path attn_path;
     sr_cuda_gemm_path gemm_path;
     int attn_splits;            /* 0 = automatic */
+    int split_variant;          /* split-key kernel shape, see cuda_attention.cu */
     cuda_prepared *prepared;
     int n_prepared, cap_prepared;
 } cuda_ctx;

@@ -244,14 +244,19 @@ static void bench_decode(void)
         CK(cudaMalloc(&lse, (size_t)H * 4));
         int32_t *kp = dev_iota(ctx, 0), *qp = dev_iota(1, ctx);
         CK(cudaDeviceSynchronize());
-        double ms = time_ms(5, 15, 10, [&](int r) {
-            sr_attn_args a = {q, k[r % sets], v[r % sets], qp, kp, 1, ctx, H, KV, D, H * D, KV * D,
-                              1.0f / sqrtf((float)D), out, lse};
-            CKR(be->ops->attention(be, &a));
-        });
-        double gbs = bytes / (ms * 1e-3) / 1e9;
-        printf("| split-key, GQA-aware | %dK | %.1f | %.0f | %.2f |\n", ctx / 1024, ms * 1e3, gbs,
-               gbs / copy_gbs);
+        for (int variant = 0; variant < 2; variant++) {
+            backend_cuda_set_attention_variant(be, variant);
+            double ms = time_ms(5, 15, 10, [&](int r) {
+                sr_attn_args a = {q, k[r % sets], v[r % sets], qp, kp, 1, ctx, H, KV, D, H * D,
+                                  KV * D, 1.0f / sqrtf((float)D), out, lse};
+                CKR(be->ops->attention(be, &a));
+            });
+            double gbs = bytes / (ms * 1e-3) / 1e9;
+            printf("| split-key v%d (%s) | %dK | %.1f | %.0f | %.2f |\n", variant,
+                   variant ? "16 dims/lane, 2 keys in flight" : "8 dims/lane, 4 keys in flight",
+                   ctx / 1024, ms * 1e3, gbs, gbs / copy_gbs);
+        }
+        backend_cuda_set_attention_variant(be, 0);
         for (int i = 0; i < sets; i++) {
             CK(cudaFree(k[i]));
             CK(cudaFree(v[i]));

@@ -1,0 +1,16 @@
+/* A backend by name, for the programs' --backend option. Built with or
+ * without CUDA: without it, "cuda" is an error that says how to get it. */
+#ifndef SR_ATTENTION_CUDA_BACKEND_SELECT_H
+#define SR_ATTENTION_CUDA_BACKEND_SELECT_H
+
+#include "backend/backend.h"
+
+/* "cpu" or "cuda". The cuda backend takes device STARRELAY_CUDA_DEVICE if
+ * set, else the process's local rank under mpirun/srun (modulo the number
+ * of devices), else 0. NULL + sr_error on failure. */
+sr_backend *backend_create_named(const char *name);
+
+/* The backends this build has, e.g. "cpu, cuda", for messages. */
+const char *backend_available_names(void);
+
+#endif
