@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "attention_cuda/backend_select.h"
 #include "backend/backend.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -230,7 +231,7 @@ static int run_on_rank(sr_transport *tr, int argc, char **argv)
     if (transport_agree(tr, stage(rc), root) != 0)
         goto fail;
 
-    s.be = backend_cpu_create();
+    s.be = backend_create_named(s.o.backend);
     sr_run_report rep = {.mode = s.o.mode};
     if (!strcmp(s.o.mode, "global")) {
         if (!s.be || run_global(&s, &gres, &rep) != 0)

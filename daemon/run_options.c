@@ -16,7 +16,7 @@ void run_options_usage(void)
           "           [--temperature T] [--top-p P] [--top-k K] [--min-p P]\n"
           "           [--repetition-penalty R] [--seed S] [--stop TEXT]... [--stop-id N]...\n"
           "           [--ignore-eos] [--json] [--logits-out FILE]\n"
-          "           [--load-format safetensors|dummy] [--dummy-seed S] [--backend cpu]\n"
+          "           [--load-format safetensors|dummy] [--dummy-seed S] [--backend cpu|cuda]\n"
           "           [--query-ids 1,2,3] [--system-ids 1,2] [--context-ids 4,5,6]\n"
           "           [--context-random N] [--chunk-rows N]\n"
           "           [--mode star|ring|global] [--block-size N] [--anchor-size N]\n"
@@ -306,8 +306,8 @@ int run_options_parse(sr_run_options *o, int argc, char **argv)
                             "--context-random");
     if (o->system_text && o->has_system_ids)
         return sr_error_set("give --system/--system-file or --system-ids, not both");
-    if (strcmp(o->backend, "cpu") != 0)
-        return sr_error_set("--backend: '%s' is not built in (available: cpu)", o->backend);
+    if (strcmp(o->backend, "cpu") != 0 && strcmp(o->backend, "cuda") != 0)
+        return sr_error_set("--backend: '%s' is unknown (cpu or cuda)", o->backend);
     return 0;
 }
 

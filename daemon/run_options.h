@@ -12,7 +12,7 @@
 typedef struct {
     const char *model_dir;
     sr_load_options load;
-    const char *backend;          /* "cpu" */
+    const char *backend;          /* "cpu" or "cuda" */
     const char *system_text;      /* --system or the contents of --system-file */
     char *system_owned;
     const char *context_text;     /* --context or the contents of --context-file */
