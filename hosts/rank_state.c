@@ -32,6 +32,7 @@ int rank_state_init(sr_rank_state *rs, sr_transport *tr, sr_backend *be, const s
         return -1;
     }
     rs->p1.hook_stage = "phase1";
+    rs->p1.rank = tr->rank; /* phase 1 has no transport, but the hook asks */
     rs->p2.hook_stage = "phase2";
     size_t R = (size_t)chunk_rows, S = (size_t)max_segs;
     rs->segs = calloc(S, sizeof *rs->segs);
