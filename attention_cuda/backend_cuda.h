@@ -60,8 +60,8 @@ void backend_cuda_set_gemm_path(sr_backend *be, sr_cuda_gemm_path path);
  * device and the shape). For tests of the merge of splits. */
 void backend_cuda_set_attention_splits(sr_backend *be, int splits);
 
-/* The split-key kernel's shape, for benchmarks: 0 (default) 8 dims per
- * lane and 4 keys in flight, 1 16 dims per lane and 2 keys in flight. */
+/* The split-key kernel's shape, for benchmarks: 0 (default) 16 dims per
+ * lane and 2 keys in flight per lane, 1 8 dims per lane and 4 keys. */
 void backend_cuda_set_attention_variant(sr_backend *be, int variant);
 
 /* Uploads one host weight as `dtype` (SR_DTYPE_BF16 or SR_DTYPE_F32) into a

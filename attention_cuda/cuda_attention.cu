@@ -42,9 +42,11 @@ __device__ __forceinline__ float fold_weight(float m, float mn)
 }
 
 /* Each lane owns DPL dims of a head and keeps U keys' loads in flight.
- * Variant 0 (DPL 8, U 4) fits three blocks per multiprocessor with 4 query
- * vectors; variant 1 (DPL 16, U 2) has fewer shuffles per key but two
- * blocks (backend_cuda_set_attention_variant; benches compare them). */
+ * Variant 0 (DPL 16, U 2: two blocks per multiprocessor with 4 query
+ * vectors) has fewer shuffles per key than variant 1 (DPL 8, U 4: three
+ * blocks); measured on an H100 (bench/RESULTS.md), 0 reads 0.81-0.97 of the
+ * copy bandwidth from 64K to 256K keys where 1 reads 0.71-0.84, and they
+ * tie below. backend_cuda_set_attention_variant picks one for benches. */
 template <int HDP, int QPB, int DPL, int U, int MINB>
 __global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(split_params p)
 {
@@ -409,9 +411,9 @@ template <int HDP, int QPB>
 static void split_launch(int variant, dim3 grid, cudaStream_t st, const split_params &p)
 {
     if (variant == 1)
-        attn_split_kernel<HDP, QPB, 16, 2, 2><<<grid, SPLIT_WARPS * 32, 0, st>>>(p);
-    else
         attn_split_kernel<HDP, QPB, 8, 4, 3><<<grid, SPLIT_WARPS * 32, 0, st>>>(p);
+    else
+        attn_split_kernel<HDP, QPB, 16, 2, 2><<<grid, SPLIT_WARPS * 32, 0, st>>>(p);
 }
 
 template <int HDP>

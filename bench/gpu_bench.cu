@@ -253,7 +253,7 @@ static void bench_decode(void)
             });
             double gbs = bytes / (ms * 1e-3) / 1e9;
             printf("| split-key v%d (%s) | %dK | %.1f | %.0f | %.2f |\n", variant,
-                   variant ? "16 dims/lane, 2 keys in flight" : "8 dims/lane, 4 keys in flight",
+                   variant ? "8 dims/lane, 4 keys in flight" : "16 dims/lane, 2 keys in flight",
                    ctx / 1024, ms * 1e3, gbs, gbs / copy_gbs);
         }
         backend_cuda_set_attention_variant(be, 0);

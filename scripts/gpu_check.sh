@@ -6,10 +6,11 @@
 # compute-sanitizer (memcheck, racecheck, synccheck, initcheck) on the
 # kernel tests.
 #
-#   scripts/gpu_check.sh [build|test|bench|sanitize ...]   (default: all)
+#   scripts/gpu_check.sh [build|test|bench|sanitize|profile ...]   (default: all)
 #
 # Logs go to $OUT (the device tool's folder) or build-gpu/logs: build.log,
-# tests.log, bench.log, sanitize.log, and summary.md, whose tables end the
+# tests.log, bench.log, sanitize.log, profile.log (Nsight Compute on the
+# 4K-context decode attention), and summary.md, whose tables end the
 # output. With .devdeps carried (../shared/device/fetch-debs.sh), the
 # libraries the GPU machine lacks are unpacked first. Exit status: non-zero
 # if the build or any test or sanitizer run failed.
@@ -17,7 +18,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-build-gpu/logs}
 mkdir -p "$out"
-steps=${*:-build test bench sanitize}
+steps=${*:-build test bench sanitize profile}
 want() { [[ " $steps " == *" $1 "* ]]; }
 summary=$out/summary.md
 status=0
@@ -97,6 +98,17 @@ if want sanitize; then
   done
   grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed, " "$out/sanitize.log" | sed 's/^/    /' >> "$summary"
   echo "sanitizers: $((SECONDS - t0)) s" >> "$summary"
+fi
+
+if want profile; then
+  # The split-key kernel and its merge at 4K keys (the 4th call of the
+  # decode bench, after its warm-up): where the small-context time goes.
+  timeout 180 ncu --clock-control none -k regex:"attn_split_kernel|merge_kernel" \
+    --launch-skip 6 --launch-count 2 --section SpeedOfLight --section Occupancy \
+    --section LaunchStats "$dir/tests/gpu/gpu_bench" decode > "$out/profile.log" 2>&1
+  echo "ncu on the 4K decode attention: rc=$?" >> "$summary"
+  grep -E "attn_split_kernel|merge_kernel|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Grid Size|Block Limit Reg" \
+    "$out/profile.log" | sed 's/^ */    /' >> "$summary"
 fi
 
 cat "$summary"

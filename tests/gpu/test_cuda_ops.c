@@ -416,7 +416,7 @@ int main(void)
     test_attention(S, 0, 2, 3001, 6, 3, 96, MASK_STAR, 1.0f);    /* padded head_dim */
     test_attention(S, 0, 3, 777, 4, 1, 256, MASK_SHUFFLED, 1.0f);
     test_attention(S, 0, 5, 2000, 7, 7, 64, MASK_SHUFFLED, 2.0f); /* MHA, odd heads */
-    /* the other shape of the split kernel (16 dims per lane) */
+    /* the other shape of the split kernel (8 dims per lane) */
     backend_cuda_set_attention_variant(gpu, 1);
     test_attention(S, 0, 7, 23, 4, 2, 16, MASK_STAR, 1.0f);
     test_attention(S, 0, 1, 4097, 32, 8, 128, MASK_STAR, 1.0f);
