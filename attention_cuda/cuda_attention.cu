@@ -262,7 +262,7 @@ struct parts_strided {
     __device__ const float *lse(int i) const { return lse_base + (size_t)i * lse_stride; }
 };
 
-enum { MERGE_THREADS = 128, MERGE_MAX_DPT = 8, MERGE_CHUNK = 256 };
+enum { MERGE_THREADS = 512, MERGE_CHUNK = 256, MERGE_MAX_HD = 1024 };
 
 __device__ __forceinline__ float block_reduce(float v, bool is_max, float *red)
 {
@@ -283,26 +283,35 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float *red)
 
 /* One block per row: l = m + log(sum exp(l_p - m)) with m the largest l_p
  * (no exp overflows; an all-empty row stays -inf with o = 0), then
- * o = sum exp(l_p - l) o_p. The weights of MERGE_CHUNK parts at a time are
- * computed once into shared memory; each thread then sums its dims over
- * them with independent loads. Parts of weight 0 (the empty ones) add
- * nothing, as on the cpu. o_out and lse_out may be one of the parts: each
- * thread reads its own elements before writing them, and lse is written
- * after every thread has read it. Needs head_dim <= 1024. */
+ * o = sum exp(l_p - l) o_p. The data is tiny and the time is latency, so
+ * the kernel is built to wait on global memory as few times as possible:
+ * the lse of up to MERGE_CHUNK parts are read once into shared memory,
+ * where the max, the sum and the weights are formed; then the threads are
+ * split into groups of parts, each thread (group, dim) loading its parts'
+ * o with all its loads in flight, and the groups' sums are added in shared
+ * memory. Parts of weight 0 (the empty ones) add nothing, as on the cpu.
+ * o_out and lse_out may be part 0 of the list (a later round of the array
+ * merge): only group 0 reads part 0, each of its threads before it writes
+ * the same element, and lse is written after every thread has read it. */
 template <typename Parts>
 __global__ void __launch_bounds__(MERGE_THREADS) merge_kernel(Parts pp, int nparts, int hd,
                                                               float *o_out, float *lse_out)
 {
     __shared__ float red[MERGE_THREADS / 32];
     __shared__ float w_s[MERGE_CHUNK];
+    __shared__ float acc_s[MERGE_THREADS];
     const int row = blockIdx.x, tid = threadIdx.x;
+    const bool cached = nparts <= MERGE_CHUNK; /* every part's lse fits in w_s */
     float m = -INFINITY;
-    for (int i = tid; i < nparts; i += MERGE_THREADS)
-        m = fmaxf(m, pp.lse(i)[row]);
-    m = block_reduce(m, true, red);
+    for (int i = tid; i < nparts; i += MERGE_THREADS) {
+        const float x = pp.lse(i)[row];
+        if (cached)
+            w_s[i] = x;
+        m = fmaxf(m, x);
+    }
+    m = block_reduce(m, true, red); /* its barriers also publish w_s */
     float *orow = o_out + (size_t)row * hd;
     if (m == -INFINITY) {
-        __syncthreads();
         for (int d = tid; d < hd; d += MERGE_THREADS)
             orow[d] = 0.0f;
         if (tid == 0 && lse_out)
@@ -311,42 +320,44 @@ __global__ void __launch_bounds__(MERGE_THREADS) merge_kernel(Parts pp, int npar
     }
     float sum = 0.0f;
     for (int i = tid; i < nparts; i += MERGE_THREADS)
-        sum += expf(pp.lse(i)[row] - m);
+        sum += expf((cached ? w_s[i] : pp.lse(i)[row]) - m);
     sum = block_reduce(sum, false, red);
     const float l = m + logf(sum);
-    float acc[MERGE_MAX_DPT];
-#pragma unroll
-    for (int k = 0; k < MERGE_MAX_DPT; k++)
-        acc[k] = 0.0f;
-    for (int c0 = 0; c0 < nparts; c0 += MERGE_CHUNK) {
-        const int nc = min(MERGE_CHUNK, nparts - c0);
-        __syncthreads(); /* the previous chunk's weights are used up */
-        for (int i = tid; i < nc; i += MERGE_THREADS)
-            w_s[i] = expf(pp.lse(c0 + i)[row] - l);
+    if (cached) {
+        for (int i = tid; i < nparts; i += MERGE_THREADS)
+            w_s[i] = expf(w_s[i] - l); /* each slot read and written by one thread */
         __syncthreads();
-        /* Loads do not wait on the weights (no branch around them), so the
-         * unrolled iterations' loads are all in flight at once; a part of
-         * weight 0 adds exactly 0 whatever its o holds. */
+    }
+    const int dt = hd <= 32 ? 32 : hd <= 64 ? 64 : hd <= 128 ? 128 : 256;
+    const int groups = MERGE_THREADS / dt, grp = tid / dt, dd = tid - grp * dt;
+    for (int d0 = 0; d0 < hd; d0 += dt) {
+        const int d = d0 + dd;
+        float acc = 0.0f;
+        for (int c0 = 0; c0 < nparts; c0 += MERGE_CHUNK) {
+            const int nc = min(MERGE_CHUNK, nparts - c0);
+            if (!cached) {
+                __syncthreads();
+                for (int i = tid; i < nc; i += MERGE_THREADS)
+                    w_s[i] = expf(pp.lse(c0 + i)[row] - l);
+                __syncthreads();
+            }
+            if (d < hd) {
 #pragma unroll 8
-        for (int i = 0; i < nc; i++) {
-            const float w = w_s[i];
-            const float *op = pp.o(c0 + i) + (size_t)row * hd;
-#pragma unroll
-            for (int k = 0; k < MERGE_MAX_DPT; k++) {
-                const int d = tid + k * MERGE_THREADS;
-                if (d < hd) {
-                    const float x = op[d];
-                    acc[k] += w != 0.0f ? w * x : 0.0f;
+                for (int i = grp; i < nc; i += groups) {
+                    const float w = w_s[i], x = pp.o(c0 + i)[(size_t)row * hd + d];
+                    acc += w != 0.0f ? w * x : 0.0f;
                 }
             }
         }
-    }
-    __syncthreads(); /* every thread has read lse_out (if it is a part) */
-#pragma unroll
-    for (int k = 0; k < MERGE_MAX_DPT; k++) {
-        const int d = tid + k * MERGE_THREADS;
-        if (d < hd)
-            orow[d] = acc[k];
+        acc_s[tid] = acc;
+        __syncthreads();
+        if (grp == 0 && d < hd) {
+            float o = acc_s[dd];
+            for (int g2 = 1; g2 < groups; g2++)
+                o += acc_s[g2 * dt + dd];
+            orow[d] = o;
+        }
+        __syncthreads(); /* acc_s is refilled by the next pass */
     }
     if (tid == 0 && lse_out)
         lse_out[row] = l;
@@ -373,9 +384,8 @@ int cuda_merge(sr_backend *be, int nparts, const float *const *o_parts,
         return 0;
     if (nparts <= 0)
         return sr_error_set("cuda merge: %d parts", nparts);
-    if (head_dim <= 0 || head_dim > MERGE_THREADS * MERGE_MAX_DPT)
-        return sr_error_set("cuda merge: head_dim %d (at most %d)", head_dim,
-                            MERGE_THREADS * MERGE_MAX_DPT);
+    if (head_dim <= 0 || head_dim > MERGE_MAX_HD)
+        return sr_error_set("cuda merge: head_dim %d (at most %d)", head_dim, MERGE_MAX_HD);
     if (rows > INT_MAX / 2)
         return sr_error_set("cuda merge: %d rows", rows);
     if (nparts > MERGE_MAX_PARTS && !lse_out)
