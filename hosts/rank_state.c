@@ -131,6 +131,7 @@ static int fail_list_add(sr_step_failure **arr, int *n, int *cap, const sr_step_
 static void fail_local(sr_rank_state *rs, sr_step_fail_kind kind, uint64_t id, const char *msg)
 {
     sr_step_failure f = {.kind = kind, .rank = rs->tr->rank, .id = id};
+    snprintf(f.host, sizeof f.host, "%.63s", rs->tr->host);
     snprintf(f.msg, sizeof f.msg, "%s", msg);
     for (int i = 0; i < rs->n_local_fails; i++)
         if (rs->local_fails[i].kind == (int32_t)kind && rs->local_fails[i].id == id)
@@ -621,7 +622,8 @@ static int agree_failures(sr_rank_state *rs, sr_step_outcome *out)
         }
         int32_t n = rs->n_local_fails;
         memcpy(send, &n, sizeof n);
-        memcpy(send + 2 * sizeof(int32_t), rs->local_fails, (size_t)n * sizeof(sr_step_failure));
+        if (n > 0)
+            memcpy(send + 2 * sizeof(int32_t), rs->local_fails, (size_t)n * sizeof(sr_step_failure));
         int rc = tr->ops->allgather(tr, send, all, rec);
         for (int r = 0; r < tr->size && rc == 0; r++) {
             const uint8_t *rr = all + (size_t)r * rec;
@@ -631,6 +633,7 @@ static int agree_failures(sr_rank_state *rs, sr_step_outcome *out)
                 sr_step_failure f;
                 memcpy(&f, rr + 2 * sizeof(int32_t) + (size_t)i * sizeof f, sizeof f);
                 f.msg[sizeof f.msg - 1] = '\0';
+                f.host[sizeof f.host - 1] = '\0';
                 bool seen = false;
                 for (int o = 0; o < out->n_fails; o++)
                     seen |= out->fails[o].kind == f.kind && out->fails[o].id == f.id;

@@ -42,6 +42,7 @@ typedef struct {
     int32_t kind;            /* sr_step_fail_kind */
     int32_t rank;            /* where it started */
     uint64_t id;             /* job id or prefix handle */
+    char host[64];           /* the rank's host */
     char msg[240];
 } sr_step_failure;
 

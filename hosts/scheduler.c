@@ -389,7 +389,7 @@ static void admit_jobs(sr_engine *e, double now)
 
 /* Phase-1 rows for this step: oldest job first, within the cap. Ring jobs
  * take their whole phase 1 at once (Ring Attention cannot be split). */
-static int plan_phase1(sr_engine *e, sr_sched_job **p1_jobs)
+static int plan_phase1(sr_engine *e, uint64_t *p1_jobs)
 {
     int64_t budget = e->o.max_phase1_tokens_per_step;
     int n = 0;
@@ -403,7 +403,7 @@ static int plan_phase1(sr_engine *e, sr_sched_job **p1_jobs)
         step_put_phase1(&e->msg, j->id, (int32_t)(rows < INT32_MAX ? rows : INT32_MAX));
         j->p1_done += rows;
         budget -= rows;
-        p1_jobs[n++] = j;
+        p1_jobs[n++] = j->id;
         if (j->p1_done >= j->p1_need)
             j->state = JOB_PREFILL;
     }
@@ -539,7 +539,7 @@ static void fill_cluster_info(sr_engine *e, sr_cluster_info *ci, sr_rank_info *r
     ci->anchor_size = e->o.default_anchor_size;
 }
 
-static void process_outcome(sr_engine *e, sr_step_outcome *out, sr_sched_job **p1_jobs, int n_p1,
+static void process_outcome(sr_engine *e, sr_step_outcome *out, const uint64_t *p1_jobs, int n_p1,
                             double now)
 {
     /* Prefixes and jobs that failed on some rank: every rank dropped them. */
@@ -547,8 +547,7 @@ static void process_outcome(sr_engine *e, sr_step_outcome *out, sr_sched_job **p
         const sr_step_failure *fl = &out->fails[f];
         char m[sizeof fl->msg + sizeof e->tr->host + 64];
         if (fl->rank >= 0)
-            snprintf(m, sizeof m, "rank %d (host %s): %s", fl->rank,
-                     fl->rank == e->tr->rank ? e->tr->host : "see its log", fl->msg);
+            snprintf(m, sizeof m, "rank %d (host %s): %s", fl->rank, fl->host, fl->msg);
         else
             snprintf(m, sizeof m, "%s", fl->msg);
         if (fl->kind == STEP_FAIL_PREFIX) {
@@ -575,7 +574,7 @@ static void process_outcome(sr_engine *e, sr_step_outcome *out, sr_sched_job **p
     e->n_creating = 0;
 
     for (int i = 0; i < n_p1; i++) {
-        sr_sched_job *j = job_find(e, p1_jobs[i]->id) == p1_jobs[i] ? p1_jobs[i] : NULL;
+        sr_sched_job *j = job_find(e, p1_jobs[i]); /* NULL: it ended in this step */
         if (!j)
             continue;
         emit_progress(e, j);
@@ -633,7 +632,7 @@ static void wait_for_work(sr_engine *e, double now)
 int scheduler_run(sr_engine *e)
 {
     const int B = e->o.max_batch;
-    sr_sched_job **p1_jobs = malloc((size_t)(e->cap_jobs > 0 ? e->cap_jobs : 1) * sizeof *p1_jobs);
+    uint64_t *p1_jobs = malloc((size_t)(e->cap_jobs > 0 ? e->cap_jobs : 1) * sizeof *p1_jobs);
     sr_sched_job **fwd_jobs = malloc((size_t)B * sizeof *fwd_jobs);
     fwd_entry *ent = malloc((size_t)B * sizeof *ent);
     int32_t *ids = malloc((size_t)e->rs.fwd.max_rows * sizeof *ids);
@@ -657,7 +656,7 @@ int scheduler_run(sr_engine *e)
         if (e->shutdown_deadline == 0)
             admit_jobs(e, now);
         if (p1_cap < e->n_jobs) {
-            sr_sched_job **np = realloc(p1_jobs, (size_t)e->n_jobs * sizeof *np);
+            uint64_t *np = realloc(p1_jobs, (size_t)e->n_jobs * sizeof *np);
             if (!np) {
                 rc = sr_error_set("engine: out of memory");
                 break;

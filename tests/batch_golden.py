@@ -101,6 +101,8 @@ for model in ("llama3-tiny", "qwen2-tiny", "mistral-sp-tiny"):
                 c.check(u["system_tokens"] + u["context_tokens"] + u["query_tokens"] == n_prompt,
                         "%s %s: %s prompt tokens, golden %d" % (what, rid, u, n_prompt))
         for i, sp in enumerate(SAMPLED if model == "llama3-tiny" else []):
+            if i != (np > 1):
+                continue  # one `starrelayd run` per rank count keeps the test short
             o = by.get("sampled%d" % i)
             args = ["--model", M, "--query-ids", ids_arg(sampled_q), "--max-tokens", "10",
                     "--ignore-eos", "--context-ids", ids_arg(range(40, 90))]

@@ -113,6 +113,9 @@ for np in (1, 3):
     c.check(out[-2].get("prefixes") == [], "%s: no prefix left: %s" % (what, out[-2]))
     ok, pool = pool_ok(out)
     c.check(ok, "%s: every page free after the prefixes went: %s" % (what, pool))
+    if np > 1:
+        print("ok   %s: prefixes" % what, flush=True)
+        continue
     # the empty own system prompt is the BOS alone: as `starrelayd run --system ""`
     j = jobs[6]
     r, _ = run(exe, np_arg(np), "--model", M, "--system", "", "--context-ids",
