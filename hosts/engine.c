@@ -204,6 +204,8 @@ static void final_unavailable(sr_engine *e, sr_sched_job *j, const char *why)
     if (j->prefix)
         j->prefix->refcount--;
     e->n_waiting--;
+    if (!j->admitted)
+        e->n_queued--;
     pthread_mutex_unlock(&e->mu);
     sched_job_free(j);
 }

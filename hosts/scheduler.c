@@ -154,6 +154,8 @@ static void job_finish(sr_engine *e, sr_sched_job *j, sr_status st, const char *
     if (j->prefix)
         j->prefix->refcount--;
     e->n_waiting--;
+    if (!j->admitted)
+        e->n_queued--;
     pthread_mutex_unlock(&e->mu);
     sr_log(SR_LOG_DEBUG, "job %llu finished: %s (%s) %s", (unsigned long long)j->id,
            sr_status_name(st), reason, message ? message : "");
@@ -237,6 +239,7 @@ static void take_commands(sr_engine *e)
             if (j->prefix)
                 j->prefix->refcount--;
             e->n_waiting--;
+            e->n_queued--;
             pthread_mutex_unlock(&e->mu);
             sched_job_free(j);
         }

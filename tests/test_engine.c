@@ -597,6 +597,46 @@ static void test_pool(void)
     pool_pages(b.e, &fr, &tot);
     CHECK(fr == tot, "no page leaked after the storm: %lld of %lld free", (long long)fr,
           (long long)tot);
+    CHECK(engine_cluster_info(b.e, &ci) == 0 && ci.jobs_queued == 0 && ci.jobs_running == 0,
+          "no job left: %d queued, %d running", ci.jobs_queued, ci.jobs_running);
+    cluster_info_free(&ci);
+    event_queue_destroy(q);
+    engine_stop(&b);
+}
+
+/* max_queue: with one job at a time and room for 3 in the queue, a burst
+ * of 6 long jobs has some refused with RESOURCE_EXHAUSTED. */
+static void test_queue_limit(void)
+{
+    sr_engine_options o;
+    engine_options_default(&o);
+    o.kv_budget_tokens = 1024;
+    o.max_batch = 1;
+    o.max_queue = 3;
+    engine_box b;
+    CHECK(engine_start(&b, &o) == 0, "engine: %s", sr_error_get());
+    int32_t q3[] = {5, 6, 7};
+    sr_event_queue *q = event_queue_create();
+    job_out outs[6];
+    int n_ok = 0, refused = 0;
+    for (int i = 0; i < 6; i++) {
+        sr_job_request r = greedy_req(60);
+        seg_ids(&r.query, q3, 3);
+        sr_status st;
+        char msg[512];
+        memset(&outs[n_ok], 0, sizeof outs[n_ok]);
+        if (engine_submit(b.e, &r, q, &outs[n_ok].id, &st, msg, sizeof msg) == 0) {
+            n_ok++;
+        } else {
+            refused++;
+            CHECK(st == SR_STATUS_RESOURCE_EXHAUSTED && strstr(msg, "max_queue 3"),
+                  "queue full: %s %s", sr_status_name(st), msg);
+        }
+    }
+    CHECK(refused >= 1 && n_ok >= 3, "%d refused, %d taken", refused, n_ok);
+    collect(q, outs, n_ok);
+    for (int i = 0; i < n_ok; i++)
+        CHECK(outs[i].status == SR_STATUS_OK, "taken job %d: %s", i, outs[i].message);
     event_queue_destroy(q);
     engine_stop(&b);
 }
@@ -664,6 +704,7 @@ int main(void)
           (long long)tot);
     test_shutdown(&b);
     test_pool();
+    test_queue_limit();
 
     transport_destroy(g_tr);
     backend_destroy(g_be);
