@@ -357,6 +357,15 @@ static void test_batch_equals_reference(engine_box *b)
         double d = fl ? rel_diff(fl, ref_logits, V) : 1;
         CHECK(d <= 1e-4, "job %d: first logits within 1e-4 of the reference (%g)", i, d);
     }
+    /* Continuous batching: job 0 (no context) streams its first token
+     * while job 4's 150-token context is still being encoded, 48 rows a
+     * step. */
+    CHECK(outs[0].timings.ttft_s < outs[4].timings.queue_s + outs[4].timings.phase1_s,
+          "a short job's first token (%.4f s) comes before a long job's phase 1 ends (%.4f s)",
+          outs[0].timings.ttft_s, outs[4].timings.queue_s + outs[4].timings.phase1_s);
+    CHECK(outs[4].timings.phase1_s > 0 && outs[4].timings.decode_tokens_per_s > 0,
+          "timings: phase 1 %.4f s, %.1f tokens/s", outs[4].timings.phase1_s,
+          outs[4].timings.decode_tokens_per_s);
     free(ref_logits);
     event_queue_destroy(q);
 }
