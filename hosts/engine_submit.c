@@ -3,6 +3,7 @@
  * the job could ever fit) is refused here with a message naming the field
  * and the limit, so a bad request never reaches the ranks. */
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -126,15 +127,12 @@ int engine_job_never_fits(const sr_engine *e, const sr_sched_job *j, int64_t pre
 
 int64_t engine_max_context(const sr_engine *e, const int *avail)
 {
-    /* Pages a default job of context C takes fits avail on every rank?
-     * Monotone in C, so a binary search finds the largest. */
+    /* Whether a default job of context C fits avail on every rank is
+     * monotone in C, so a binary search finds the largest. */
     int64_t lo = 0, hi = (int64_t)e->pages_per_rank * e->page_tokens * e->n_ranks + 1;
+    if (hi > INT32_MAX)
+        hi = INT32_MAX;
     sr_plan p;
-    if (plan_init(&p, e->n_ranks, e->o.query_rank, SR_MODE_STAR, 0, e->o.default_block_size,
-                  e->o.default_anchor_size) != 0)
-        return 0;
-    plan_free(&p);
-    bool fits0 = false;
     while (lo < hi) {
         int64_t mid = lo + (hi - lo + 1) / 2;
         bool ok = plan_init(&p, e->n_ranks, e->o.query_rank, e->o.default_mode, (int)mid,
@@ -144,14 +142,11 @@ int64_t engine_max_context(const sr_engine *e, const int *avail)
         for (int r = 0; ok && r < e->n_ranks; r++)
             ok = layout_rank_pages(&p, 0, e->page_tokens, r) <= avail[r];
         plan_free(&p);
-        if (ok) {
+        if (ok)
             lo = mid;
-            fits0 = true;
-        } else {
+        else
             hi = mid - 1;
-        }
     }
-    (void)fits0;
     sr_error_clear();
     return lo;
 }

@@ -421,7 +421,7 @@ typedef struct {
 } fwd_entry;
 
 /* One forward call: a row for every decoding job, then query rows. */
-static int plan_forward(sr_engine *e, fwd_entry *ent, int32_t *ids, sr_sched_job **fwd_jobs)
+static int plan_forward(sr_engine *e, fwd_entry *ent, sr_step_seg *segs, int32_t *ids)
 {
     const int cap = e->rs.fwd.max_rows;
     int n = 0, rows = 0;
@@ -449,7 +449,6 @@ static int plan_forward(sr_engine *e, fwd_entry *ent, int32_t *ids, sr_sched_job
                 j->prefill_done += f->seg.n;
                 f->seg.want_logits = j->prefill_done == j->plan.n_query;
             }
-            fwd_jobs[n] = j;
             rows += f->seg.n;
             n++;
         }
@@ -462,11 +461,7 @@ static int plan_forward(sr_engine *e, fwd_entry *ent, int32_t *ids, sr_sched_job
             fwd_entry t = ent[k];
             ent[k] = ent[k - 1];
             ent[k - 1] = t;
-            sr_sched_job *tj = fwd_jobs[k];
-            fwd_jobs[k] = fwd_jobs[k - 1];
-            fwd_jobs[k - 1] = tj;
         }
-    sr_step_seg segs[n];
     for (int i = 0, r = 0; i < n; i++) {
         segs[i] = ent[i].seg;
         memcpy(ids + r, ent[i].ids ? ent[i].ids : &ent[i].one,
@@ -636,13 +631,13 @@ int scheduler_run(sr_engine *e)
 {
     const int B = e->o.max_batch;
     uint64_t *p1_jobs = malloc((size_t)(e->cap_jobs > 0 ? e->cap_jobs : 1) * sizeof *p1_jobs);
-    sr_sched_job **fwd_jobs = malloc((size_t)B * sizeof *fwd_jobs);
     fwd_entry *ent = malloc((size_t)B * sizeof *ent);
+    sr_step_seg *segs = malloc((size_t)B * sizeof *segs);
     int32_t *ids = malloc((size_t)e->rs.fwd.max_rows * sizeof *ids);
     int p1_cap = e->cap_jobs;
     sr_step_outcome out = {0};
     int rc = 0;
-    if (!fwd_jobs || !ent || !ids) {
+    if (!ent || !segs || !ids) {
         rc = sr_error_set("engine: out of memory for the scheduler");
         goto stop;
     }
@@ -668,7 +663,7 @@ int scheduler_run(sr_engine *e)
             p1_cap = e->n_jobs;
         }
         int n_p1 = plan_phase1(e, p1_jobs);
-        int n_fwd = plan_forward(e, ent, ids, fwd_jobs);
+        plan_forward(e, ent, segs, ids);
         bool last = e->shutdown_deadline > 0 && e->n_jobs == 0;
         if (last)
             step_put_simple(&e->msg, STEP_SHUTDOWN);
@@ -680,7 +675,6 @@ int scheduler_run(sr_engine *e)
             rc = -1;
             break;
         }
-        (void)n_fwd;
         sr_wire_in in;
         if (step_bcast(e->tr, e->o.query_rank, &e->msg, &e->rs.msg_buf, &e->rs.msg_cap, &in) !=
                 0 ||
@@ -697,8 +691,8 @@ int scheduler_run(sr_engine *e)
 stop:
     step_outcome_free(&out);
     free(p1_jobs);
-    free(fwd_jobs);
     free(ent);
+    free(segs);
     free(ids);
     return rc;
 }
