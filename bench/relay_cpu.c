@@ -10,7 +10,8 @@
  * encoded prompts (the work does not depend on the values); the model is a
  * dummy one from a config.json, small so that attention matters.
  *
- * Prints one line per (b, s): median step times of both and their ratio,
+ * Prints one line per (b, s): median step times of both (thread CPU time,
+ * so other processes on a shared machine do not count) and their ratio,
  * beside the analytic ratio of KV rows read, (s + c) / (s / b + c).
  *
  * Usage: relay_cpu CONFIG.json [--batch 1,4,16,64] [--prefix 256,1024,4096,8192]
@@ -26,10 +27,13 @@
 #include "engine/kv_pool.h"
 #include "hosts/batch_attend.h"
 
+/* The step's CPU time on this thread: with one BLAS thread all of the
+ * step's work runs here, and a shared machine's other processes do not
+ * count (wall time would). */
 static double now_s(void)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
@@ -74,41 +78,58 @@ static int cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* Median time of `reps` decode steps of b jobs (after one warm-up). */
-static double time_steps(sr_forward *f, sr_batch_attend *A, sr_batch_seg *segs,
-                         sr_kv_seq **prefix_of, sr_kv_seq *own, int own_tokens, int b, int s,
-                         int reps)
+/* One decode step of b jobs, the own sequences holding `len` rows first
+ * (the step writes row len; a rerun overwrites it). */
+static double step_once(sr_forward *f, sr_batch_attend *A, sr_batch_seg *segs,
+                        sr_kv_seq **prefix_of, sr_kv_seq *own, int len, int b, int s, int r)
 {
-    /* Both variants start from the same own rows (later rows are
-     * overwritten). */
-    for (int j = 0; j < b; j++)
-        own[j].len = own_tokens;
-    int32_t *ids = malloc((size_t)b * sizeof *ids), *pos = malloc((size_t)b * sizeof *pos);
-    double *t = malloc((size_t)(reps + 1) * sizeof *t);
-    for (int r = 0; r <= reps; r++) {
-        for (int j = 0; j < b; j++) {
-            ids[j] = (int32_t)((j * 7 + r) % 64 + 3);
-            pos[j] = s + own[j].len;
-            segs[j] = (sr_batch_seg){.row0 = j, .n = 1, .job_id = (uint64_t)j + 1,
-                                     .prefix = prefix_of[j], .dest = &own[j]};
-        }
-        batch_attend_begin(A, segs, b);
-        double t0 = now_s();
-        int rc = forward_run(f, ids, pos, b, batch_attend, A, 0, NULL);
-        t[r] = now_s() - t0;
-        for (int j = 0; j < b && rc == 0; j++)
-            rc = segs[j].failed ? sr_error_set("%s", segs[j].error) : kv_seq_commit(&own[j], 1);
-        if (rc != 0) {
-            fprintf(stderr, "relay_cpu: step failed: %s\n", sr_error_get());
-            exit(1);
-        }
+    int32_t ids[4096], pos[4096];
+    for (int j = 0; j < b; j++) {
+        own[j].len = len;
+        ids[j] = (int32_t)((j * 7 + r) % 64 + 3);
+        pos[j] = s + len;
+        segs[j] = (sr_batch_seg){.row0 = j, .n = 1, .job_id = (uint64_t)j + 1,
+                                 .prefix = prefix_of[j], .dest = &own[j]};
     }
-    qsort(t + 1, (size_t)reps, sizeof *t, cmp_double);
-    double med = t[1 + reps / 2];
-    free(ids);
-    free(pos);
-    free(t);
-    return med;
+    batch_attend_begin(A, segs, b);
+    double t0 = now_s();
+    int rc = forward_run(f, ids, pos, b, batch_attend, A, 0, NULL);
+    double t = now_s() - t0;
+    for (int j = 0; j < b && rc == 0; j++)
+        rc = segs[j].failed ? sr_error_set("%s", segs[j].error) : kv_seq_commit(&own[j], 1);
+    if (rc != 0) {
+        fprintf(stderr, "relay_cpu: step failed: %s\n", sr_error_get());
+        exit(1);
+    }
+    return t;
+}
+
+/* Median times of `reps` decode steps with relay and without, taken in
+ * turns (after one warm-up of each) so drifts of the machine hit both
+ * alike; the jobs attend to the same own rows in both. */
+static void time_steps(sr_forward *f, sr_batch_attend *A, sr_batch_seg *segs, sr_kv_seq *pre,
+                       sr_kv_seq **prefix_of, sr_kv_seq *own, int own_tokens, int b, int s,
+                       int reps, double *t_relay, double *t_plain)
+{
+    double *tr = malloc((size_t)(reps + 1) * sizeof *tr), *tp = malloc((size_t)(reps + 1) * sizeof *tp);
+    for (int r = 0; r <= reps; r++) {
+        /* relay: every job names the first copy, so they sit side by side
+         * with one prefix and are attended in one call */
+        for (int j = 0; j < b; j++)
+            prefix_of[j] = &pre[0];
+        A->relay = true;
+        tr[r] = step_once(f, A, segs, prefix_of, own, own_tokens + r, b, s, r);
+        for (int j = 0; j < b; j++)
+            prefix_of[j] = &pre[j];
+        A->relay = false;
+        tp[r] = step_once(f, A, segs, prefix_of, own, own_tokens + r, b, s, r);
+    }
+    qsort(tr + 1, (size_t)reps, sizeof *tr, cmp_double);
+    qsort(tp + 1, (size_t)reps, sizeof *tp, cmp_double);
+    *t_relay = tr[1 + reps / 2];
+    *t_plain = tp[1 + reps / 2];
+    free(tr);
+    free(tp);
 }
 
 int main(int argc, char **argv)
@@ -133,7 +154,7 @@ int main(int argc, char **argv)
         else
             n_b = -1;
     }
-    if (n_b < 1 || n_s < 1 || own_tokens < 1 || reps < 1) {
+    if (n_b < 1 || n_s < 1 || own_tokens < 1 || reps < 1 || batches[0] > 4096) {
         fputs("relay_cpu: bad option\n", stderr);
         return 2;
     }
@@ -151,7 +172,7 @@ int main(int argc, char **argv)
         max_s = prefixes[i] > max_s ? prefixes[i] : max_s;
     const sr_model_config *c = &m.cfg;
     printf("# relay_cpu: %d layers, hidden %d, %d heads x %d (%d kv heads); own tokens c = %d; "
-           "median of %d steps\n",
+           "median CPU time of %d steps\n",
            c->n_layers, c->hidden_size, c->n_heads, c->head_dim, c->n_kv_heads, own_tokens, reps);
     printf("%6s %6s %5s %12s %12s %9s %9s\n", "batch", "prefix", "own", "relay ms", "no-relay ms",
            "measured", "analytic");
@@ -174,7 +195,7 @@ int main(int argc, char **argv)
             /* b prefix copies (only the first is used with relay), b own
              * sequences with room for the steps */
             const int page = 16;
-            int64_t pages = (int64_t)b * ((s + page - 1) / page + (own_tokens + 2 * reps + 2 + page) / page + 1);
+            int64_t pages = (int64_t)b * ((s + page - 1) / page + (own_tokens + reps + 2 + page) / page + 1);
             sr_kv_pool pool;
             if (kv_pool_init(&pool, be, c, page, (int)pages) != 0) {
                 fprintf(stderr, "relay_cpu: %s\n", sr_error_get());
@@ -183,22 +204,14 @@ int main(int argc, char **argv)
             for (int j = 0; j < b; j++) {
                 if (kv_seq_reserve(&pre[j], &pool, NULL, s) != 0 ||
                     fill_seq(&pre[j], s, 0, 99, tk, tv, tp) != 0 ||
-                    kv_seq_reserve(&own[j], &pool, NULL, own_tokens + 2 * reps + 2) != 0 ||
+                    kv_seq_reserve(&own[j], &pool, NULL, own_tokens + reps + 2) != 0 ||
                     fill_seq(&own[j], own_tokens, s, 1000u + (unsigned)j, tk, tv, tp) != 0) {
                     fprintf(stderr, "relay_cpu: %s\n", sr_error_get());
                     return 1;
                 }
             }
-            /* relay: every job names the first copy, so they sit side by
-             * side with one prefix and are attended in one call */
-            for (int j = 0; j < b; j++)
-                pre_of[j] = &pre[0];
-            A.relay = true;
-            double t_relay = time_steps(&f, &A, segs, pre_of, own, own_tokens, b, s, reps);
-            for (int j = 0; j < b; j++)
-                pre_of[j] = &pre[j];
-            A.relay = false;
-            double t_plain = time_steps(&f, &A, segs, pre_of, own, own_tokens, b, s, reps);
+            double t_relay, t_plain;
+            time_steps(&f, &A, segs, pre, pre_of, own, own_tokens, b, s, reps, &t_relay, &t_plain);
             /* the own rows attended grow by one per step: count the middle */
             int cc = own_tokens + reps / 2 + 1;
             double analytic = (double)(s + cc) / ((double)s / b + cc);
