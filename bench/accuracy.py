@@ -16,7 +16,7 @@ the accuracy per configuration, task and length, and star's accuracy as a fracti
 of ring's; --markdown writes the tables.
 
     python3 bench/accuracy.py [--quick] [--n 10] [--lengths 1024,2048,4096,8192]
-        [--fractions 2,4,8] [--ranks 2] [--model models/needle-llama-tiny]
+        [--n-at 8192=5] [--fractions 2,4,8] [--ranks 2] [--model models/needle-llama-tiny]
         [--daemon build/daemon/starrelayd] [--client build/client/starrelay]
         [--jsonl results.jsonl] [--markdown out.md]
 
@@ -179,6 +179,7 @@ def main():
     ap.add_argument("--tasks", default=",".join(rt.TASKS))
     ap.add_argument("--lengths", default="1024,2048,4096,8192", help="context tokens")
     ap.add_argument("--n", type=int, default=10, help="instances per task and length")
+    ap.add_argument("--n-at", default="", help="per-length overrides of --n, e.g. 8192=5")
     ap.add_argument("--fractions", default="2,4,8", help="block = context / k for each k")
     ap.add_argument("--ranks", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=32)
@@ -187,6 +188,8 @@ def main():
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--jsonl", default=None, help="append every answer here; reuse answers found")
     ap.add_argument("--markdown", default=None, help="write the tables to this file")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: tabulate the answers already in --jsonl")
     ap.add_argument("--quick", action="store_true",
                     help="small run: 2 instances per task at 1K and 2K, block = C/4")
     args = ap.parse_args()
@@ -195,6 +198,7 @@ def main():
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.lengths = [int(x) for x in args.lengths.split(",") if x]
     args.fractions = [int(x) for x in args.fractions.split(",") if x]
+    args.n_at = {int(k): int(v) for k, v in (kv.split("=") for kv in args.n_at.split(",") if kv)}
     if args.client and not os.path.exists(args.client):
         print("note: %s not found; context lengths estimated from characters" % args.client)
         args.client = ""
@@ -211,7 +215,14 @@ def main():
         ", ".join(c[0] for c in cfgs)), flush=True)
     for L in args.lengths:
         for task in args.tasks:
-            for i in range(args.n):
+            for i in range(args.n_at.get(L, args.n)):
+                if args.report_only:
+                    for name, _, _, _ in cfgs:
+                        key = "%s|%s|%d|%d|%s|%s" % (args.split, task, L, i, name,
+                                                      os.path.basename(args.model.rstrip("/")))
+                        if key in done:
+                            records.append(dict(done[key], length=L, task=task, config=name))
+                    continue
                 inst, ctoks = make_instance(args, task, i, L)
                 ctx_file = os.path.join(tmpd, "ctx.txt")
                 with open(ctx_file, "w", encoding="utf-8") as f:
@@ -253,9 +264,11 @@ def main():
     print(table)
     if args.markdown:
         head = ("Date %s; machine: CPU (%s, %d cores), %d MPI ranks; model %s; %d instances per "
-                "task and length (seeds '%s:<task>:<i>'); greedy, max %d new tokens.\n\n" % (
+                "task and length%s (seeds '%s:<task>:<i>'); greedy, max %d new tokens.\n\n" % (
                     datetime.date.today().isoformat(), platform.machine(), os.cpu_count() or 0,
-                    args.ranks, os.path.relpath(args.model, ROOT), args.n, args.split, args.max_tokens))
+                    args.ranks, os.path.relpath(args.model, ROOT), args.n,
+                    "".join(", %d at %dK" % (v, k // 1024) for k, v in sorted(args.n_at.items())),
+                    args.split, args.max_tokens))
         with open(args.markdown, "w") as f:
             f.write(head + table)
         print("wrote", args.markdown)
