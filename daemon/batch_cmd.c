@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "attention_cuda/backend_select.h"
 #include "backend/backend.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -368,7 +369,7 @@ static int batch_on_rank(sr_transport *tr, int argc, char **argv)
     if (rc == 0 && is_query && file_exists(o.model_dir, "tokenizer.json") &&
         !(tok = tokenizer_load(o.model_dir)))
         rc = -1;
-    if (rc == 0 && !(be = backend_cpu_create()))
+    if (rc == 0 && !(be = backend_create_named(o.backend)))
         rc = -1;
     if (transport_agree(tr, stage(rc), root) != 0) {
         sr_error_prefix("loading the model: ");

@@ -15,7 +15,7 @@ void batch_options_usage(void)
           "Runs every job of FILE through the serving engine at once (continuous batching,\n"
           "prefixes, the paged KV pool) and prints one JSON line per line of FILE, then the\n"
           "pool's free/total pages per rank. Under mpirun every rank runs it.\n"
-          "  --load-format safetensors|dummy  --dummy-seed S\n"
+          "  --load-format safetensors|dummy  --dummy-seed S  --backend cpu|cuda\n"
           "  --kv-budget-tokens N   KV tokens per rank        --kv-budget BYTES[K|M|G]\n"
           "  --page-tokens N        tokens per page (16)      --max-batch N  jobs at once (64)\n"
           "  --max-phase1-tokens N  context rows per rank per step (512)\n"
@@ -72,6 +72,7 @@ int batch_options_parse(sr_batch_options *o, int argc, char **argv)
     o->load.format = SR_LOAD_SAFETENSORS;
     o->load.dummy_dtype = SR_DTYPE_BF16;
     o->relay = true;
+    o->backend = "cpu";
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long n;
@@ -85,6 +86,10 @@ int batch_options_parse(sr_batch_options *o, int argc, char **argv)
         i++;
         if (!strcmp(a, "--model")) {
             o->model_dir = v;
+        } else if (!strcmp(a, "--backend")) {
+            if (strcmp(v, "cpu") && strcmp(v, "cuda"))
+                return sr_error_set("--backend: '%s' is unknown (cpu or cuda)", v);
+            o->backend = v;
         } else if (!strcmp(a, "--jobs")) {
             o->jobs_path = v;
         } else if (!strcmp(a, "--logits-dir")) {
