@@ -220,7 +220,7 @@ static int gen_args_parse(gen_args *g, client_ctx *cx, int argc, char **argv)
     }
     if (!has_query)
         return client_usage_error(cx, "--query TEXT is required (or --query-file, --query-ids)");
-    if (has_system && g->req.prefix_id)
+    if (has_system && g->req.prefix_id[0])
         return client_usage_error(cx, "give --prefix or a system prompt, not both");
     g->sampling.stop = g->stops;
     g->sampling.stop_token_ids = g->stop_ids;

@@ -645,9 +645,25 @@ void rpc_server_destroy(rpc_server *s)
     s->shutting_down = true;
     pthread_mutex_unlock(&s->mu);
     grpc_server_shutdown_and_notify(s->server, s->cq, &s->t_shutdown);
+    /* Handlers still sending their last replies (a job's final message,
+     * pushed just before the engine stopped) get a moment to finish; only
+     * then are the calls still open cancelled. */
+    pthread_mutex_lock(&s->mu);
+    double t0 = mono_now();
+    while (s->handlers > 0 && mono_now() - t0 < 10) {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_nsec += 50 * 1000 * 1000;
+        if (until.tv_nsec >= 1000000000) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&s->cv, &s->mu, &until);
+    }
+    pthread_mutex_unlock(&s->mu);
     grpc_server_cancel_all_calls(s->server);
     pthread_mutex_lock(&s->mu);
-    double t0 = mono_now(), said = t0;
+    double said = t0;
     while (s->live_calls > 0 || s->handlers > 0 || !s->shutdown_done) {
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);

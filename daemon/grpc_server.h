@@ -35,9 +35,10 @@ typedef struct {
 /* Binds and starts serving. *bound_port (may be NULL) gets the port.
  * NULL + sr_error when the address cannot be bound or TLS files are bad. */
 rpc_server *rpc_server_start(const rpc_server_config *c, int *bound_port);
-/* Stops accepting, cancels the calls still open (their clients see
- * CANCELLED or UNAVAILABLE), waits for every handler thread to finish, and
- * frees everything. Callers first make sure handlers cannot block forever
+/* Stops accepting, lets running handlers finish their replies (up to 10 s),
+ * cancels the calls still open (their clients see CANCELLED or
+ * UNAVAILABLE), waits for every handler thread to finish, and frees
+ * everything. Callers first make sure handlers cannot block forever
  * (the engine has stopped, the job table is closed). */
 void rpc_server_destroy(rpc_server *s);
 

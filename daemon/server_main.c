@@ -14,6 +14,7 @@
 #include "daemon/server_main.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -123,6 +124,9 @@ static int signal_state_start(signal_state *s)
     s->grace_s = 30;
     if (pipe(signal_pipe) != 0)
         return sr_error_set("cannot create the signal pipe: %s", strerror(errno));
+    fcntl(signal_pipe[1], F_SETFL, fcntl(signal_pipe[1], F_GETFL) | O_NONBLOCK);
+    fcntl(signal_pipe[0], F_SETFD, FD_CLOEXEC);
+    fcntl(signal_pipe[1], F_SETFD, FD_CLOEXEC);
     if (pthread_create(&s->thread, NULL, signal_main, s) != 0)
         return sr_error_set("cannot start the signal thread");
     s->started = true;
@@ -147,10 +151,11 @@ static void signal_state_set_engine(signal_state *s, sr_engine *e, sr_api *api)
     pthread_mutex_unlock(&s->mu);
 }
 
+/* Stops the thread. The handler stays installed (the write end of the pipe
+ * is non-blocking and stays open), so a signal that comes while the process
+ * exits changes nothing: the exit code stays the daemon's. */
 static void signal_state_stop(signal_state *s)
 {
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGINT, SIG_DFL);
     if (s->started) {
         unsigned char quit = 0;
         ssize_t w = write(signal_pipe[1], &quit, 1);
@@ -158,11 +163,6 @@ static void signal_state_stop(signal_state *s)
         pthread_join(s->thread, NULL);
         s->started = false;
     }
-    for (int i = 0; i < 2; i++)
-        if (signal_pipe[i] >= 0) {
-            close(signal_pipe[i]);
-            signal_pipe[i] = -1;
-        }
     pthread_mutex_destroy(&s->mu);
 }
 
@@ -209,9 +209,9 @@ static int start_server(serve_state *s)
     s->port = port;
     if (!s->server)
         return -1;
-    sr_log(SR_LOG_INFO, "gRPC on %s (port %d)%s%s; health is NOT_SERVING until the model is "
-           "loaded",
-           s->o.listen, port, s->o.tls_cert ? ", TLS" : "",
+    sr_log(SR_LOG_INFO, "gRPC on %s (port %d, pid %d)%s%s; health is NOT_SERVING until the "
+           "model is loaded",
+           s->o.listen, port, (int)getpid(), s->o.tls_cert ? ", TLS" : "",
            s->o.auth_token ? ", bearer token required" : "");
     return 0;
 }
@@ -269,6 +269,11 @@ static int serve_on_rank(sr_transport *tr, signal_state *sig, int argc, char **a
     if (transport_agree(tr, stage(rc), root) != 0)
         goto fail;
 
+    /* Test hook: the test models load in milliseconds, too fast to see
+     * health NOT_SERVING; STARRELAY_TEST_LOAD_DELAY_S=S waits S seconds. */
+    const char *delay = getenv("STARRELAY_TEST_LOAD_DELAY_S");
+    if (delay && atof(delay) > 0)
+        usleep((useconds_t)(atof(delay) * 1e6));
     double t_load = now_s();
     sr_load_options lo;
     daemon_options_to_load(&s.o, &lo);
