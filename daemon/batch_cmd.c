@@ -142,6 +142,10 @@ static void do_line(batch_front *b, batch_item *it)
             it->submitted = true;
             it->job_id = id;
             b->pending++;
+            if (l->cancel_at_once) {
+                it->cancel_sent = true;
+                engine_cancel(b->engine, id, &st, m, sizeof m);
+            }
         }
         break;
     }

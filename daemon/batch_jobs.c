@@ -135,6 +135,7 @@ static int parse_job(json_t *o, double now, sr_batch_line *l)
         return -1;
     r->deadline = d > 0 ? now + d : 0;
     r->ignore_eos = json_is_true(json_object_get(o, "ignore_eos"));
+    l->cancel_at_once = json_is_true(json_object_get(o, "cancel_at_once"));
     if ((v = json_object_get(o, "mode"))) {
         const char *m = json_string_value(v);
         if (m && !strcmp(m, "star"))

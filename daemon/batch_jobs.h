@@ -19,6 +19,7 @@ typedef struct {
     sr_batch_line_kind kind;
     sr_job_request req;          /* JOB (owned until submitted) */
     int cancel_after_tokens;     /* JOB, test only: 0 = never */
+    bool cancel_at_once;         /* JOB, test only: cancel right after submit (queued) */
     char *prefix_id;             /* prefix lines */
     sr_segment prefix_text;      /* CREATE_PREFIX */
 } sr_batch_line;

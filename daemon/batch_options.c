@@ -29,7 +29,8 @@ void batch_options_usage(void)
           "    \"prefix_id\", \"max_tokens\", \"temperature\", \"top_p\", \"top_k\", \"min_p\",\n"
           "    \"repetition_penalty\", \"seed\", \"stop\", \"stop_ids\", \"ignore_eos\", \"mode\",\n"
           "    \"block_size\", \"anchor_size\", \"request_id\", \"deadline_s\",\n"
-          "    \"cancel_after_tokens\" (test: cancel once that many tokens came)}\n",
+          "    \"cancel_after_tokens\" (test: cancel once that many tokens came),\n"
+          "    \"cancel_at_once\" (test: cancel right after submitting)}\n",
           stderr);
 }
 
