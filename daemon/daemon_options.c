@@ -21,7 +21,8 @@ static const sr_option table[] = {
     {"load-format", SR_OPT_CHOICE, OFF(load_format), 0, 0, "safetensors|dummy", NULL,
      "dummy: seeded random weights from config.json (benchmarks)"},
     {"dummy-seed", SR_OPT_INT64, OFF(dummy_seed), 0, BIG, NULL, "S", "seed of dummy weights"},
-    {"backend", SR_OPT_STRING, OFF(backend), 0, 0, NULL, "NAME", "compute backend (cpu)"},
+    {"backend", SR_OPT_CHOICE, OFF(backend), 0, 0, "cpu|cuda", NULL,
+     "compute backend (cuda: one GPU per rank, by local rank)"},
     {"listen", SR_OPT_STRING, OFF(listen), 0, 0, NULL, "HOST:PORT",
      "gRPC address (default 127.0.0.1:50051; 0.0.0.0:PORT for every interface)"},
     {"tls-cert", SR_OPT_STRING, OFF(tls_cert), 0, 0, NULL, "FILE", "TLS certificate chain (PEM)"},
@@ -143,8 +144,6 @@ int daemon_options_parse(sr_daemon_options *o, int argc, char **argv)
         return -1;
     if (!o->model_dir)
         return sr_error_set("--model DIR is required (or 'model = DIR' in the --config file)");
-    if (strcmp(o->backend, "cpu") != 0)
-        return sr_error_set("--backend: '%s' is not built in (available: cpu)", o->backend);
     if (!strchr(o->listen, ':'))
         return sr_error_set("--listen: expected HOST:PORT, got '%s'", o->listen);
     if (!o->tls_cert != !o->tls_key)

@@ -24,6 +24,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "attention_cuda/backend_select.h"
 #include "backend/backend.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -280,9 +281,9 @@ static int serve_on_rank(sr_transport *tr, signal_state *sig, int argc, char **a
     rc = model_load(&s.model, s.o.model_dir, &lo);
     s.model_loaded = rc == 0;
     if (rc == 0) {
-        s.be = backend_cpu_create();
+        s.be = backend_create_named(s.o.backend);
         if (!s.be)
-            rc = sr_error_set("cannot create the cpu backend");
+            rc = sr_error_prefix("--backend %s: ", s.o.backend);
     }
     if (rc == 0 && is_query)
         rc = load_tokenizer(&s);

@@ -5,7 +5,7 @@ pkgs=(build-essential meson ninja-build pkg-config
       libjansson-dev libpcre2-dev libopenblas-dev
       libopenmpi-dev openmpi-bin
       libprotobuf-c-dev protobuf-c-compiler libgrpc-dev
-      python3 python3-grpcio shellcheck)
+      python3 python3-grpcio python3-protobuf openssl shellcheck)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

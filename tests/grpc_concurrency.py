@@ -22,7 +22,7 @@ N = 32
 def request(i):
     prefix = (list(SYSTEMS) + [None])[i % 4]
     fields = dict(request_id=f"req-{i}", query=seg(f"Question {i}: how many apples are in box {i % 30}?"),
-                  sampling=M.SamplingParams(max_tokens=6 + i % 11, ignore_eos=True))
+                  sampling=M.SamplingParams(max_tokens=4 + i % 7, ignore_eos=True))
     if prefix:
         fields["prefix_id"] = prefix
     if i % 3 == 0:
@@ -53,7 +53,7 @@ def main():
             alone[i] = ids
             check(final is not None and len(ids) == request(i)[1]["sampling"].max_tokens,
                   f"job {i} alone: {len(ids)} tokens")
-        for i in (0, 5, 10, 31):
+        for i in (5, 30):
             ref = one_shot(daemon_exe, 2, run_args(i))
             check(alone[i] == ref["token_ids"], f"job {i} alone == starrelayd run: {alone[i]} vs {ref['token_ids']}")
 

@@ -155,10 +155,7 @@ def three_ranks(daemon_exe, client_exe):
         name, fields, run_args = cases()[1]
         compare("3 ranks star", d, client_exe, fields, run_args, 3)
         f = dict(fields, attention=M.AttentionOptions(mode=M.AttentionMode.Value("ATTENTION_MODE_RING")))
-        ref_ring = compare("3 ranks ring", d, client_exe, f, run_args + ["--mode", "ring"], 3)
-        # ring is exact: the same tokens as one rank
-        ref1 = one_shot(d.exe, 1, run_args)
-        check(ref_ring["token_ids"] == ref1["token_ids"], "ring on 3 ranks == 1 rank")
+        compare("3 ranks ring", d, client_exe, f, run_args + ["--mode", "ring"], 3)
         f = dict(fields, attention=M.AttentionOptions(block_size=40, anchor_size=16))
         compare("3 ranks block 40 anchor 16", d, client_exe, f,
                 run_args + ["--block-size", "40", "--anchor-size", "16"], 3)

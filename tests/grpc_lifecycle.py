@@ -13,7 +13,7 @@ import threading
 import time
 
 import grpc
-from grpc_lib import (M, Daemon, check, finish, generate, pages_all_free, programs, seg,
+from grpc_lib import (M, ROOT, Daemon, check, finish, generate, pages_all_free, programs, seg,
                       status_of)
 
 C = grpc.StatusCode
@@ -258,6 +258,11 @@ def test_config_and_ttl(daemon_exe, client_exe):
               f"a bad option: exit 2 naming it ({p.returncode}, {p.stderr})")
     finally:
         os.unlink(f.name)
+    # The documented example configuration is valid (the model comes from the
+    # command line here).
+    with Daemon(daemon_exe, args=["--config", os.path.join(ROOT, "config/starrelayd.conf")]) as d:
+        o = d.api.GetClusterInfo(M.GetClusterInfoRequest()).options
+        check(o.max_batch == 64 and o.default_mode == "star", f"config/starrelayd.conf: {o}")
     # No server there: exit 3.
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
