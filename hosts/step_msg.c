@@ -78,7 +78,8 @@ int step_bcast(sr_transport *tr, int root, const sr_wire_out *msg, uint8_t **buf
                sr_wire_in *in)
 {
     uint64_t head[2] = {STEP_MAGIC, msg ? msg->len : 0};
-    if (tr->ops->bcast(tr, head, sizeof head, root) != 0)
+    /* The other ranks wait here between steps, possibly for hours. */
+    if (transport_bcast_idle(tr, head, sizeof head, root) != 0)
         return sr_error_prefix("step plan: ");
     if (head[0] != STEP_MAGIC)
         return sr_error_set("step plan with a bad magic number (ranks running different "

@@ -112,3 +112,10 @@ int transport_agree(sr_transport *t, sr_stage_status status, int root)
     free(all);
     return -1;
 }
+
+int transport_bcast_idle(sr_transport *t, void *buf, size_t bytes, int root)
+{
+    if (t->ops->bcast_idle)
+        return t->ops->bcast_idle(t, buf, bytes, root);
+    return t->ops->bcast(t, buf, bytes, root);
+}

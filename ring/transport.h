@@ -51,6 +51,11 @@ typedef struct {
     /* Rank `root` receives every rank's `bytes` in rank order (recv is only
      * read on root). */
     int (*gather)(sr_transport *t, const void *send, void *recv, size_t bytes, int root);
+    /* A broadcast the other ranks may wait in for a long time (a serving
+     * engine's next step): they poll and sleep instead of spinning on a
+     * core. Every rank of one broadcast must use it (it does not match
+     * bcast). May be NULL: transport_bcast_idle falls back to bcast. */
+    int (*bcast_idle)(sr_transport *t, void *buf, size_t bytes, int root);
 } sr_transport_ops;
 
 struct sr_transport {
@@ -73,6 +78,9 @@ sr_transport *transport_local_create(void);
 sr_transport *transport_create_for_launch(void);
 /* Finalizes MPI if transport_mpi_create() started it. */
 void transport_destroy(sr_transport *t);
+
+/* ops->bcast_idle, or ops->bcast where the transport has none. */
+int transport_bcast_idle(sr_transport *t, void *buf, size_t bytes, int root);
 
 /* Makes every rank agree on how a stage ended: returns 0 on every rank if
  * all report SR_STAGE_OK, else -1 on every rank. On failure rank `root`
