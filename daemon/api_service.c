@@ -66,7 +66,7 @@ sr_engine *api_engine_or_finish(sr_api *a, rpc_call *call, bool new_work)
     bool draining = a->draining;
     pthread_mutex_unlock(&a->mu);
     if (!e) {
-        api_finish_status(call, draining ? SR_STATUS_UNAVAILABLE : SR_STATUS_UNAVAILABLE,
+        api_finish_status(call, SR_STATUS_UNAVAILABLE,
                           draining ? "the daemon is shutting down"
                                    : "the model is still loading; retry when the health check "
                                      "says SERVING");

@@ -595,13 +595,21 @@ rpc_server *rpc_server_start(const rpc_server_config *cfg, int *bound_port)
     /* Long contexts exceed gRPC's 4 MiB default; replies are small but
      * ListJobs with outputs may be large, so sends get the same limit. */
     int max_msg = cfg->max_message_bytes > 0x7fffffff ? 0x7fffffff : (int)cfg->max_message_bytes;
-    grpc_arg args[2] = {
+    grpc_arg args[4] = {
         {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
          .value.integer = max_msg},
         {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH,
          .value.integer = max_msg},
+        /* Pings find clients that vanished without closing the connection
+         * (a dead host, a cut network), so their jobs are cancelled and
+         * their KV freed; a long phase 1 sends no data, hence pings
+         * without data are allowed. */
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_KEEPALIVE_TIME_MS,
+         .value.integer = 60 * 1000},
+        {.type = GRPC_ARG_INTEGER, .key = GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA,
+         .value.integer = 0},
     };
-    grpc_channel_args chargs = {.num_args = 2, .args = args};
+    grpc_channel_args chargs = {.num_args = 4, .args = args};
     s->cq = grpc_completion_queue_create_for_next(NULL);
     s->server = grpc_server_create(&chargs, NULL);
     grpc_server_register_completion_queue(s->server, s->cq, NULL);

@@ -159,8 +159,6 @@ def three_ranks(daemon_exe, client_exe):
         f = dict(fields, attention=M.AttentionOptions(block_size=40, anchor_size=16))
         compare("3 ranks block 40 anchor 16", d, client_exe, f,
                 run_args + ["--block-size", "40", "--anchor-size", "16"], 3)
-        name, fields, run_args = cases()[3]
-        compare("3 ranks seeded sampling", d, client_exe, fields, run_args, 3)
 
 
 def main():
