@@ -164,8 +164,10 @@ sr_engine *engine_create(const sr_engine_options *o, sr_transport *tr, sr_backen
     }
     /* Every rank must have its engine before any step is sent. */
     if (transport_agree(tr, stage(rc), e ? e->o.query_rank : o->query_rank) != 0) {
-        if (e)
+        if (e) {
+            e->ran = true; /* no rank entered engine_run: nobody to release */
             engine_destroy(e);
+        }
         return NULL;
     }
     if (e->is_query)
@@ -261,6 +263,7 @@ int engine_run(sr_engine *e)
 {
     if (!e->is_query)
         return follow(e);
+    e->ran = true;
     pthread_mutex_lock(&e->mu);
     e->ready = true;
     pthread_mutex_unlock(&e->mu);
@@ -277,6 +280,18 @@ void engine_destroy(sr_engine *e)
 {
     if (!e)
         return;
+    /* A query host that never ran (its front end failed to start) still
+     * releases the other ranks, which wait for steps in engine_run. */
+    if (e->is_query && !e->ran && e->rs.tr) {
+        sr_step_outcome out = {0};
+        sr_wire_in in;
+        wire_out_reset(&e->msg);
+        step_put_simple(&e->msg, STEP_SHUTDOWN);
+        if (wire_out_check(&e->msg) == 0 &&
+            step_bcast(e->tr, e->o.query_rank, &e->msg, &e->rs.msg_buf, &e->rs.msg_cap, &in) == 0)
+            rank_exec_step(&e->rs, &in, &out);
+        step_outcome_free(&out);
+    }
     engine_close(e, "the engine was destroyed");
     rank_state_free(&e->rs);
     for (int i = 0; i < e->n_prefixes; i++) {

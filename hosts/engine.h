@@ -39,6 +39,8 @@ sr_engine *engine_create(const sr_engine_options *o, sr_transport *tr, sr_backen
  * ranks return when the query host tells them to. 0 on a clean stop, -1
  * (sr_error set) if a rank failed: the daemon then exits non-zero. */
 int engine_run(sr_engine *e);
+/* On the engine thread. A query host that never called engine_run (its
+ * front end failed to start) releases the other ranks here. */
 void engine_destroy(sr_engine *e);
 
 /* Additive, for tests and `starrelayd batch --logits-dir`: called on the

@@ -90,6 +90,7 @@ struct sr_engine {
     const sr_tokenizer *tok;
     char model_dir[1024];
     bool is_query;
+    bool ran;                   /* engine_run was called (query host) */
     sr_rank_state rs;
     /* read-only facts after engine_create */
     int n_ranks, vocab, max_positions, page_tokens, pages_per_rank;

@@ -692,6 +692,16 @@ int main(void)
 
     sr_engine_options o;
     engine_options_default(&o);
+    /* created and destroyed without running: releases the (no) other
+     * ranks and frees everything */
+    sr_engine *idle = engine_create(&o, g_tr, g_be, &g_model, g_tok, MODEL);
+    CHECK(idle != NULL, "engine: %s", sr_error_get());
+    engine_destroy(idle);
+    o.page_tokens = 0;
+    CHECK(engine_create(&o, g_tr, g_be, &g_model, g_tok, MODEL) == NULL &&
+              strstr(sr_error_get(), "page-tokens"),
+          "bad options are refused: %s", sr_error_get());
+    engine_options_default(&o);
     o.kv_budget_tokens = 8192;
     o.max_phase1_tokens_per_step = 48; /* long contexts over several steps */
     engine_box b;
