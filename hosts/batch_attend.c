@@ -4,9 +4,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/error.h"
 #include "ring/fail_hook.h"
+
+static double mono_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 enum { PART_PREFIX = 0, PART_SRC = 1, PART_DEST = 2, N_PARTS = 3 };
 
@@ -259,8 +267,11 @@ static int exchange(sr_batch_attend *A, int layer, int n, bool call_ok, const bo
         flags[i] = s->failed ? 1.0f : 0.0f;
     }
     flags[S] = call_ok ? 0.0f : 1.0f;
+    const double t0 = mono_s();
     if (tr->ops->allgather(tr, A->send, A->recv, rec * sizeof(float)) != 0)
         return -1;
+    A->allgather_s += mono_s() - t0;
+    A->allgathers++;
     A->layers_synced++;
     if (!call_ok) {
         A->failed_here = true;

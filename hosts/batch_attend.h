@@ -62,6 +62,10 @@ typedef struct {
     int layers_synced;      /* exchanges done in the current forward call */
     bool failed_here, failed_elsewhere;  /* the whole call */
     bool *has_parts;        /* [max_segs] scratch: segment got a part on this rank */
+    /* Cumulative, for the daemon's metrics: time spent in the all-gathers
+     * (waiting for the slowest rank included) and how many there were. */
+    double allgather_s;
+    int64_t allgathers;
 } sr_batch_attend;
 
 /* tr == NULL for phase 1; max_rows = the forward's rows, max_segs = the

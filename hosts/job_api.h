@@ -140,6 +140,11 @@ typedef struct {
     int n_prefixes;
     char mode[8];                /* default attention mode */
     int block_size, anchor_size; /* defaults (0/-1: derived per job) */
+    /* Phase-2 all-gathers on the query rank since start: total seconds
+     * (waiting for the slowest rank included) and count (one per layer per
+     * step). */
+    double allgather_s;
+    int64_t allgathers;
 } sr_cluster_info;
 
 void cluster_info_free(sr_cluster_info *ci);

@@ -535,6 +535,8 @@ static void fill_cluster_info(sr_engine *e, sr_cluster_info *ci, sr_rank_info *r
     snprintf(ci->mode, sizeof ci->mode, "%s", plan_mode_name(e->o.default_mode));
     ci->block_size = e->o.default_block_size;
     ci->anchor_size = e->o.default_anchor_size;
+    ci->allgather_s = e->rs.p2.allgather_s;
+    ci->allgathers = e->rs.p2.allgathers;
 }
 
 static void process_outcome(sr_engine *e, sr_step_outcome *out, const uint64_t *p1_jobs, int n_p1,
