@@ -66,6 +66,8 @@ static const sr_option table[] = {
      "rows per forward call in prefill (default 256)"},
     {"max-queue", SR_OPT_INT, OFF(max_queue), 1, 1 << 24, NULL, "N",
      "queued jobs before new ones are refused (default 1024)"},
+    {"metrics-listen", SR_OPT_STRING, OFF(metrics_listen), 0, 0, NULL, "HOST:PORT",
+     "serve Prometheus metrics at http://HOST:PORT/metrics on the query rank (default off)"},
     {"help", SR_OPT_BOOL, OFF(help), 0, 0, NULL, NULL, "this help"},
     {NULL, 0, 0, 0, 0, NULL, NULL, NULL},
 };
@@ -154,6 +156,8 @@ int daemon_options_parse(sr_daemon_options *o, int argc, char **argv)
         return -1;
     if (o->auth_token && !o->auth_token[0])
         return sr_error_set("--auth-token is empty");
+    if (o->metrics_listen && !strchr(o->metrics_listen, ':'))
+        return sr_error_set("--metrics-listen: expected HOST:PORT, got '%s'", o->metrics_listen);
     if (o->block_size > 0 && o->anchor_size > o->block_size)
         return sr_error_set("--anchor-size %d is larger than --block-size %d", o->anchor_size,
                             o->block_size);

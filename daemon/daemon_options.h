@@ -30,6 +30,7 @@ typedef struct {
     double job_ttl_s;            /* SubmitJob results kept this long after they end */
     int max_jobs_kept;
     char *log_level;
+    char *metrics_listen;        /* HOST:PORT of the metrics endpoint; NULL = off */
     /* engine */
     int64_t kv_budget_tokens;
     int64_t kv_budget_bytes;

@@ -7,6 +7,7 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "daemon/metrics.h"
 
 typedef struct {
     sr_job_view v;
@@ -26,6 +27,7 @@ struct sr_job_table {
     job_entry **jobs;            /* sorted by id */
     int n, cap;
     bool closed;
+    sr_metrics *metrics;         /* may be NULL */
 };
 
 static double mono_now(void)
@@ -167,6 +169,7 @@ static void log_final(const job_entry *j, const sr_job_event *ev)
 /* Caller holds mu. */
 static void apply(sr_job_table *t, const sr_job_event *ev)
 {
+    metrics_note_event(t->metrics, ev);
     int at = find(t, ev->job_id);
     if (at < 0)
         return;
@@ -416,4 +419,11 @@ int job_table_list(sr_job_table *t, bool output, sr_job_view **out, int *n)
     }
     pthread_mutex_unlock(&t->mu);
     return rc;
+}
+
+void job_table_set_metrics(sr_job_table *t, sr_metrics *m)
+{
+    pthread_mutex_lock(&t->mu);
+    t->metrics = m;
+    pthread_mutex_unlock(&t->mu);
 }

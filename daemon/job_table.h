@@ -51,6 +51,9 @@ sr_job_table *job_table_create(sr_engine *e, double ttl_s, int max_kept);
  * stopped (every job has had its FINAL event). */
 void job_table_close(sr_job_table *t);
 void job_table_destroy(sr_job_table *t);
+/* Every event filed from now on is also counted in m (may be NULL). */
+struct sr_metrics;
+void job_table_set_metrics(sr_job_table *t, struct sr_metrics *m);
 
 /* engine_submit for a job without a connected client. */
 int job_table_submit(sr_job_table *t, sr_job_request *req, uint64_t *id, sr_status *st,

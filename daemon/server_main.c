@@ -32,6 +32,8 @@
 #include "daemon/daemon_options.h"
 #include "daemon/grpc_server.h"
 #include "daemon/job_table.h"
+#include "daemon/metrics.h"
+#include "daemon/metrics_http.h"
 #include "hosts/engine.h"
 #include "ring/transport.h"
 #include "tokenizer/tokenizer.h"
@@ -180,6 +182,8 @@ typedef struct {
     rpc_server *server;
     sr_job_table *jobs;
     int port;                    /* the bound port (--listen HOST:0 picks one) */
+    sr_metrics *metrics;         /* query rank */
+    sr_metrics_http *metrics_http;   /* --metrics-listen */
 } serve_state;
 
 static bool file_exists(const char *dir, const char *name)
@@ -210,6 +214,17 @@ static int start_server(serve_state *s)
     s->port = port;
     if (!s->server)
         return -1;
+    s->metrics = metrics_create();
+    if (!s->metrics || metrics_declare_daemon(s->metrics) != 0)
+        return sr_error_set("cannot create the metrics registry");
+    if (s->o.metrics_listen) {
+        int mport = 0;
+        s->metrics_http = metrics_http_start(s->o.metrics_listen, s->metrics, &mport);
+        if (!s->metrics_http)
+            return -1;
+        sr_log(SR_LOG_INFO, "metrics on http://%s/metrics (port %d)", s->o.metrics_listen,
+               mport);
+    }
     sr_log(SR_LOG_INFO, "gRPC on %s (port %d, pid %d)%s%s; health is NOT_SERVING until the "
            "model is loaded",
            s->o.listen, port, (int)getpid(), s->o.tls_cert ? ", TLS" : "",
@@ -304,6 +319,8 @@ static int serve_on_rank(sr_transport *tr, signal_state *sig, int argc, char **a
         s.jobs = job_table_create(s.engine, s.o.job_ttl_s, s.o.max_jobs_kept);
         if (!s.jobs)
             rc = sr_error_set("cannot start the job table");
+        else
+            job_table_set_metrics(s.jobs, s.metrics);
     }
     if (transport_agree(tr, stage(rc), root) != 0) {
         sr_error_prefix("starting the engine: ");
@@ -313,6 +330,7 @@ static int serve_on_rank(sr_transport *tr, signal_state *sig, int argc, char **a
         api_set_engine(s.api, s.engine, s.jobs, s.model.cfg.vocab_size,
                        s.model.cfg.max_position_embeddings);
         signal_state_set_engine(sig, s.engine, s.api);
+        metrics_http_set_engine(s.metrics_http, s.engine);
         sr_log(SR_LOG_INFO, "serving on %s (port %d)", s.o.listen, s.port);
     }
     rc = engine_run(s.engine);
@@ -335,8 +353,11 @@ done:
      * engine has stopped, so no handler can block on it any more. */
     if (s.jobs)
         job_table_close(s.jobs);
+    /* Before the engine goes: a scrape may be asking it. */
+    metrics_http_stop(s.metrics_http);
     rpc_server_destroy(s.server);
     job_table_destroy(s.jobs);
+    metrics_destroy(s.metrics);
     api_destroy(s.api);
     if (s.engine)
         engine_destroy(s.engine);

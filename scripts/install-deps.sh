@@ -4,7 +4,7 @@ set -euo pipefail
 pkgs=(build-essential meson ninja-build pkg-config
       libjansson-dev libpcre2-dev libopenblas-dev
       libopenmpi-dev openmpi-bin
-      libprotobuf-c-dev protobuf-c-compiler libgrpc-dev
+      libprotobuf-c-dev protobuf-c-compiler libgrpc-dev libmicrohttpd-dev
       python3 python3-grpcio python3-protobuf openssl shellcheck)
 missing=()
 for p in "${pkgs[@]}"; do
