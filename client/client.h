@@ -41,7 +41,8 @@ int client_parse_ids(const char *s, int32_t **ids, size_t *n);
 int client_parse_long(const char *s, long long lo, long long hi, long long *out);
 int client_parse_double(const char *s, double *out);
 
-void client_usage(void);
+/* The module's entry point (loaded by main.c): argv as the program's. */
+int starrelay_rpc_main(int argc, char **argv);
 
 /* The commands: argv after the command name. */
 int cmd_generate(int argc, char **argv);

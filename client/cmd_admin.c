@@ -9,6 +9,7 @@
 
 #include "client/client.h"
 #include "client/tokenize_local.h"
+#include "client/usage.h"
 #include "health.pb-c.h"
 #include "starrelay.pb-c.h"
 

@@ -1,72 +1,105 @@
 /* starrelay: the command-line client of starrelayd. Connection options may
  * come before or after the command:
  *   starrelay --server HOST:50051 health     starrelay health --server HOST:50051
- * `starrelay tokenize --model DIR` works on a local model without a server. */
+ *
+ * `starrelay tokenize --model DIR` works on a local model without a server
+ * and without the gRPC libraries: the server commands live in a module
+ * (starrelay-rpc.so) loaded only when one is run, because loading gRPC's
+ * ~60 shared libraries costs tens of milliseconds per start, which scripts
+ * that tokenize many texts would pay for nothing. The module is looked for
+ * beside the program (the build tree) and in the installed library dir. */
+#include <dlfcn.h>
+#include <limits.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+
+#include "client/tokenize_local.h"
+#include "client/usage.h"
+
+#define MODULE_NAME "starrelay-rpc.so"
+
+/* Connection options that take a value (so the command word can be found
+ * behind them). */
+static const char *valued_options[] = {"--server", "--token", "--token-file", "--tls-ca",
+                                       "--tls-server-name", "--timeout", "--connect-timeout"};
+
+static int command_index(int argc, char **argv)
+{
+    int i = 1;
+    while (i < argc && argv[i][0] == '-') {
+        int skip = 1;
+        for (size_t k = 0; k < sizeof valued_options / sizeof *valued_options; k++)
+            if (!strcmp(argv[i], valued_options[k]))
+                skip = 2;
+        i += skip;
+    }
+    return i;
+}
 
 #ifdef SR_HAVE_GRPC
-#include "client/client.h"
-#endif
-#include "client/tokenize_local.h"
-
-#ifndef SR_HAVE_GRPC
-/* Built without gRPC: only the local tokenizer. */
-int main(int argc, char **argv)
+static void *load_module(char *err, size_t err_len)
 {
-    if (argc >= 2 && !strcmp(argv[1], "--version")) {
-        printf("starrelay %s\n", SR_VERSION);
-        return 0;
+    char path[PATH_MAX + 32];
+    const char *env = getenv("STARRELAY_CLIENT_MODULE");
+    void *h = NULL;
+    err[0] = '\0';
+    if (env && env[0]) {
+        h = dlopen(env, RTLD_NOW | RTLD_LOCAL);
+        if (!h)
+            snprintf(err, err_len, "%s", dlerror());
+        return h;
     }
-    if (argc >= 2 && !strcmp(argv[1], "tokenize"))
-        return tokenize_local_main(argc - 2, argv + 2);
-    fputs("usage: starrelay tokenize --model DIR [--no-bos] TEXT\n"
-          "(this starrelay was built without gRPC: no server commands)\n",
-          stderr);
-    return argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) ? 0 : 2;
+    char self[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n > 0) {
+        self[n] = '\0';
+        char *slash = strrchr(self, '/');
+        if (slash) {
+            *slash = '\0';
+            snprintf(path, sizeof path, "%s/%s", self, MODULE_NAME);
+            if (access(path, R_OK) == 0 && (h = dlopen(path, RTLD_NOW | RTLD_LOCAL)) != NULL)
+                return h;
+            if (access(path, R_OK) == 0)
+                snprintf(err, err_len, "%s", dlerror());
+        }
+    }
+    snprintf(path, sizeof path, "%s/%s", SR_CLIENT_MODULE_DIR, MODULE_NAME);
+    h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!h && !err[0])
+        snprintf(err, err_len, "%s", dlerror());
+    return h;
 }
-#else
+#endif
 
-void client_usage(void)
+static int run_remote(int argc, char **argv)
 {
-    fputs(
-        "usage: starrelay [connection options] COMMAND [options]\n"
-        "commands:\n"
-        "  generate --query TEXT [--context-file F|-] [--system TEXT | --prefix ID] ...\n"
-        "                       stream one job's answer (flags of starrelayd run; --json for "
-        "scripts)\n"
-        "  submit ...           the same job without waiting; prints its id\n"
-        "  job ID [--wait]      a submitted job's state and result\n"
-        "  cancel ID            cancel a queued or running job\n"
-        "  jobs [--output]      every job the daemon remembers\n"
-        "  prefix add ID (--text T | --file F) | prefix rm ID | prefix ls\n"
-        "                       shared system prompts, encoded once on every rank\n"
-        "  tokenize [--model DIR] [--no-bos] TEXT\n"
-        "                       token ids (local with --model, else from the server)\n"
-        "  info [--json]        model, ranks, KV pages, the largest context accepted\n"
-        "  health [--wait S]    SERVING or NOT_SERVING (exit 0 only when serving)\n"
-        "connection options:\n"
-        "  --server HOST:PORT   default $STARRELAY_SERVER or 127.0.0.1:50051\n"
-        "  --token T | --token-file F   bearer token (default $STARRELAY_TOKEN)\n"
-        "  --tls [--tls-ca PEM] [--tls-server-name NAME]\n"
-        "  --timeout S          deadline of the call (the job is cancelled when it passes)\n"
-        "  --connect-timeout S  default 5\n"
-        "exit codes: 0 ok; 1 the server returned an error (status and message printed) or the\n"
-        "  job failed; 2 usage error; 3 cannot connect to the server\n",
-        stderr);
+#ifdef SR_HAVE_GRPC
+    char err[1024];
+    void *h = load_module(err, sizeof err);
+    if (!h) {
+        fprintf(stderr, "starrelay: cannot load its gRPC module %s: %s\n(reinstall starrelay, or "
+                "set STARRELAY_CLIENT_MODULE to the file)\n",
+                MODULE_NAME, err);
+        return 2;
+    }
+    int (*fn)(int, char **);
+    *(void **)&fn = dlsym(h, "starrelay_rpc_main");
+    if (!fn) {
+        fprintf(stderr, "starrelay: %s has no entry point: %s\n", MODULE_NAME, dlerror());
+        return 2;
+    }
+    return fn(argc, argv);
+#else
+    (void)argc, (void)argv;
+    fputs("starrelay: built without gRPC: only 'starrelay tokenize --model DIR' works\n"
+          "(meson -Dgrpc=enabled needs libgrpc-dev, libprotobuf-c-dev, protobuf-c-compiler)\n",
+          stderr);
+    return 2;
+#endif
 }
-
-typedef struct {
-    const char *name;
-    int (*fn)(int argc, char **argv);
-} command;
-
-static const command commands[] = {
-    {"generate", cmd_generate}, {"submit", cmd_submit}, {"job", cmd_job},
-    {"cancel", cmd_cancel},     {"jobs", cmd_jobs},     {"prefix", cmd_prefix},
-    {"tokenize", cmd_tokenize}, {"info", cmd_info},     {"health", cmd_health},
-};
 
 int main(int argc, char **argv)
 {
@@ -78,45 +111,14 @@ int main(int argc, char **argv)
         client_usage();
         return 0;
     }
-    /* Connection options before the command are moved after it. */
-    client_ctx cx;
-    client_ctx_init(&cx, "");
-    int i = 1;
-    while (i < argc && argv[i][0] == '-') {
-        int at = i;
-        if (client_parse_conn_option(&cx, argc, argv, &i) <= 0) {
-            client_ctx_free(&cx);
-            if (at == i)
-                fprintf(stderr, "starrelay: unknown option '%s' before the command\n", argv[i]);
-            client_usage();
-            return EXIT_USAGE;
-        }
-        i++;
+    int c = command_index(argc, argv);
+    if (c < argc && !strcmp(argv[c], "tokenize")) {
+        bool local = false;
+        for (int i = c + 1; i < argc; i++)
+            local |= !strcmp(argv[i], "--model") || !strcmp(argv[i], "--help") ||
+                     !strcmp(argv[i], "-h");
+        if (local)
+            return tokenize_local_main(argc - c - 1, argv + c + 1);
     }
-    client_ctx_free(&cx);
-    if (i >= argc) {
-        client_usage();
-        return EXIT_USAGE;
-    }
-    const char *name = argv[i];
-    for (size_t k = 0; k < sizeof commands / sizeof *commands; k++) {
-        if (strcmp(name, commands[k].name) != 0)
-            continue;
-        int n = argc - 2;
-        char **args = calloc((size_t)n + 1, sizeof *args);
-        if (!args)
-            return EXIT_SERVER;
-        int w = 0;
-        for (int j = i + 1; j < argc; j++)
-            args[w++] = argv[j];
-        for (int j = 1; j < i; j++)
-            args[w++] = argv[j];
-        int rc = commands[k].fn(w, args);
-        free(args);
-        return rc;
-    }
-    fprintf(stderr, "starrelay: unknown command '%s'\n", name);
-    client_usage();
-    return EXIT_USAGE;
+    return run_remote(argc, argv);
 }
-#endif
