@@ -20,7 +20,7 @@ C = grpc.StatusCode
 # Long jobs (about 8000 positions of the tiny model: seconds, not
 # milliseconds) for the tests that stop a job part way.
 LONG = M.SamplingParams(max_tokens=6000, ignore_eos=True)
-MID = M.SamplingParams(max_tokens=800, ignore_eos=True)
+MID = M.SamplingParams(max_tokens=2000, ignore_eos=True)
 CONTEXT = seg(ids=[5 + (i * 7) % 500 for i in range(1500)])
 QUERY = seg("Tell me a long story about the sea.")
 
@@ -157,13 +157,19 @@ def test_sigterm(daemon_exe, ranks):
     t.start()
     started.wait(60)
     d.send_signal()
+    # The signal is handled asynchronously: health turns NOT_SERVING first.
+    h, t1 = None, time.time()
+    while time.time() - t1 < 20:
+        try:
+            h = d.api.health(timeout=10)
+        except grpc.RpcError as e:
+            h = e.code()
+        if h != M.HealthCheckResponse.SERVING:
+            break
+        time.sleep(0.02)
+    check(h == M.HealthCheckResponse.NOT_SERVING, f"{ranks} rank(s): health NOT_SERVING while draining ({h})")
     code, msg = status_of(lambda: generate(d.api, timeout=10, query=QUERY))
     check(code == C.UNAVAILABLE, f"{ranks} rank(s): new work during the drain is UNAVAILABLE ({code}, {msg})")
-    try:
-        h = d.api.health(timeout=10)
-    except grpc.RpcError as e:
-        h = e.code()
-    check(h == M.HealthCheckResponse.NOT_SERVING, f"{ranks} rank(s): health NOT_SERVING while draining ({h})")
     t.join(300)
     check(result.get("code") == C.OK and result.get("n") == MID.max_tokens,
           f"{ranks} rank(s): the running job finishes during the grace period ({result})")
