@@ -6,6 +6,8 @@
 #include <string.h>
 
 #include "client/client.h"
+#include "common/error.h"
+#include "common/text_file.h"
 
 void client_ctx_init(client_ctx *cx, const char *cmd)
 {
@@ -173,36 +175,9 @@ int client_fail_status(const client_ctx *cx, const rpc_status *st)
 
 char *client_read_file(const client_ctx *cx, const char *path)
 {
-    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "starrelay %s: cannot open '%s': %s\n", cx->cmd, path, strerror(errno));
-        return NULL;
-    }
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        len += fread(buf + len, 1, cap - len - 1, f);
-        if (len < cap - 1)
-            break;
-        cap *= 2;
-        char *nb = realloc(buf, cap);
-        if (!nb)
-            free(buf);
-        buf = nb;
-    }
-    int err = ferror(f);
-    if (f != stdin)
-        fclose(f);
-    if (!buf || err) {
-        free(buf);
-        fprintf(stderr, "starrelay %s: error reading '%s'\n", cx->cmd, path);
-        return NULL;
-    }
-    buf[len] = '\0';
-    if (strlen(buf) != len) {
-        free(buf);
-        fprintf(stderr, "starrelay %s: '%s' contains a NUL byte; expected UTF-8 text\n", cx->cmd,
-                path);
+    char *buf;
+    if (text_file_read(path, &buf) != 0) {
+        fprintf(stderr, "starrelay %s: %s\n", cx->cmd, sr_error_get());
         return NULL;
     }
     return buf;

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/text_file.h"
 
 static char *trim(char *s)
 {
@@ -79,35 +80,9 @@ int config_text_apply(const char *text, const char *name, const sr_option *table
 
 int config_file_apply(const char *path, const sr_option *table, void *dst)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return sr_error_set("cannot open the configuration file '%s': %s", path, strerror(errno));
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        size_t got = fread(buf + len, 1, cap - len - 1, f);
-        len += got;
-        if (len < cap - 1)
-            break;
-        cap *= 2;
-        char *nb = realloc(buf, cap);
-        if (!nb)
-            free(buf);
-        buf = nb;
-    }
-    int err = ferror(f);
-    fclose(f);
-    if (!buf)
-        return sr_error_set("out of memory reading '%s'", path);
-    if (err) {
-        free(buf);
-        return sr_error_set("error reading '%s'", path);
-    }
-    buf[len] = '\0';
-    if (strlen(buf) != len) {
-        free(buf);
-        return sr_error_set("'%s' contains a NUL byte; expected a text file", path);
-    }
+    char *buf;
+    if (text_file_read(path, &buf) != 0)
+        return sr_error_prefix("configuration file: ");
     int rc = config_text_apply(buf, path, table, dst);
     free(buf);
     return rc;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "common/error.h"
+#include "common/text_file.h"
 
 void run_options_usage(void)
 {
@@ -32,44 +33,6 @@ void run_options_usage(void)
           "  --kv-budget-tokens N  KV rows each rank may hold; larger jobs are refused\n"
           "Id lists (--system-ids, --context-ids, --query-ids) are used as given (no BOS added).\n",
           stderr);
-}
-
-static int read_file(const char *path, char **out)
-{
-    FILE *f = strcmp(path, "-") == 0 ? stdin : fopen(path, "rb");
-    if (!f)
-        return sr_error_set("cannot open '%s': %s", path, strerror(errno));
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        if (!buf) {
-            if (f != stdin)
-                fclose(f);
-            return sr_error_set("out of memory reading '%s'", path);
-        }
-        len += fread(buf + len, 1, cap - len - 1, f);
-        if (len < cap - 1)
-            break;
-        cap *= 2;
-        char *nb = realloc(buf, cap);
-        if (!nb)
-            free(buf);
-        buf = nb;
-    }
-    int err = ferror(f);
-    if (f != stdin)
-        fclose(f);
-    if (err) {
-        free(buf);
-        return sr_error_set("error reading '%s'", path);
-    }
-    buf[len] = '\0';
-    if (strlen(buf) != len) {
-        free(buf);
-        return sr_error_set("'%s' contains a NUL byte; expected UTF-8 text", path);
-    }
-    *out = buf;
-    return 0;
 }
 
 static int parse_int(const char *opt, const char *s, long lo, long hi, long *out)
@@ -177,7 +140,7 @@ int run_options_parse(sr_run_options *o, int argc, char **argv)
         } else if (!strcmp(a, "--system-file")) {
             NEED_VALUE;
             free(o->system_owned);
-            if (read_file(v, &o->system_owned))
+            if (text_file_read(v, &o->system_owned))
                 return sr_error_prefix("--system-file: ");
             o->system_text = o->system_owned;
         } else if (!strcmp(a, "--context")) {
@@ -186,7 +149,7 @@ int run_options_parse(sr_run_options *o, int argc, char **argv)
         } else if (!strcmp(a, "--context-file")) {
             NEED_VALUE;
             free(o->context_owned);
-            if (read_file(v, &o->context_owned))
+            if (text_file_read(v, &o->context_owned))
                 return sr_error_prefix("--context-file: ");
             o->context_text = o->context_owned;
         } else if (!strcmp(a, "--context-random")) {
