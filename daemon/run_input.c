@@ -1,12 +1,12 @@
 #include "daemon/run_input.h"
 
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
 #include "common/error.h"
+#include "engine/eos_ids.h"
 
 static int file_exists(const char *dir, const char *name)
 {
@@ -14,31 +14,6 @@ static int file_exists(const char *dir, const char *name)
     struct stat st;
     snprintf(path, sizeof path, "%s/%s", dir, name);
     return stat(path, &st) == 0;
-}
-
-/* Stop ids: config.json's eos ids, the tokenizer's eos and those of
- * generation_config.json (Llama 3 instruct lists <|eot_id|> only there). */
-static void collect_eos(const sr_model *m, const sr_tokenizer *tok, const char *dir,
-                        int32_t *ids, int *n, int cap)
-{
-    for (int i = 0; i < m->cfg.n_eos && *n < cap; i++)
-        ids[(*n)++] = m->cfg.eos_token_ids[i];
-    if (tok && tokenizer_eos_id(tok) >= 0 && *n < cap)
-        ids[(*n)++] = tokenizer_eos_id(tok);
-    char path[4096];
-    snprintf(path, sizeof path, "%s/generation_config.json", dir);
-    json_t *root = json_load_file(path, 0, NULL);
-    if (!root)
-        return;
-    json_t *e = json_object_get(root, "eos_token_id");
-    if (json_is_integer(e) && *n < cap)
-        ids[(*n)++] = (int32_t)json_integer_value(e);
-    size_t i;
-    json_t *it;
-    if (json_is_array(e))
-        json_array_foreach(e, i, it) if (json_is_integer(it) && *n < cap) ids[(*n)++] =
-            (int32_t)json_integer_value(it);
-    json_decref(root);
 }
 
 static void random_ids(sr_ids *out, int n, int vocab, uint64_t seed)
@@ -119,7 +94,7 @@ int run_input_build(sr_run_input *in, const sr_run_options *o, const sr_model *m
     int32_t eos[SR_MAX_EOS + 8];
     int n_eos = 0;
     if (!o->ignore_eos)
-        collect_eos(m, in->tok, o->model_dir, eos, &n_eos, SR_MAX_EOS + 8);
+        n_eos = eos_ids_collect(m, in->tok, o->model_dir, eos, SR_MAX_EOS + 8);
     in->stop_ids = malloc((size_t)(n_eos + o->n_stop_ids + 1) * sizeof *in->stop_ids);
     if (!in->stop_ids)
         return sr_error_set("out of memory");

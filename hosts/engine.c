@@ -3,7 +3,6 @@
  * under one mutex and, for the calls that answer (cancel, prefixes, info),
  * wait for the engine thread to reply; the engine thread is the only one
  * that calls the transport (DESIGN.md §3). */
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +10,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "engine/eos_ids.h"
 #include "hosts/engine_internal.h"
 #include "hosts/step_msg.h"
 
@@ -81,32 +81,14 @@ static int64_t budget_tokens(const sr_engine_options *o, const sr_model_config *
     return t < ENGINE_DEFAULT_MAX_TOKENS ? t : ENGINE_DEFAULT_MAX_TOKENS;
 }
 
-/* Stop ids: config.json's eos ids, the tokenizer's eos and those of
- * generation_config.json (Llama 3 instruct lists <|eot_id|> only there). */
+/* The default stop ids (engine/eos_ids.h), kept for every job. */
 static int collect_eos(sr_engine *e)
 {
-    int cap = SR_MAX_EOS + 16, n = 0;
-    int32_t *ids = malloc((size_t)cap * sizeof *ids);
-    if (!ids)
+    int cap = SR_MAX_EOS + 16;
+    e->eos_ids = malloc((size_t)cap * sizeof *e->eos_ids);
+    if (!e->eos_ids)
         return sr_error_set("out of memory");
-    for (int i = 0; i < e->m->cfg.n_eos; i++)
-        ids[n++] = e->m->cfg.eos_token_ids[i];
-    if (e->tok && tokenizer_eos_id(e->tok) >= 0)
-        ids[n++] = tokenizer_eos_id(e->tok);
-    char path[1200];
-    snprintf(path, sizeof path, "%s/generation_config.json", e->model_dir);
-    json_t *root = json_load_file(path, 0, NULL);
-    json_t *eos = root ? json_object_get(root, "eos_token_id") : NULL;
-    if (json_is_integer(eos) && n < cap)
-        ids[n++] = (int32_t)json_integer_value(eos);
-    size_t i;
-    json_t *it;
-    if (json_is_array(eos))
-        json_array_foreach(eos, i, it) if (json_is_integer(it) && n < cap) ids[n++] =
-            (int32_t)json_integer_value(it);
-    json_decref(root);
-    e->eos_ids = ids;
-    e->n_eos = n;
+    e->n_eos = eos_ids_collect(e->m, e->tok, e->model_dir, e->eos_ids, cap);
     return 0;
 }
 
