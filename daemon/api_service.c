@@ -375,21 +375,31 @@ static void list_prefixes(sr_api *a, rpc_call *call)
 
 /* ---- tokenizer ---- */
 
+/* The engine's tokenizer, or NULL after finishing the call (engine not
+ * ready, or a model without tokenizer.json) and freeing the request. */
+static const sr_tokenizer *api_tokenizer_or_finish(sr_api *a, rpc_call *call,
+                                                   ProtobufCMessage *req)
+{
+    sr_engine *e = api_engine_or_finish(a, call, false);
+    const sr_tokenizer *tok = e ? engine_tokenizer(e) : NULL;
+    if (!tok) {
+        protobuf_c_message_free_unpacked(req, NULL);
+        if (e)
+            api_finish_status(call, SR_STATUS_FAILED_PRECONDITION,
+                              "this daemon's model has no tokenizer.json");
+    }
+    return tok;
+}
+
 static void tokenize(sr_api *a, rpc_call *call)
 {
     Starrelay__V1__TokenizeRequest *req = (Starrelay__V1__TokenizeRequest *)
         api_unpack_or_finish(call, &starrelay__v1__tokenize_request__descriptor);
     if (!req)
         return;
-    sr_engine *e = api_engine_or_finish(a, call, false);
-    const sr_tokenizer *tok = e ? engine_tokenizer(e) : NULL;
-    if (!e || !tok) {
-        protobuf_c_message_free_unpacked(&req->base, NULL);
-        if (e)
-            api_finish_status(call, SR_STATUS_FAILED_PRECONDITION,
-                              "this daemon's model has no tokenizer.json");
+    const sr_tokenizer *tok = api_tokenizer_or_finish(a, call, &req->base);
+    if (!tok)
         return;
-    }
     char msg[512];
     size_t n = strlen(req->text);
     int32_t *ids = NULL;
@@ -418,15 +428,9 @@ static void detokenize(sr_api *a, rpc_call *call)
         api_unpack_or_finish(call, &starrelay__v1__detokenize_request__descriptor);
     if (!req)
         return;
-    sr_engine *e = api_engine_or_finish(a, call, false);
-    const sr_tokenizer *tok = e ? engine_tokenizer(e) : NULL;
-    if (!e || !tok) {
-        protobuf_c_message_free_unpacked(&req->base, NULL);
-        if (e)
-            api_finish_status(call, SR_STATUS_FAILED_PRECONDITION,
-                              "this daemon's model has no tokenizer.json");
+    const sr_tokenizer *tok = api_tokenizer_or_finish(a, call, &req->base);
+    if (!tok)
         return;
-    }
     char msg[512];
     int rc = 0;
     int vocab = tokenizer_vocab_size(tok);
