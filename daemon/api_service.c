@@ -149,14 +149,22 @@ static void health_check(sr_api *a, rpc_call *call)
 
 /* ---- cluster info ---- */
 
+/* For requests with nothing the handler reads: checks the message parses
+ * (garbage is still INVALID_ARGUMENT), then returns the engine, or NULL
+ * after finishing the call. */
+static sr_engine *api_request_engine_or_finish(sr_api *a, rpc_call *call,
+                                               const ProtobufCMessageDescriptor *desc)
+{
+    ProtobufCMessage *req = api_unpack_or_finish(call, desc);
+    if (!req)
+        return NULL;
+    protobuf_c_message_free_unpacked(req, NULL);
+    return api_engine_or_finish(a, call, false);
+}
+
 static void get_cluster_info(sr_api *a, rpc_call *call)
 {
-    ProtobufCMessage *req =
-        api_unpack_or_finish(call, &starrelay__v1__get_cluster_info_request__descriptor);
-    if (!req)
-        return;
-    protobuf_c_message_free_unpacked(req, NULL);
-    sr_engine *e = api_engine_or_finish(a, call, false);
+    sr_engine *e = api_request_engine_or_finish(a, call, &starrelay__v1__get_cluster_info_request__descriptor);
     if (!e)
         return;
     sr_cluster_info ci;
@@ -337,12 +345,7 @@ static void delete_prefix(sr_api *a, rpc_call *call)
 
 static void list_prefixes(sr_api *a, rpc_call *call)
 {
-    ProtobufCMessage *req =
-        api_unpack_or_finish(call, &starrelay__v1__list_prefixes_request__descriptor);
-    if (!req)
-        return;
-    protobuf_c_message_free_unpacked(req, NULL);
-    sr_engine *e = api_engine_or_finish(a, call, false);
+    sr_engine *e = api_request_engine_or_finish(a, call, &starrelay__v1__list_prefixes_request__descriptor);
     if (!e)
         return;
     sr_prefix_info *list = NULL;
