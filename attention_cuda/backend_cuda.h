@@ -71,6 +71,10 @@ int backend_cuda_weight_upload(sr_backend *be, const sr_weight *host, sr_dtype d
                                sr_weight *dev);
 void backend_cuda_weight_free(sr_backend *be, sr_weight *dev);
 
+/* Free and total bytes of the backend's device now (cudaMemGetInfo), for
+ * the default KV budget and capacity reports. 0, or -1 + sr_error. */
+int backend_cuda_memory_info(const sr_backend *be, size_t *free_bytes, size_t *total_bytes);
+
 #ifdef __cplusplus
 }
 #endif

@@ -36,6 +36,13 @@ static int cuda_device_for_process(void)
 
 sr_backend *backend_create_named(const char *name)
 {
+    if (!strcmp(name, "auto")) {
+#ifdef SR_HAVE_CUDA
+        if (backend_cuda_device_count() > 0)
+            return backend_cuda_create(cuda_device_for_process());
+#endif
+        return backend_cpu_create();
+    }
     if (!strcmp(name, "cpu"))
         return backend_cpu_create();
     if (!strcmp(name, "cuda")) {
@@ -47,6 +54,18 @@ sr_backend *backend_create_named(const char *name)
         return NULL;
 #endif
     }
-    sr_error_set("unknown backend '%s' (available: %s)", name, backend_available_names());
+    sr_error_set("unknown backend '%s' (available: %s, auto)", name, backend_available_names());
     return NULL;
+}
+
+int backend_memory_info(const sr_backend *be, size_t *free_bytes, size_t *total_bytes)
+{
+    *free_bytes = *total_bytes = 0;
+#ifdef SR_HAVE_CUDA
+    if (!strcmp(be->ops->name, "cuda"))
+        return backend_cuda_memory_info(be, free_bytes, total_bytes) == 0 ? 1 : -1;
+#else
+    (void)be;
+#endif
+    return 0;
 }

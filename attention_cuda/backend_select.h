@@ -5,12 +5,18 @@
 
 #include "backend/backend.h"
 
-/* "cpu" or "cuda". The cuda backend takes device STARRELAY_CUDA_DEVICE if
+/* "cpu", "cuda" or "auto" (cuda when this build has it and a GPU is
+ * visible, else cpu: the programs' default). The cuda backend takes device STARRELAY_CUDA_DEVICE if
  * set, else the process's local rank under mpirun/srun (modulo the number
  * of devices), else 0. NULL + sr_error on failure. */
 sr_backend *backend_create_named(const char *name);
 
 /* The backends this build has, e.g. "cpu, cuda", for messages. */
 const char *backend_available_names(void);
+
+/* Free and total bytes of the memory a device backend allocates from (its
+ * GPU's). Returns 1 when known, 0 for a backend of host memory (the cpu's,
+ * whose budget is set by options), -1 + sr_error when the query failed. */
+int backend_memory_info(const sr_backend *be, size_t *free_bytes, size_t *total_bytes);
 
 #endif
