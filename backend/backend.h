@@ -73,6 +73,44 @@ typedef struct {
     int (*swiglu)(sr_backend *be, const float *gate, const float *up, size_t n, float *out);
     /* x[i] += y[i]. */
     int (*add)(sr_backend *be, float *x, const float *y, size_t n);
+
+    /* ---- Optional operations: NULL where a backend has none (cpu); the
+     * forward pass then runs the plain operations above instead. ---- */
+
+    /* Fused forms of the decode step's operations, so that a step is fewer
+     * launches and fewer passes over memory. matmul_multi: y[i] = x * w[i]^T
+     * (+ bias[i]) for i < count <= 3 (a layer's q, k and v): the same as
+     * count matmul calls; bias[i] may be NULL or absent (data NULL). */
+    int (*matmul_multi)(sr_backend *be, const float *x, int n, int count,
+                        const sr_weight *const *w, const sr_weight *const *bias, float *const *y);
+    /* out[n, w_gate.rows] = silu(x * w_gate^T + b_gate) * (x * w_up^T + b_up):
+     * matmul, matmul and swiglu in one. */
+    int (*matmul_glu)(sr_backend *be, const float *x, const sr_weight *w_gate,
+                      const sr_weight *b_gate, const sr_weight *w_up, const sr_weight *b_up, int n,
+                      float *out);
+    /* x += y, then out = rmsnorm(x) with w (add, then rmsnorm). */
+    int (*add_rmsnorm)(sr_backend *be, float *x, const float *y, const sr_weight *w, int n,
+                       int dim, float eps, float *out);
+    /* rope of q [n, q_stride] (n_heads heads) and k [n, k_stride] (n_kv
+     * heads) by the same positions (two rope calls). */
+    int (*rope_qk)(sr_backend *be, float *q, float *k, const int32_t *pos, int n, int n_heads,
+                   int n_kv, int head_dim, int q_stride, int k_stride, const float *inv_freq);
+
+    /* Device graphs: the work queued between graph_begin and graph_end is
+     * recorded instead of run, and graph_end runs the record as one launch.
+     * (owner, key) names a cached graph: when a later record under the same
+     * name differs only in arguments, the cached one is updated in place.
+     * graph_begin returns 1 when it is recording (graph_end must follow), 0
+     * when the work should simply be queued as usual (graphs off, or
+     * nothing to record into). graph_end(ok = whether every operation
+     * queued without error) returns 0 when the work was launched, 1 when
+     * nothing ran (not ok, or an operation could not be recorded, such as a
+     * wait for the device): the caller queues the same work again as usual;
+     * -1 + sr_error if the launch failed. graph_release drops an owner's
+     * graphs. */
+    int (*graph_begin)(sr_backend *be, uint64_t owner, uint64_t key);
+    int (*graph_end)(sr_backend *be, int ok);
+    void (*graph_release)(sr_backend *be, uint64_t owner);
 } sr_backend_ops;
 
 struct sr_backend {
