@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "common/log.h"
+#include "attention_cuda/backend_select.h"
 #include "engine/eos_ids.h"
 #include "hosts/engine_internal.h"
 #include "hosts/step_msg.h"
@@ -70,13 +71,24 @@ static int options_check(sr_engine_options *o, int n_ranks)
     return 0;
 }
 
-static int64_t budget_tokens(const sr_engine_options *o, const sr_model_config *cfg)
+/* The KV budget per rank in tokens. Given by the options, or for a device
+ * backend what its memory holds after the weights (the pool is allocated
+ * once at start-up, like vLLM's gpu_memory_utilization: 90% of what is
+ * free, less 1 GiB for the forward pass's workspaces and the logits),
+ * capped like the host default; the host default is 1 GiB. */
+static int64_t budget_tokens(const sr_engine_options *o, const sr_model_config *cfg,
+                             sr_backend *be)
 {
     if (o->kv_budget_tokens > 0)
         return o->kv_budget_tokens;
     int64_t per = kv_pool_token_bytes(cfg);
     if (o->kv_budget_bytes > 0)
         return o->kv_budget_bytes / per;
+    size_t free_b = 0, total_b = 0;
+    if (backend_memory_info(be, &free_b, &total_b) == 1) {
+        double usable = 0.9 * (double)free_b - (double)(1ll << 30);
+        return usable > 0 ? (int64_t)(usable / (double)per) : 0;
+    }
     int64_t t = ENGINE_DEFAULT_KV_BYTES / per;
     return t < ENGINE_DEFAULT_MAX_TOKENS ? t : ENGINE_DEFAULT_MAX_TOKENS;
 }
@@ -123,10 +135,16 @@ sr_engine *engine_create(const sr_engine_options *o, sr_transport *tr, sr_backen
         e->accepting = true;
         rc = options_check(&e->o, tr->size);
     }
+    /* The query host admits against one pool size for every rank: the
+     * smallest (device memory may differ from rank to rank). Every rank
+     * takes part in the reduction, failed or not. */
+    int64_t tokens = rc == 0 ? budget_tokens(o, &m->cfg, be) : 0, neg_min = 0;
+    if (tr->ops->allreduce_max(tr, -tokens, &neg_min) != 0 && rc == 0)
+        rc = -1;
+    tokens = -neg_min;
     if (rc == 0) {
         e->is_query = tr->rank == e->o.query_rank;
         e->page_tokens = e->o.page_tokens;
-        int64_t tokens = budget_tokens(&e->o, &m->cfg);
         int64_t pages = tokens / e->page_tokens;
         if (pages < 1)
             rc = sr_error_set("the KV budget (%lld tokens) is smaller than one page of %d tokens",
