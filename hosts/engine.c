@@ -74,8 +74,8 @@ static int options_check(sr_engine_options *o, int n_ranks)
 /* The KV budget per rank in tokens. Given by the options, or for a device
  * backend what its memory holds after the weights (the pool is allocated
  * once at start-up, like vLLM's gpu_memory_utilization: 90% of what is
- * free, less 1 GiB for the forward pass's workspaces and the logits),
- * capped like the host default; the host default is 1 GiB. */
+ * free, less 1 GiB for the forward pass's workspaces and the logits);
+ * on the host 1 GiB, at most 256K tokens. */
 static int64_t budget_tokens(const sr_engine_options *o, const sr_model_config *cfg,
                              sr_backend *be)
 {
