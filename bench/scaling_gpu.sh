@@ -15,6 +15,9 @@
 #      attention-work ratio.
 #
 # Usage: bench/scaling_gpu.sh [path/to/starrelayd]
+# The model is the Llama-3-8B shape with a 1M-token position range
+# (bench/models/llama-3-8b-1m: the config of a long-context Llama-3-8B
+# variant; Llama-3.1-8B stops at 128K positions).
 # Environment: RANKS (the GPUs visible), CONTEXTS ("131072 262144"), BLOCK
 # (32768), BATCH (32), BATCH_CONTEXT (8192), MAX_TOKENS (32), MODEL.
 set -u
@@ -28,7 +31,7 @@ BLOCK=${BLOCK:-32768}
 BATCH=${BATCH:-32}
 BATCH_CONTEXT=${BATCH_CONTEXT:-8192}
 MAX_TOKENS=${MAX_TOKENS:-32}
-MODEL=${MODEL:-bench/models/llama-3.1-8b}
+MODEL=${MODEL:-bench/models/llama-3-8b-1m}
 BACKEND=${BACKEND:-cuda}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 NCCL_NVLS_ENABLE=0
 TMP=$(mktemp -d)
