@@ -84,10 +84,11 @@ typedef struct {
     int (*matmul_multi)(sr_backend *be, const float *x, int n, int count,
                         const sr_weight *const *w, const sr_weight *const *bias, float *const *y);
     /* out[n, w_gate.rows] = silu(x * w_gate^T + b_gate) * (x * w_up^T + b_up):
-     * matmul, matmul and swiglu in one. */
+     * matmul, matmul and swiglu in one. scratch [n, w_up.rows] is the
+     * caller's, for shapes the backend runs as separate products. */
     int (*matmul_glu)(sr_backend *be, const float *x, const sr_weight *w_gate,
                       const sr_weight *b_gate, const sr_weight *w_up, const sr_weight *b_up, int n,
-                      float *out);
+                      float *out, float *scratch);
     /* x += y, then out = rmsnorm(x) with w (add, then rmsnorm). */
     int (*add_rmsnorm)(sr_backend *be, float *x, const float *y, const sr_weight *w, int n,
                        int dim, float eps, float *out);
