@@ -375,6 +375,7 @@ static void cuda_destroy(sr_backend *be)
         cudaFree(ctx->act_bf16);
         cudaFree(ctx->attn_ws);
         cudaFree(ctx->prefill_ws);
+        cudaFree(ctx->sample_ws);
         if (ctx->stream)
             cudaStreamDestroy(ctx->stream);
         free(ctx);
@@ -401,6 +402,7 @@ static const sr_backend_ops cuda_ops = {
     .merge = cuda_merge,
     .swiglu = cuda_swiglu,
     .add = cuda_add,
+    .sample = cuda_sample,
 };
 
 static int cuda_ctx_init(cuda_ctx *ctx, int device)

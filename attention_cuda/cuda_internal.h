@@ -34,6 +34,8 @@ typedef struct {
     int split_variant;          /* split-key kernel shape, see cuda_attention.cu */
     cuda_prepared *prepared;
     int n_prepared, cap_prepared;
+    void *sample_ws;            /* cuda_sample.cu: row parameters, penalty ids, ids out; */
+    size_t sample_ws_bytes;     /* grows to the largest batch, then stays */
 } cuda_ctx;
 
 static inline cuda_ctx *cuda_ctx_of(const sr_backend *be)
@@ -57,6 +59,10 @@ int cuda_attention(sr_backend *be, const sr_attn_args *a);
 int cuda_merge(sr_backend *be, int nparts, const float *const *o_parts,
                const float *const *lse_parts, int rows, int head_dim, float *o_out,
                float *lse_out);
+
+/* cuda_sample.cu: the sample op. */
+int cuda_sample(sr_backend *be, float *logits, int rows, int vocab, const sr_sample_row *row,
+                int32_t *ids_host);
 
 /* Grows a device workspace (*buf, *bytes) to at least `need` bytes; waits
  * for queued work first, which may still use the old buffer. */

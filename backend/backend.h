@@ -34,6 +34,18 @@ typedef struct {
     float *lse;            /* [nq, n_heads] natural-log sum of exp(scale*q.k); may be NULL */
 } sr_attn_args;
 
+/* One row of the optional sample op: engine/sampler.h's parameters for the
+ * row's job and the uniform its host sampler drew (sampler_device_row). */
+typedef struct {
+    float temperature;          /* 0 = greedy */
+    int top_k;                  /* 0 = off */
+    float top_p, min_p;         /* 1 / 0 = off */
+    float repetition_penalty;   /* 1 = off */
+    double u;                   /* in [0, 1); unused when greedy */
+    const int32_t *penalty_ids; /* host memory: the ids the penalty applies to */
+    int n_penalty_ids;          /* (any order; duplicates count once) */
+} sr_sample_row;
+
 typedef struct {
     const char *name;
     void (*destroy)(sr_backend *be);
@@ -112,6 +124,16 @@ typedef struct {
     int (*graph_begin)(sr_backend *be, uint64_t owner, uint64_t key);
     int (*graph_end)(sr_backend *be, int ok);
     void (*graph_release)(sr_backend *be, uint64_t owner);
+
+    /* Sampling on the device, so that a step downloads token ids instead of
+     * [rows, vocab] logits: one token per row of logits (backend memory,
+     * changed in place as sampler_sample changes its row) by the rules of
+     * engine/sampler.c with row[i]'s parameters and uniform, into
+     * ids_host[rows]. The same uniform gives the host sampler's token except
+     * where fp rounding of the sums lands on a boundary. Waits for the ids;
+     * not for recording in a device graph. */
+    int (*sample)(sr_backend *be, float *logits, int rows, int vocab, const sr_sample_row *row,
+                  int32_t *ids_host);
 } sr_backend_ops;
 
 struct sr_backend {

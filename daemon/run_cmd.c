@@ -102,6 +102,11 @@ static int run_global(run_state *s, sr_generate_result *res, sr_run_report *rep)
     sr_generate_request req = make_request(s);
     req.prompt = all.ids;
     req.n_prompt = all.n;
+    /* A backend that samples on the device gets only the ids back;
+     * STARRELAY_HOST_SAMPLING=1 keeps the host sampler (A/B checks). */
+    const char *host_sampling = getenv("STARRELAY_HOST_SAMPLING");
+    if (s->be->ops->sample && !(host_sampling && atoi(host_sampling)))
+        req.step_sample = local_step_sample;
     if (generate_run(local_step, &step, s->model.cfg.vocab_size, &req, res) != 0)
         goto done;
     rep->phase1_s = 0;

@@ -182,8 +182,10 @@ int forward_run_select(sr_forward *f, const int32_t *ids, const int32_t *pos, in
         }
         FWD_TRY(op->rmsnorm(be, rows, &f->w.final_norm, n_logit_rows, H, c->rms_norm_eps, f->xn));
         FWD_TRY(op->matmul(be, f->xn, &f->w.lm_head, NULL, n_logit_rows, f->logits));
-        FWD_TRY(op->download(be, logits_host, f->logits,
-                             (size_t)n_logit_rows * (size_t)c->vocab_size * 4));
+        /* NULL: the caller samples f->logits on the device (sample op). */
+        if (logits_host)
+            FWD_TRY(op->download(be, logits_host, f->logits,
+                                 (size_t)n_logit_rows * (size_t)c->vocab_size * 4));
     }
     return 0;
 }

@@ -53,7 +53,9 @@ void rope_compute_inv_freq(const sr_model_config *cfg, float *inv_freq);
 int forward_run(sr_forward *f, const int32_t *ids, const int32_t *pos, int n, sr_attend_fn attend,
                 void *user, int n_logits, float *logits_host);
 /* As forward_run, with logits for the chosen rows: logits_host receives
- * [n_logit_rows, vocab], row i for row logit_rows[i]. */
+ * [n_logit_rows, vocab], row i for row logit_rows[i]. With logits_host
+ * NULL (here and in forward_run) the logits stay in f->logits, backend
+ * memory, for the backend's sample op. */
 int forward_run_select(sr_forward *f, const int32_t *ids, const int32_t *pos, int n,
                        sr_attend_fn attend, void *user, const int *logit_rows, int n_logit_rows,
                        float *logits_host);

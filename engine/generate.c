@@ -14,6 +14,27 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* One step and the token after it: on the device when the request has a
+ * step_sample (and the full logits are not wanted), else logits come back
+ * and the host samples them. Either way the sampler's stream advances the
+ * same, so the tokens do not depend on where they were sampled. */
+static int step_then_sample(sr_step_fn step, void *user, const sr_generate_request *req,
+                            sr_sampler *sampler, const int32_t *ids, const int32_t *pos, int n,
+                            float *logits, bool want_logits, const int32_t *hist, int n_hist,
+                            int32_t *id)
+{
+    sr_sample_row row;
+    if (req->step_sample && !want_logits &&
+        sampler_device_row(sampler, hist, (size_t)n_hist, &row) == 0)
+        return req->step_sample(user, ids, pos, n, &row, id);
+    if (step(user, ids, pos, n, logits) != 0)
+        return -1;
+    if (want_logits && req->first_logits)
+        memcpy(req->first_logits, logits, (size_t)sampler->vocab_size * sizeof *logits);
+    *id = sampler_sample(sampler, logits, hist, (size_t)n_hist);
+    return 0;
+}
+
 int generate_run(sr_step_fn step, void *step_user, int vocab_size, const sr_generate_request *req,
                  sr_generate_result *res)
 {
@@ -49,19 +70,19 @@ int generate_run(sr_step_fn step, void *step_user, int vocab_size, const sr_gene
     }
     for (int i = 0; i < req->n_prompt; i++)
         pos[i] = req->pos0 + i;
-    int step_rc = step(step_user, req->prompt, pos, req->n_prompt, logits);
+    int32_t id;
+    int step_rc = step_then_sample(step, step_user, req, &sampler, req->prompt, pos,
+                                   req->n_prompt, logits, req->first_logits != NULL, hist, n_hist,
+                                   &id);
     free(pos);
     if (step_rc != 0)
         goto done;
     res->prefill_s = now_s() - t0;
     double t1 = now_s();
-    if (req->first_logits)
-        memcpy(req->first_logits, logits, (size_t)vocab_size * sizeof *logits);
 
     res->finish_reason = "length";
     int32_t next_pos = req->pos0 + req->n_prompt;
     for (int g = 0; g < max_new; g++) {
-        int32_t id = sampler_sample(&sampler, logits, hist, (size_t)n_hist);
         hist[n_hist++] = id;
         res->ids[res->n_ids++] = id;
         bool stop_now = false;
@@ -82,7 +103,9 @@ int generate_run(sr_step_fn step, void *step_user, int vocab_size, const sr_gene
         }
         if (stop_now || g + 1 == max_new)
             break;
-        if (step(step_user, &id, &next_pos, 1, logits) != 0)
+        int32_t prev = id;
+        if (step_then_sample(step, step_user, req, &sampler, &prev, &next_pos, 1, logits, false,
+                             hist, n_hist, &id) != 0)
             goto done;
         next_pos++;
     }

@@ -17,6 +17,12 @@
 typedef int (*sr_step_fn)(void *user, const int32_t *ids, const int32_t *pos, int n,
                           float *logits);
 
+/* Optional form of a step for a backend that samples on the device (its
+ * sample op): as sr_step_fn, then the last row's token is picked on the
+ * device with `row` (sampler_device_row) into *id; only the id comes back. */
+typedef int (*sr_step_sample_fn)(void *user, const int32_t *ids, const int32_t *pos, int n,
+                                 const sr_sample_row *row, int32_t *id);
+
 /* Receives each newly final piece of text (never a split UTF-8 character)
  * and the ids generated since the last call. Return non-zero to cancel. */
 typedef int (*sr_token_fn)(void *user, const int32_t *ids, size_t n_ids, const char *piece,
@@ -34,6 +40,8 @@ typedef struct {
     float *first_logits;        /* optional [vocab]: logits of the first generated position */
     sr_token_fn on_token;       /* optional streaming */
     void *on_token_user;
+    sr_step_sample_fn step_sample; /* optional, with the step's user: used for every step
+                                    * except the first when first_logits is wanted */
 } sr_generate_request;
 
 typedef struct {

@@ -15,3 +15,14 @@ int local_step(void *user, const int32_t *ids, const int32_t *pos, int n, float 
     }
     return 0;
 }
+
+int local_step_sample(void *user, const int32_t *ids, const int32_t *pos, int n,
+                      const sr_sample_row *row, int32_t *id)
+{
+    sr_local_step *s = user;
+    sr_backend *be = s->fwd->be;
+    /* logits NULL: they stay on the device for the sample op */
+    if (local_step(user, ids, pos, n, NULL) != 0)
+        return -1;
+    return be->ops->sample(be, s->fwd->logits, 1, s->fwd->host->cfg.vocab_size, row, id);
+}

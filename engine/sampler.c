@@ -16,7 +16,10 @@
  *    the +inf tokens share all the mass equally, the limit of softmax.
  *  - Equal logits are ordered by id, lowest first, where transformers uses
  *    an unstable sort: greedy takes the lowest id, and top-p drops the
- *    highest ids of a tie first. */
+ *    highest ids of a tie first.
+ *  - The draw orders tokens by bucket (best first) and by id within a
+ *    bucket; any fixed order gives the same distribution, and this one the
+ *    device sampler reproduces without a sort. */
 #include "engine/sampler.h"
 
 #include "common/error.h"
@@ -117,9 +120,10 @@ int sampler_init(sr_sampler *s, const sr_sampling_params *p, int vocab_size)
     s->vocab_size = vocab_size;
     s->scratch = malloc((size_t)vocab_size * sizeof *s->scratch);
     s->idx = malloc((size_t)vocab_size * sizeof *s->idx);
-    if (!s->scratch || !s->idx) {
+    s->idx2 = malloc((size_t)vocab_size * sizeof *s->idx2);
+    if (!s->scratch || !s->idx || !s->idx2) {
         sampler_free(s);
-        return sr_error_set("sampler: out of memory for 2 x %d scratch entries", vocab_size);
+        return sr_error_set("sampler: out of memory for 3 x %d scratch entries", vocab_size);
     }
     uint64_t x = p->seed;
     for (int i = 0; i < 4; i++)
@@ -133,8 +137,12 @@ void sampler_free(sr_sampler *s)
         return;
     free(s->scratch);
     free(s->idx);
+    free(s->idx2);
+    free(s->seen);
+    free(s->distinct);
     s->scratch = NULL;
-    s->idx = NULL;
+    s->idx = s->idx2 = s->distinct = NULL;
+    s->seen = NULL;
 }
 
 /* ---- repetition penalty ----
@@ -306,12 +314,17 @@ static inline int bucket_of(double d)
  * with B the best bucket whose worse buckets hold at most (1 - top_p) * Z in
  * total, every token in a bucket worse than B goes and every token in a
  * bucket better than B stays (its sum includes all of B and below, which is
- * more than the threshold). Only bucket B is sorted and walked. On return
- * idx[0..n) holds the kept tokens. */
+ * more than the threshold). Only bucket B is sorted and walked.
+ *
+ * On return idx[0..n) holds the kept tokens, still in id order: the draw
+ * walks a bucket in list order, and id order is the one the device sampler
+ * (attention_cuda/cuda_sample.cu) reproduces without sorting, so the same
+ * uniform picks the same token on both. */
 static int top_p_filter(sr_sampler *s, const float *logits, int n, double m, double top_p)
 {
     int32_t *idx = s->idx;
     float *vals = s->scratch;
+    int32_t *ids = s->idx2;
     double mass[BUCKETS];
     memset(mass, 0, sizeof mass);
     for (int j = 0; j < n; j++) {
@@ -332,47 +345,42 @@ static int top_p_filter(sr_sampler *s, const float *logits, int n, double m, dou
         last--;
     }
 
-    /* Keep buckets up to `last`, with their values beside them, then
-     * split them: better buckets in front, bucket `last` behind. */
-    int nc = 0;
+    /* Bucket `last`'s tokens with their values, sorted into rank order. */
+    int nb = 0;
     for (int j = 0; j < n; j++) {
         int32_t id = idx[j];
-        if (bucket_of(m - (double)logits[id]) <= last) {
-            idx[nc] = id;
-            vals[nc] = logits[id];
-            nc++;
+        if (bucket_of(m - (double)logits[id]) == last) {
+            vals[nb] = logits[id];
+            ids[nb++] = id;
         }
     }
-    int nsure = 0, end = nc;
-    while (nsure < end) {
-        if (bucket_of(m - (double)vals[nsure]) < last) {
-            nsure++;
-        } else {
-            end--;
-            float tv = vals[nsure];
-            int32_t ti = idx[nsure];
-            vals[nsure] = vals[end];
-            idx[nsure] = idx[end];
-            vals[end] = tv;
-            idx[end] = ti;
-        }
-    }
-    sort_by_rank(vals + nsure, idx + nsure, nc - nsure);
+    sort_by_rank(vals, ids, nb);
 
     /* Walk up from the worst token of bucket `last`, as transformers'
      * ascending cumsum does, starting from the mass known to lie below.
-     * When no bucket is better, the best token is the first of this one and
-     * is always kept. */
+     * Bucket 0 is `last` only when no bucket is better; then its first
+     * token is the best one and is always kept. */
     double cum = below;
-    int keep = nc;
-    int stop = nsure > 0 ? nsure : 1;
-    for (int j = nc - 1; j >= stop; j--) {
+    int keep = nb;
+    int stop = last > 0 ? 0 : 1;
+    for (int j = nb - 1; j >= stop; j--) {
         cum += exp((double)vals[j] - m);
         if (cum > thr)
             break;
         keep = j;
     }
-    return keep;
+
+    /* Better buckets stay whole; bucket `last` keeps the tokens that rank
+     * no worse than its worst kept one, vals/ids[keep - 1]. */
+    int w = 0;
+    for (int j = 0; j < n; j++) {
+        int32_t id = idx[j];
+        int b = bucket_of(m - (double)logits[id]);
+        if (b < last ||
+            (b == last && keep > 0 && !ranks_before(vals[keep - 1], ids[keep - 1], logits[id], id)))
+            idx[w++] = id;
+    }
+    return w;
 }
 
 /* The draw: inverse CDF in double over idx[0..n), after min-p.
@@ -497,13 +505,74 @@ static int32_t sample_filtered(sr_sampler *s, float *logits, double u)
 
 int32_t sampler_sample(sr_sampler *s, float *logits, const int32_t *history, size_t n_history)
 {
+    return sampler_sample_u(s, logits, history, n_history, sampler_draw_u(s));
+}
+
+double sampler_draw_u(sr_sampler *s)
+{
+    /* Exactly one uniform per sampled token, drawn before any early return,
+     * so the stream position depends only on how many tokens were sampled. */
+    return s->p.temperature == 0.0f ? 0.0 : sampler_next_uniform(s);
+}
+
+int32_t sampler_sample_u(sr_sampler *s, float *logits, const int32_t *history, size_t n_history,
+                         double u)
+{
     apply_repetition_penalty(s, logits, history, n_history);
     if (s->p.temperature == 0.0f)
         return argmax(logits, s->vocab_size);
-    /* Exactly one uniform per sampled token, drawn before any early return,
-     * so the stream position depends only on how many tokens were sampled. */
-    double u = sampler_next_uniform(s);
     return sample_filtered(s, logits, u);
+}
+
+/* The distinct ids of history, absorbed incrementally: a job's history
+ * holds its whole context (up to millions of ids) and grows by one id per
+ * token, so sending it whole to the device every step would cost more than
+ * the logits download the device sampler saves. */
+static int penalty_ids_update(sr_sampler *s, const int32_t *history, size_t n_history)
+{
+    int V = s->vocab_size;
+    if (!s->seen) {
+        s->seen = calloc(((size_t)V + 7) / 8, 1);
+        s->distinct = malloc((size_t)V * sizeof *s->distinct);
+        if (!s->seen || !s->distinct)
+            return sr_error_set("sampler: out of memory for the penalty's id set (%d ids)", V);
+        s->seen_from = NULL;
+    }
+    if (history != s->seen_from || n_history < s->n_seen) {
+        memset(s->seen, 0, ((size_t)V + 7) / 8);
+        s->n_distinct = 0;
+        s->n_seen = 0;
+        s->seen_from = history;
+    }
+    for (size_t i = s->n_seen; i < n_history; i++) {
+        int32_t id = history[i];
+        if (id < 0 || id >= V || (s->seen[id >> 3] & (1u << (id & 7))))
+            continue;
+        s->seen[id >> 3] |= (uint8_t)(1u << (id & 7));
+        s->distinct[s->n_distinct++] = id;
+    }
+    s->n_seen = n_history;
+    return 0;
+}
+
+int sampler_device_row(sr_sampler *s, const int32_t *history, size_t n_history,
+                       sr_sample_row *row)
+{
+    const sr_sampling_params *p = &s->p;
+    memset(row, 0, sizeof *row);
+    row->temperature = p->temperature;
+    row->top_k = p->top_k;
+    row->top_p = p->top_p;
+    row->min_p = p->min_p;
+    row->repetition_penalty = p->repetition_penalty;
+    if (p->repetition_penalty != 1.0f && history && n_history > 0) {
+        if (penalty_ids_update(s, history, n_history) != 0)
+            return -1;
+        row->penalty_ids = s->distinct;
+        row->n_penalty_ids = s->n_distinct;
+    }
+    row->u = sampler_draw_u(s);
+    return 0;
 }
 
 /* ---- stop rules ---- */

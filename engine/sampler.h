@@ -4,13 +4,20 @@
  * repetition penalty -> temperature -> top-k -> top-p -> min-p -> draw.
  * temperature == 0 means greedy (argmax, lowest id on ties) and ignores the
  * other filters except the repetition penalty. Each job owns one sampler,
- * seeded from the request, so the same seed gives the same tokens. */
+ * seeded from the request, so the same seed gives the same tokens.
+ *
+ * The cuda backend's sample op (attention_cuda/cuda_sample.cu) follows the
+ * same rules on the device with the uniforms drawn here, so a token is the
+ * same whichever side samples it, except where fp rounding of the sums
+ * lands exactly on a boundary. */
 #ifndef SR_ENGINE_SAMPLER_H
 #define SR_ENGINE_SAMPLER_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "backend/backend.h"
 
 typedef struct {
     float temperature;        /* 0 = greedy; must be >= 0 and finite */
@@ -31,7 +38,15 @@ typedef struct {
     int vocab_size;
     uint64_t rng[4];          /* xoshiro256** state seeded by splitmix64(seed) */
     float *scratch;           /* vocab_size floats */
-    int32_t *idx;             /* vocab_size ints */
+    int32_t *idx, *idx2;      /* vocab_size ints each */
+    /* The history's distinct ids for a device sampler's repetition penalty,
+     * kept up to date as the (append-only) history grows: see
+     * sampler_device_row. Allocated on first use. */
+    uint8_t *seen;            /* vocab_size bits */
+    int32_t *distinct;        /* vocab_size ints, n_distinct used */
+    int n_distinct;
+    const int32_t *seen_from; /* the history absorbed so far: its array ... */
+    size_t n_seen;            /* ... and how many of its entries */
 } sr_sampler;
 
 int sampler_init(sr_sampler *s, const sr_sampling_params *p, int vocab_size);
@@ -42,6 +57,24 @@ void sampler_free(sr_sampler *s);
 int32_t sampler_sample(sr_sampler *s, float *logits, const int32_t *history, size_t n_history);
 /* Uniform double in [0, 1) from the sampler's stream (tests). */
 double sampler_next_uniform(sr_sampler *s);
+
+/* sampler_sample in two halves, for a token whose logits may be sampled on
+ * the device (backend sample op) or, if that is not possible after all, on
+ * the host: sampler_draw_u advances the stream exactly as sampler_sample
+ * would (one uniform when sampling, none when greedy, then returns 0), and
+ * sampler_sample_u samples with that uniform. Either half-pair gives the
+ * same token as sampler_sample for the same stream position. */
+double sampler_draw_u(sr_sampler *s);
+int32_t sampler_sample_u(sr_sampler *s, float *logits, const int32_t *history, size_t n_history,
+                         double u);
+
+/* Fills a backend sample op's row for the next token: the parameters, u
+ * (drawn here with sampler_draw_u) and, when the repetition penalty is on,
+ * the distinct ids of history (host memory owned by the sampler, valid
+ * until its next call). history must only grow between calls, as a job's
+ * does; another array or a shorter one starts the set afresh. */
+int sampler_device_row(sr_sampler *s, const int32_t *history, size_t n_history,
+                       sr_sample_row *row);
 
 /* Stop conditions of a job, checked after each generated token. */
 typedef struct {

@@ -567,8 +567,16 @@ static int op_forward(sr_rank_state *rs, sr_wire_in *in, sr_step_outcome *out)
      * rows (the others still compute it; the agreement drops it). */
     for (int i = 0; i < n_segs; i++)
         rs->segs[i].failed = rs->seg_jobs[i]->failed;
+    /* Sampled on the device when the scheduler prepared exactly these rows. */
+    bool on_device = rs->is_query && n_logits > 0 && rs->n_dev_rows == n_logits &&
+                     rs->be->ops->sample;
+    for (int i = 0; on_device && i < n_logits; i++)
+        on_device = rs->dev_jobs[i] == rs->logit_jobs[i];
     int rc = forward_run_select(&rs->fwd, rs->ids, rs->pos, rows, batch_attend, &rs->p2,
-                                rs->logit_rows, n_logits, rs->logits);
+                                rs->logit_rows, n_logits, on_device ? NULL : rs->logits);
+    if (rc == 0 && on_device)
+        rc = rs->be->ops->sample(rs->be, rs->fwd.logits, n_logits, rs->m->cfg.vocab_size,
+                                 rs->dev_rows, rs->dev_ids);
     if (rc != 0) {
         bool here = !rs->p2.failed_elsewhere;
         batch_attend_drain(&rs->p2, rows);
@@ -598,7 +606,8 @@ static int op_forward(sr_rank_state *rs, sr_wire_in *in, sr_step_outcome *out)
     }
     out->n_logits = n_logits;
     out->logit_jobs = rs->logit_jobs;
-    out->logits = rs->logits;
+    out->logits = on_device ? NULL : rs->logits;
+    out->ids = on_device ? rs->dev_ids : NULL;
     return 0;
 }
 

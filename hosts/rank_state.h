@@ -53,7 +53,8 @@ typedef struct {
     int n_fails, cap_fails;
     int n_logits;            /* query host: rows of logits, one per want_logits segment */
     uint64_t *logit_jobs;    /* [n_logits] borrowed from the rank state */
-    const float *logits;     /* [n_logits, vocab] borrowed */
+    const float *logits;     /* [n_logits, vocab] borrowed; NULL when ids is set */
+    const int32_t *ids;      /* [n_logits] sampled on the device (rs->dev_ids), or NULL */
     sr_rank_info *info;      /* query host after INFO: [n_ranks], malloc'd (caller frees) */
     bool shutdown;
 } sr_step_outcome;
@@ -84,6 +85,14 @@ typedef struct {
     uint8_t *msg_buf;
     size_t msg_cap;
     bool relay;              /* false: one prefix attention per job (benchmarks) */
+    /* Query host, set by the scheduler for the next step (borrowed): the
+     * logits rows are sampled on the device (backend sample op) with
+     * dev_rows into dev_ids when their jobs are dev_jobs, in order, instead
+     * of coming back as logits. n_dev_rows 0: the logits come back. */
+    const sr_sample_row *dev_rows;
+    const uint64_t *dev_jobs;
+    int32_t *dev_ids;
+    int n_dev_rows;
 } sr_rank_state;
 
 /* Pool of n_pages pages; forward calls of up to chunk_rows rows and

@@ -474,12 +474,53 @@ static int plan_forward(sr_engine *e, fwd_entry *ent, sr_step_seg *segs, int32_t
 
 /* ---- after the step ---- */
 
-/* One sampled token: history, stop rules, streaming, the end. */
-static void job_take_token(sr_engine *e, sr_sched_job *j, float *logits, double now)
+/* Device sampling (the backend's sample op) for the coming step's logits
+ * rows, one per want_logits segment in plan order: each job's uniform is
+ * drawn now, as the host sampler would draw it after the step. Fills
+ * rows/jobs and returns how many rows drew theirs (the host uses those
+ * uniforms if the logits come back after all); *all is true when every
+ * row is ready for the device. The host samples the whole step when the
+ * backend has no sample op, or when the logits hook wants a job's first
+ * generated position. */
+static int plan_device_sampling(sr_engine *e, const sr_step_seg *segs, int n_segs,
+                                sr_sample_row *rows, uint64_t *jobs, bool *all)
 {
-    if (j->n_generated == 0 && e->logits_hook)
+    *all = false;
+    if (!e->rs.be->ops->sample)
+        return 0;
+    for (int i = 0; i < n_segs; i++) {
+        sr_sched_job *j = segs[i].want_logits ? job_find(e, segs[i].job_id) : NULL;
+        if (segs[i].want_logits && (!j || (e->logits_hook && j->n_generated == 0)))
+            return 0;
+    }
+    int n = 0;
+    for (int i = 0; i < n_segs; i++) {
+        if (!segs[i].want_logits)
+            continue;
+        sr_sched_job *j = job_find(e, segs[i].job_id);
+        if (sampler_device_row(&j->sampler, j->history, (size_t)j->n_history, &rows[n]) != 0) {
+            sr_log(SR_LOG_WARN, "job %llu: sampling on the host: %s",
+                   (unsigned long long)j->id, sr_error_get());
+            return n;
+        }
+        jobs[n++] = j->id;
+    }
+    *all = n > 0;
+    return n;
+}
+
+/* One sampled token: history, stop rules, streaming, the end. The token
+ * is dev_id when logits is NULL (sampled on the device); else it is
+ * sampled here, with *u when the step's uniform was drawn already. */
+static void job_take_token(sr_engine *e, sr_sched_job *j, float *logits, const double *u,
+                           int32_t dev_id, double now)
+{
+    if (logits && j->n_generated == 0 && e->logits_hook)
         e->logits_hook(e->logits_hook_user, j->id, logits, e->vocab);
-    int32_t id = sampler_sample(&j->sampler, logits, j->history, (size_t)j->n_history);
+    int32_t id = !logits ? dev_id
+                 : u     ? sampler_sample_u(&j->sampler, logits, j->history,
+                                            (size_t)j->n_history, *u)
+                         : sampler_sample(&j->sampler, logits, j->history, (size_t)j->n_history);
     j->history[j->n_history++] = id;
     j->n_generated++;
     if (j->n_generated == 1)
@@ -540,6 +581,7 @@ static void fill_cluster_info(sr_engine *e, sr_cluster_info *ci, sr_rank_info *r
 }
 
 static void process_outcome(sr_engine *e, sr_step_outcome *out, const uint64_t *p1_jobs, int n_p1,
+                            const sr_sample_row *srows, const uint64_t *sjobs, int n_srows,
                             double now)
 {
     /* Prefixes and jobs that failed on some rank: every rank dropped them. */
@@ -583,8 +625,15 @@ static void process_outcome(sr_engine *e, sr_step_outcome *out, const uint64_t *
     }
     for (int i = 0; i < out->n_logits; i++) {
         sr_sched_job *j = job_find(e, out->logit_jobs[i]);
-        if (j)
-            job_take_token(e, j, (float *)out->logits + (size_t)i * e->vocab, now);
+        if (!j)
+            continue;
+        if (out->ids) {
+            job_take_token(e, j, NULL, NULL, out->ids[i], now);
+        } else {
+            bool drawn = i < n_srows && sjobs[i] == j->id;
+            job_take_token(e, j, (float *)out->logits + (size_t)i * e->vocab,
+                           drawn ? &srows[i].u : NULL, 0, now);
+        }
     }
     for (int i = 0; i < e->n_info; i++) {
         sr_cmd *c = e->info_cmds[i];
@@ -636,10 +685,14 @@ int scheduler_run(sr_engine *e)
     fwd_entry *ent = malloc((size_t)B * sizeof *ent);
     sr_step_seg *segs = malloc((size_t)B * sizeof *segs);
     int32_t *ids = malloc((size_t)e->rs.fwd.max_rows * sizeof *ids);
+    /* device sampling's rows, their jobs and the ids back (one per job) */
+    sr_sample_row *srows = malloc((size_t)B * sizeof *srows);
+    uint64_t *sjobs = malloc((size_t)B * sizeof *sjobs);
+    int32_t *sids = malloc((size_t)B * sizeof *sids);
     int p1_cap = e->cap_jobs;
     sr_step_outcome out = {0};
     int rc = 0;
-    if (!ent || !segs || !ids) {
+    if (!ent || !segs || !ids || !srows || !sjobs || !sids) {
         rc = sr_error_set("engine: out of memory for the scheduler");
         goto stop;
     }
@@ -665,7 +718,13 @@ int scheduler_run(sr_engine *e)
             p1_cap = e->n_jobs;
         }
         int n_p1 = plan_phase1(e, p1_jobs);
-        plan_forward(e, ent, segs, ids);
+        int n_segs = plan_forward(e, ent, segs, ids);
+        bool on_device = false;
+        int n_srows = plan_device_sampling(e, segs, n_segs, srows, sjobs, &on_device);
+        e->rs.dev_rows = srows;
+        e->rs.dev_jobs = sjobs;
+        e->rs.dev_ids = sids;
+        e->rs.n_dev_rows = on_device ? n_srows : 0;
         bool last = e->shutdown_deadline > 0 && e->n_jobs == 0;
         if (last)
             step_put_simple(&e->msg, STEP_SHUTDOWN);
@@ -686,7 +745,7 @@ int scheduler_run(sr_engine *e)
         }
         e->steps++;
         wire_out_reset(&e->msg);
-        process_outcome(e, &out, p1_jobs, n_p1, engine_now());
+        process_outcome(e, &out, p1_jobs, n_p1, srows, sjobs, n_srows, engine_now());
         if (out.shutdown)
             break;
     }
@@ -696,5 +755,9 @@ stop:
     free(ent);
     free(segs);
     free(ids);
+    free(srows);
+    free(sjobs);
+    free(sids);
+    e->rs.n_dev_rows = 0;
     return rc;
 }

@@ -2,8 +2,11 @@
 # starrelayd run --backend cuda against --backend cpu on a fixture model:
 # the single-process reference (global), Star Attention and exact Ring on
 # 2 ranks sharing the GPU (the host-staged MPI data plane). Logits within
-# bf16 tolerance (3e-2 relative) and the same greedy tokens. Skips without
-# a GPU.
+# bf16 tolerance (3e-2 relative) and the same greedy tokens. Then sampling
+# (temperature, top-k, top-p, min-p, repetition penalty, a seed) on the
+# bundled model: tokens sampled on the device (the backend's sample op)
+# equal to the host sampler's on the same cuda logits, and to the cpu
+# backend's run. Skips without a GPU.
 . "$(dirname "$0")/../mpi_lib.sh" "$@"
 
 if ! nvidia-smi -L >/dev/null 2>&1; then
@@ -24,5 +27,26 @@ for mode in global star ring; do
     else
         sr_check false "$mode: the cuda run failed"
     fi
+done
+
+# Sampling: the first token is sampled on the host (--logits-out wants its
+# logits), the others on the device unless STARRELAY_HOST_SAMPLING=1.
+N=models/needle-llama-tiny
+S=(--model $N --mode global --max-tokens 12 --ignore-eos
+   --context "The code for the blue door is 48213. The code for the red door is 90210."
+   --query "What is the code for the blue door?")
+for samp in "0.7 40 0.95 0 1.0 7" "1.0 0 0.9 0.05 1.3 11" "1.3 200 1.0 0 1.1 3"; do
+    read -r t k p mp rp seed <<<"$samp"
+    P=(--temperature $t --top-k $k --top-p $p --min-p $mp --repetition-penalty $rp --seed $seed)
+    tag="T=$t top_k=$k top_p=$p min_p=$mp pen=$rp seed=$seed"
+    name=s${seed}
+    sr_run ${name}_cpu 0 "${S[@]}" "${P[@]}" --backend cpu || { sr_check false "cpu run: $tag"; continue; }
+    if ! STARRELAY_HOST_SAMPLING=1 sr_run ${name}_cuda_host 0 "${S[@]}" "${P[@]}" --backend cuda ||
+        ! sr_run ${name}_cuda_dev 0 "${S[@]}" "${P[@]}" --backend cuda; then
+        sr_check false "cuda run: $tag"
+        continue
+    fi
+    sr_same ${name}_cuda_host ${name}_cuda_dev 1e-6 "sampled on the device == on the host, $tag"
+    sr_same ${name}_cpu ${name}_cuda_dev 3e-2 "cuda (device sampling) == cpu, $tag"
 done
 sr_finish
