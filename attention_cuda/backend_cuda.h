@@ -37,13 +37,16 @@ const char *backend_cuda_device_name(const sr_backend *be);
  * events. */
 void *backend_cuda_stream(const sr_backend *be);
 
-/* Which attention kernels to use. AUTO: the tensor-core prefill kernel for
- * head_dim 64/128 and many query rows, else the fp32 split-key kernel.
- * Tests and benches force one to check or time it. */
+/* Which attention kernels to use. AUTO: for head_dim 64/128, the relay
+ * kernel when there is no mask (k_pos == NULL) and 2+ query rows fill 8+
+ * GQA-packed rows, the tensor-core prefill kernel for many masked query
+ * rows; else the fp32 split-key kernel. Tests and benches force one to
+ * check or time it. */
 typedef enum {
     SR_CUDA_ATTN_AUTO = 0,
     SR_CUDA_ATTN_SPLIT, /* fp32 flash-decoding, any head_dim % 4 == 0 up to 256 */
     SR_CUDA_ATTN_TC,    /* bf16 tensor cores, head_dim 64 or 128 */
+    SR_CUDA_ATTN_RELAY, /* bf16 tensor cores, one pass over an unmasked KV, head_dim 64/128 */
 } sr_cuda_attn_path;
 
 /* How bf16 GEMMs run. AUTO: the GEMV kernel for up to 4 rows, else cuBLAS. */
@@ -61,7 +64,8 @@ void backend_cuda_set_gemm_path(sr_backend *be, sr_cuda_gemm_path path);
 void backend_cuda_set_attention_splits(sr_backend *be, int splits);
 
 /* The split-key kernel's shape, for benchmarks: 0 (default) 16 dims per
- * lane and 2 keys in flight per lane, 1 8 dims per lane and 4 keys. */
+ * lane and 2 keys in flight per lane, 1 8 dims per lane and 4 keys. The
+ * relay kernel's: 0 (default) one barrier per key tile, 1 two. */
 void backend_cuda_set_attention_variant(sr_backend *be, int variant);
 
 /* Uploads one host weight as `dtype` (SR_DTYPE_BF16 or SR_DTYPE_F32) into a

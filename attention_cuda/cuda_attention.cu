@@ -363,6 +363,64 @@ __global__ void __launch_bounds__(MERGE_THREADS) merge_kernel(Parts pp, int npar
         lse_out[row] = l;
 }
 
+/* Many rows and at most 32 parts (the relay kernel's splits, wide split-key
+ * calls): a warp per row instead of a block, so thousands of rows are not
+ * thousands of blocks that each wait on two barriers. Lane p holds part
+ * p's lse; the weights exp(l_p - l) reach the other lanes by shuffle; each
+ * lane owns float4s of the row's dims and issues its loads of all parts
+ * back to back. Same arithmetic and -inf rules as merge_kernel. */
+enum { MERGE_ROW_WARPS = 8, MERGE_ROW_MAX_PARTS = 32, MERGE_ROW_MIN_ROWS = 128 };
+
+__global__ void __launch_bounds__(MERGE_ROW_WARPS * 32)
+    merge_rows_kernel(parts_strided pp, int nparts, int rows, int hd, float *o_out, float *lse_out)
+{
+    const int lane = threadIdx.x & 31;
+    const int row = blockIdx.x * MERGE_ROW_WARPS + (threadIdx.x >> 5);
+    if (row >= rows) /* the whole warp leaves together */
+        return;
+    const float x = lane < nparts ? pp.lse(lane)[row] : -INFINITY;
+    float m = x;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float4 *orow = reinterpret_cast<float4 *>(o_out + (size_t)row * hd);
+    const int n4 = hd / 4;
+    if (m == -INFINITY) {
+        for (int d4 = lane; d4 < n4; d4 += 32)
+            orow[d4] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (lane == 0 && lse_out)
+            lse_out[row] = -INFINITY;
+        return;
+    }
+    float sum = lane < nparts ? expf(x - m) : 0.0f;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    const float l = m + logf(sum);
+    const float w_mine = lane < nparts ? expf(x - l) : 0.0f;
+    /* every lane runs every pass (the shuffles need the whole warp) */
+    for (int d0 = 0; d0 < n4; d0 += 32) {
+        const int d4 = d0 + lane;
+        float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+        for (int i = 0; i < nparts; i++) {
+            const float w = __shfl_sync(0xffffffffu, w_mine, i);
+            if (d4 < n4) {
+                const float4 v = __ldg(reinterpret_cast<const float4 *>(pp.o(i) +
+                                                                        (size_t)row * hd) + d4);
+                if (w != 0.0f) { /* an empty part adds nothing, as on the cpu */
+                    acc.x += w * v.x, acc.y += w * v.y;
+                    acc.z += w * v.z, acc.w += w * v.w;
+                }
+            }
+        }
+        if (d4 < n4)
+            orow[d4] = acc;
+    }
+    if (lane == 0 && lse_out)
+        lse_out[row] = l;
+}
+
 int cuda_merge_strided(cuda_ctx *ctx, int nparts, const float *o_base, size_t o_stride,
                        const float *lse_base, size_t lse_stride, int rows, int head_dim,
                        float *o_out, float *lse_out)
@@ -370,6 +428,13 @@ int cuda_merge_strided(cuda_ctx *ctx, int nparts, const float *o_base, size_t o_
     if (rows <= 0)
         return 0;
     parts_strided pp = {o_base, lse_base, o_stride, lse_stride};
+    if (nparts <= MERGE_ROW_MAX_PARTS && rows >= MERGE_ROW_MIN_ROWS && head_dim % 4 == 0 &&
+        o_stride % 4 == 0 && ((uintptr_t)o_base & 15) == 0 && ((uintptr_t)o_out & 15) == 0) {
+        merge_rows_kernel<<<(rows + MERGE_ROW_WARPS - 1) / MERGE_ROW_WARPS, MERGE_ROW_WARPS * 32,
+                            0, ctx->stream>>>(pp, nparts, rows, head_dim, o_out, lse_out);
+        CUDA_CHECK_LAUNCH("merge_rows_kernel");
+        return 0;
+    }
     merge_kernel<<<rows, MERGE_THREADS, 0, ctx->stream>>>(pp, nparts, head_dim, o_out, lse_out);
     CUDA_CHECK_LAUNCH("merge_kernel (strided parts)");
     return 0;
@@ -520,6 +585,20 @@ int cuda_attention(sr_backend *be, const sr_attn_args *a)
     if (a->nq <= 0)
         return 0;
     const int tc_ok = cuda_prefill_supported(a);
+    const int relay_ok = cuda_relay_supported(a);
+    if (ctx->attn_path == SR_CUDA_ATTN_RELAY) {
+        if (!relay_ok)
+            return sr_error_set("cuda attention: the relay path takes head_dim 64 or 128 and no "
+                                "mask (k_pos == NULL), not head_dim %d%s", a->head_dim,
+                                a->k_pos ? " with key positions" : "");
+        return cuda_relay_attention(ctx, a);
+    }
+    /* Several rows against one unmasked KV (a shared prefix, or a job's
+     * held context): the relay kernel reads the KV once for all of them,
+     * where the split kernel reads it once per 4 GQA-packed rows. */
+    if (ctx->attn_path == SR_CUDA_ATTN_AUTO && relay_ok && a->nq >= 2 &&
+        (long long)a->nq * (a->n_heads / a->n_kv) >= 8)
+        return cuda_relay_attention(ctx, a);
     if (ctx->attn_path == SR_CUDA_ATTN_TC) {
         if (!tc_ok)
             return sr_error_set("cuda attention: the tensor-core path takes head_dim 64 or 128, "

@@ -72,6 +72,11 @@ int cuda_ws_reserve(cuda_ctx *ctx, void **buf, size_t *bytes, size_t need);
 int cuda_prefill_supported(const sr_attn_args *a);
 int cuda_prefill_attention(cuda_ctx *ctx, const sr_attn_args *a);
 
+/* cuda_relay.cu: many query rows against one unmasked KV (k_pos == NULL),
+ * read once for all of them; 1 if it takes these arguments. */
+int cuda_relay_supported(const sr_attn_args *a);
+int cuda_relay_attention(cuda_ctx *ctx, const sr_attn_args *a);
+
 /* Merges `nparts` partials stored at base + p * stride (o: [rows, hd],
  * lse: [rows]) into o_out/lse_out; used after a split-key attention. */
 int cuda_merge_strided(cuda_ctx *ctx, int nparts, const float *o_base, size_t o_stride,

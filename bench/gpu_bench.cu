@@ -1,6 +1,6 @@
 /* Kernel benchmarks of the cuda backend against the device's own ceilings.
  *
- *   gpu_bench [ceilings] [gemv] [decode] [prefill]     (default: all)
+ *   gpu_bench [ceilings] [gemv] [decode] [prefill] [relay]     (default: all)
  *
  * ceilings: device-to-device copy GB/s (bytes read + written) and cuBLAS
  *           bf16 GEMM TFLOP/s on an 8192^3 product of random data;
@@ -10,7 +10,12 @@
  *           head_dim 128, fp32 KV), one query against 4K..256K keys: GB/s
  *           of K, V and positions read, and that over the copy bandwidth;
  * prefill:  tensor-core causal prefill attention, same heads, 4K..64K
- *           tokens: TFLOP/s counting the causal half (2 * n^2 * d * heads).
+ *           tokens: TFLOP/s counting the causal half (2 * n^2 * d * heads);
+ * relay:    the relay kernel (B jobs' rows against one shared prefix of
+ *           1K..32K keys, read once) against plain decode attention per
+ *           job (B split-key calls of one row, each job with its own copy
+ *           of the prefix, as without relay), same heads, beside the
+ *           roofline bound of that speedup.
  *
  * Times are medians of CUDA-event-timed repetitions after a warm-up; the
  * inputs are random (never zeros) and rotate among enough copies to
@@ -60,7 +65,7 @@ extern "C" {
 
 static sr_backend *be;
 static cudaStream_t st; /* the backend's stream: all timed work goes there */
-static double copy_gbs;
+static double copy_gbs, gemm_tflops;
 
 __global__ void fill_f32(float *p, size_t n, uint64_t seed, float scale)
 {
@@ -178,6 +183,7 @@ static void bench_ceilings(void)
                          CUBLAS_GEMM_DEFAULT));
     });
     double tflops = 2.0 * N * (double)N * N / (gms * 1e-3) / 1e12;
+    gemm_tflops = tflops;
     CKB(cublasDestroy(h));
     CK(cudaFree(A));
     CK(cudaFree(B));
@@ -301,6 +307,92 @@ static void bench_prefill(void)
     }
 }
 
+/* The relay kernel against what a system without it does. Per-job: B
+ * calls of the split-key path with one row each, job j reading its own
+ * copy of the prefix's K/V (B x the bytes); relay: one call with the B
+ * rows against one copy. The bound beside the measured speedup is the
+ * ratio of the two roofline times, max(bytes / copy bandwidth, flops /
+ * cuBLAS bf16 peak), with the measured ceilings: bytes = K/V read once per
+ * copy + q read, o and lse written per row; flops = 4 * rows * heads * d *
+ * keys for both (QK^T and PV). "one split call" is the split-key kernel
+ * given all B rows at once (the path before the relay kernel). Inputs
+ * rotate among copies that together exceed the L2 cache. */
+static void bench_relay(void)
+{
+    const int H = 32, KV = 8, D = 128, BMAX = 128;
+    const int prefixes[] = {1024, 4096, 16384, 32768};
+    const int batches[] = {1, 4, 16, 32, 64, 128};
+    const float scale = 1.0f / sqrtf((float)D);
+    const double bw = copy_gbs * 1e9, peak = gemm_tflops * 1e12;
+    const double qol = (double)H * D * 4 * 2 + (double)H * 4; /* q in, o and lse out */
+    printf("\n| relay attention (B jobs x 1 row, one shared prefix, 32/8 heads, d 128, fp32 KV) "
+           "| prefix | B | relay us | per-job us | one split call us | speedup | bound | "
+           "speedup / bound | relay TFLOP/s | relay bytes / copy bw | relay v1 us |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    float *q = dev_f32((size_t)BMAX * H * D, 21, 1.0f), *out, *lse;
+    CK(cudaMalloc(&out, (size_t)BMAX * H * D * 4));
+    CK(cudaMalloc(&lse, (size_t)BMAX * H * 4));
+    for (int nk : prefixes) {
+        const size_t kvn = (size_t)nk * KV * D;
+        const double kvbytes = (double)kvn * 4 * 2;
+        int sets = (int)std::max<size_t>(1, ((size_t)768 << 20) / (size_t)kvbytes + 1);
+        std::vector<float *> k(sets), v(sets);
+        for (int i = 0; i < sets; i++) {
+            k[i] = dev_f32(kvn, 300 + i, 1.0f);
+            v[i] = dev_f32(kvn, 600 + i, 1.0f);
+        }
+        CK(cudaDeviceSynchronize());
+        for (int B : batches) {
+            auto args = [&](int set, int row0, int rows) {
+                sr_attn_args a = {q + (size_t)row0 * H * D, k[set % sets], v[set % sets], NULL,
+                                  NULL, rows, nk, H, KV, D, H * D, KV * D, scale,
+                                  out + (size_t)row0 * H * D, lse + (size_t)row0 * H};
+                return a;
+            };
+            backend_cuda_set_attention_path(be, SR_CUDA_ATTN_RELAY);
+            const double t_relay = time_ms(3, 15, 5, [&](int r) {
+                sr_attn_args a = args(r, 0, B);
+                CKR(be->ops->attention(be, &a));
+            });
+            backend_cuda_set_attention_variant(be, 1); /* the first pipeline */
+            const double t_relay1 = time_ms(3, 15, 5, [&](int r) {
+                sr_attn_args a = args(r, 0, B);
+                CKR(be->ops->attention(be, &a));
+            });
+            backend_cuda_set_attention_variant(be, 0);
+            backend_cuda_set_attention_path(be, SR_CUDA_ATTN_SPLIT);
+            const double t_job = time_ms(2, 7, 1, [&](int r) {
+                for (int j = 0; j < B; j++) {
+                    sr_attn_args a = args(r * B + j, j, 1);
+                    CKR(be->ops->attention(be, &a));
+                }
+            });
+            const double t_split = time_ms(2, 7, 1, [&](int r) {
+                sr_attn_args a = args(r, 0, B);
+                CKR(be->ops->attention(be, &a));
+            });
+            backend_cuda_set_attention_path(be, SR_CUDA_ATTN_AUTO);
+            const double flops = 4.0 * B * H * D * (double)nk;
+            const double roof_relay = std::max((kvbytes + B * qol) / bw, flops / peak);
+            const double roof_job = std::max(B * (kvbytes + qol) / bw, flops / peak);
+            const double speedup = t_job / t_relay, bound = roof_job / roof_relay;
+            printf("| relay kernel vs per-job split | %dK | %d | %.1f | %.1f | %.1f | %.2f | %.2f | "
+                   "%.2f | %.0f | %.2f | %.1f |\n", nk / 1024, B, t_relay * 1e3, t_job * 1e3,
+                   t_split * 1e3, speedup, bound, speedup / bound,
+                   flops / (t_relay * 1e-3) / 1e12,
+                   (kvbytes + B * qol) / (t_relay * 1e-3) / bw, t_relay1 * 1e3);
+            fflush(stdout);
+        }
+        for (int i = 0; i < sets; i++) {
+            CK(cudaFree(k[i]));
+            CK(cudaFree(v[i]));
+        }
+    }
+    CK(cudaFree(q));
+    CK(cudaFree(out));
+    CK(cudaFree(lse));
+}
+
 int main(int argc, char **argv)
 {
     if (backend_cuda_device_count() <= 0) {
@@ -328,6 +420,8 @@ int main(int argc, char **argv)
         bench_decode();
     if (want("prefill"))
         bench_prefill();
+    if (want("relay"))
+        bench_relay();
     backend_destroy(be);
     return 0;
 }

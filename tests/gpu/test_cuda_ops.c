@@ -7,7 +7,8 @@
  * Tolerances (relative, ||gpu - cpu|| / ||cpu||): 1e-5 for fp32 paths
  * (element-wise ops, rmsnorm, rope, merge, split-key attention, GEMV with
  * its fp32 activations over bf16 weights, fp32 GEMM); 1e-2 for paths that
- * round activations to bf16 (cuBLAS bf16 GEMM, tensor-core attention).
+ * round activations to bf16 (cuBLAS bf16 GEMM, tensor-core prefill and
+ * relay attention).
  * Skips (exit 77) when no GPU is visible. SR_TEST_SEED picks the data. */
 #include <stdint.h>
 
@@ -174,6 +175,24 @@ static const char *mask_name(mask_kind m)
                                                                                 : "shuffled";
 }
 
+/* The kernel cuda_attention() runs for these arguments (its dispatch rule,
+ * restated so each check knows its tolerance): "split" is fp32, "tc" and
+ * "relay" round to bf16. */
+static const char *attention_kernel(sr_cuda_attn_path path, int nq, int nk, int n_heads,
+                                    int n_kv, int hd, int masked)
+{
+    const int hd_tc = hd == 64 || hd == 128;
+    if (path == SR_CUDA_ATTN_SPLIT)
+        return "split";
+    if (path == SR_CUDA_ATTN_TC)
+        return "tc";
+    if (path == SR_CUDA_ATTN_RELAY)
+        return "relay";
+    if (hd_tc && !masked && nq >= 2 && (long long)nq * (n_heads / n_kv) >= 8)
+        return "relay";
+    return hd_tc && nq >= 64 && nk >= 64 ? "tc" : "split";
+}
+
 /* Runs one attention shape on both backends and compares out and lse.
  * MASK_STAR: keys with a position gap (Star's anchor layout), queries end
  * at the last key and the first query precedes every key (sees nothing).
@@ -223,12 +242,11 @@ static void test_attention(sr_cuda_attn_path path, int splits, int nq, int nk, i
     CHECK(rc == 0, "attention: %s", sr_error_get());
     float *out = gpu_get(gpu, d.out, (size_t)nq * qs), *lse = gpu_get(gpu, d.lse, (size_t)nq * n_heads);
     double e = gpu_rel_err(out, ref, (size_t)nq * qs);
-    const int tc = path == SR_CUDA_ATTN_TC ||
-                   (path == SR_CUDA_ATTN_AUTO && (hd == 64 || hd == 128) && nq >= 64 && nk >= 64);
+    const char *kernel = attention_kernel(path, nq, nk, n_heads, n_kv, hd, masked);
+    const int tc = strcmp(kernel, "split") != 0; /* the bf16 tensor-core kernels */
     double tol = tc ? 1e-2 : 1e-5, ltol = tc ? 1e-2 : 1e-5;
     CHECK(e < tol, "attention %s splits=%d nq=%d nk=%d h=%d kv=%d hd=%d mask=%s: rel err %g "
-          "(tol %g)", tc ? "tc" : "split", splits, nq, nk, n_heads, n_kv, hd, mask_name(mask), e,
-          tol);
+          "(tol %g)", kernel, splits, nq, nk, n_heads, n_kv, hd, mask_name(mask), e, tol);
     int bad = 0, empty_rows = 0;
     double worst = 0;
     for (int i = 0; i < nq * n_heads; i++) {
@@ -247,8 +265,8 @@ static void test_attention(sr_cuda_attn_path path, int splits, int nq, int nk, i
         }
     }
     CHECK(bad == 0, "attention %s nq=%d nk=%d hd=%d mask=%s: %d lse/empty-row mismatches "
-          "(worst lse diff %g, %d empty rows)", tc ? "tc" : "split", nq, nk, hd, mask_name(mask),
-          bad, worst, empty_rows);
+          "(worst lse diff %g, %d empty rows)", kernel, nq, nk, hd, mask_name(mask), bad, worst,
+          empty_rows);
     int32_t kmin = INT32_MAX;
     for (int j = 0; j < nk; j++)
         kmin = kp[j] < kmin ? kp[j] : kmin;
@@ -262,8 +280,9 @@ static void test_attention(sr_cuda_attn_path path, int splits, int nq, int nk, i
     free(q), free(k), free(v), free(qp), free(kp), free(ref), free(rlse), free(out), free(lse);
 }
 
-/* lse = NULL is allowed: only out is written. */
-static void test_attention_no_lse(void)
+/* lse = NULL is allowed: only out is written (3 rows, GQA 4: AUTO takes
+ * the relay kernel). */
+static void test_attention_no_lse(sr_cuda_attn_path path)
 {
     int nq = 3, nk = 1000, h = 8, kv = 2, hd = 128, qs = h * hd, ks = kv * hd;
     float *q = gpu_rand_host((size_t)nq * qs, 1.0f), *k = gpu_rand_host((size_t)nk * ks, 1.0f);
@@ -277,13 +296,38 @@ static void test_attention_no_lse(void)
     d.k = gpu_put(gpu, k, (size_t)nk * ks * 4);
     d.v = gpu_put(gpu, v, (size_t)nk * ks * 4);
     d.out = gpu_poisoned(gpu, (size_t)nq * qs);
-    CHECK(gpu->ops->attention(gpu, &d) == 0, "attention without lse: %s", sr_error_get());
+    backend_cuda_set_attention_path(gpu, path);
+    int rc = gpu->ops->attention(gpu, &d);
+    backend_cuda_set_attention_path(gpu, SR_CUDA_ATTN_AUTO);
+    CHECK(rc == 0, "attention without lse: %s", sr_error_get());
     float *out = gpu_get(gpu, d.out, (size_t)nq * qs);
     double e = gpu_rel_err(out, ref, (size_t)nq * qs);
-    CHECK(e < 1e-5, "attention without lse: rel err %g", e);
+    const char *kernel = attention_kernel(path, nq, nk, h, kv, hd, 0);
+    double tol = strcmp(kernel, "split") ? 1e-2 : 1e-5;
+    CHECK(e < tol, "attention without lse (%s): rel err %g", kernel, e);
     gpu->ops->free(gpu, (void *)d.q), gpu->ops->free(gpu, (void *)d.k);
     gpu->ops->free(gpu, (void *)d.v), gpu->ops->free(gpu, d.out);
     free(q), free(k), free(v), free(ref), free(out);
+}
+
+/* Forcing the relay kernel on masked attention is an error, not a wrong
+ * answer (it has no mask). */
+static void test_relay_refuses_mask(void)
+{
+    int nq = 2, nk = 8, h = 4, kv = 2, hd = 64;
+    float *dq = gpu_poisoned(gpu, (size_t)nq * h * hd), *dk = gpu_poisoned(gpu, (size_t)nk * kv * hd);
+    float *dout = gpu_poisoned(gpu, (size_t)nq * h * hd);
+    int32_t pos[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+    int32_t *dpos = gpu_put(gpu, pos, sizeof pos);
+    sr_attn_args d = {.q = dq, .k = dk, .v = dk, .q_pos = dpos, .k_pos = dpos, .nq = nq,
+                      .nk = nk, .n_heads = h, .n_kv = kv, .head_dim = hd, .q_stride = h * hd,
+                      .kv_stride = kv * hd, .scale = 0.125f, .out = dout};
+    backend_cuda_set_attention_path(gpu, SR_CUDA_ATTN_RELAY);
+    int rc = gpu->ops->attention(gpu, &d);
+    backend_cuda_set_attention_path(gpu, SR_CUDA_ATTN_AUTO);
+    CHECK(rc != 0, "forced relay attention with key positions must fail");
+    gpu->ops->free(gpu, dq), gpu->ops->free(gpu, dk), gpu->ops->free(gpu, dout);
+    gpu->ops->free(gpu, dpos);
 }
 
 /* ---- merge ------------------------------------------------------------ */
@@ -444,7 +488,41 @@ int main(void)
     if (!quick)
         test_attention(SR_CUDA_ATTN_AUTO, 0, 512, 1536, 32, 8, 128, MASK_CAUSAL, 1.0f);
     test_attention(SR_CUDA_ATTN_AUTO, 0, 1, 1536, 32, 8, 128, MASK_CAUSAL, 1.0f);
-    test_attention_no_lse();
+    test_attention_no_lse(SR_CUDA_ATTN_SPLIT);
+    test_attention_no_lse(SR_CUDA_ATTN_AUTO);
+
+    /* The relay kernel (many rows, one unmasked KV): head_dim 64 and 128,
+     * GQA 1/4/8, odd row and key counts, each row-tile shape (16, 32, 64,
+     * 128 packed rows per block, and several row tiles), forced splits,
+     * no keys at all, a sharp softmax. */
+    const sr_cuda_attn_path R = SR_CUDA_ATTN_RELAY;
+    test_attention(R, 0, 2, 1, 8, 2, 128, MASK_NONE, 1.0f);
+    test_attention(R, 0, 3, 77, 8, 2, 128, MASK_NONE, 1.0f);     /* GQA 4, 12 rows */
+    test_attention(R, 0, 5, 1000, 8, 1, 64, MASK_NONE, 1.0f);    /* GQA 8, 40 rows */
+    test_attention(R, 0, 7, 333, 4, 4, 128, MASK_NONE, 1.0f);    /* MHA, 7 rows */
+    test_attention(R, 0, 9, 129, 4, 2, 64, MASK_NONE, 4.0f);     /* 18 rows, sharp */
+    test_attention(R, 0, 33, 2049, 32, 8, 128, MASK_NONE, 1.0f); /* 132 rows: 2 row tiles */
+    test_attention(R, 0, 3, 0, 8, 2, 128, MASK_NONE, 1.0f);      /* no keys: 0 and -inf */
+    test_attention(R, 0, 2, 0, 4, 4, 64, MASK_NONE, 1.0f);
+    test_attention(R, 5, 9, 700, 8, 2, 64, MASK_NONE, 1.0f);     /* forced splits */
+    test_attention(R, 64, 4, 100, 4, 2, 128, MASK_NONE, 1.0f);   /* more splits than tiles */
+    test_attention(R, 0, 257, 515, 4, 1, 64, MASK_NONE, 1.0f);   /* 1028 rows: 9 row tiles */
+    if (!quick) {
+        test_attention(R, 0, 128, 4097, 32, 8, 128, MASK_NONE, 1.0f); /* 128 jobs, Llama */
+        test_attention(R, 0, 31, 16411, 32, 8, 128, MASK_NONE, 2.0f);
+        test_attention(R, 0, 64, 3001, 8, 1, 64, MASK_NONE, 1.0f);
+    }
+    /* the relay kernel's first pipeline (two barriers per key tile) */
+    backend_cuda_set_attention_variant(gpu, 1);
+    test_attention(R, 0, 3, 77, 8, 2, 128, MASK_NONE, 1.0f);
+    test_attention(R, 5, 9, 700, 8, 2, 64, MASK_NONE, 1.0f);
+    test_attention(R, 0, 33, 2049, 32, 8, 128, MASK_NONE, 1.0f);
+    backend_cuda_set_attention_variant(gpu, 0);
+    test_relay_refuses_mask();
+    /* AUTO takes the relay kernel for several unmasked rows */
+    test_attention(SR_CUDA_ATTN_AUTO, 0, 16, 1500, 32, 8, 128, MASK_NONE, 1.0f);
+    test_attention(SR_CUDA_ATTN_AUTO, 0, 100, 300, 4, 2, 64, MASK_NONE, 1.0f);
+    test_attention_no_lse(SR_CUDA_ATTN_RELAY);
 
     int c1[] = {5, 11};
     test_merge(20, c1, 2, 0, "three parts");

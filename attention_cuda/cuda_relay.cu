@@ -1,0 +1,514 @@
+/* The relay kernel (DESIGN.md §2, RelayAttention): many query rows against
+ * one shared KV with no mask (every key visible to every row), as the
+ * serving engine asks for a system prompt's KV with one row per job.
+ *
+ * Why a kernel of its own: without it each job reads the prefix's K/V for
+ * its own row, so a step reads the prefix once per job. Here the rows of
+ * all the jobs that share a kv head are packed into one row tile (query
+ * row i, query head h of kv head g -> packed row i * group + h % group;
+ * GQA), and the block that reads a key tile applies it to all of them, so
+ * the prefix is read from memory once per step. With many rows the work is
+ * a matrix product, so it runs on the tensor cores: mma.sync m16n8k16,
+ * bf16 operands, fp32 accumulation and softmax statistics (base 2, Q
+ * pre-scaled by scale * log2 e), as in cuda_prefill.cu.
+ *
+ * Shape of the work. A block has 8 warps and owns 16 * WR packed rows of
+ * one kv head and one contiguous range of keys (a split, flash-decoding
+ * style; the splits are merged by the merge kernel of cuda_attention.cu).
+ * Each warp holds 16 rows of Q in registers; the 8 / WR warps that share a
+ * row group each produce a slice of the output's dims (they compute the
+ * same scores, which costs little when there are few rows and keeps every
+ * key read once per block). WR is 1, 2, 4 or 8 by the number of packed
+ * rows; more than 128 rows take several row-tile blocks, launched next to
+ * each other so that the later ones find the key tiles in L2.
+ *
+ * K and V stay fp32 in memory (the interface's KV cache); a key tile of 64
+ * keys is copied raw into shared memory with cp.async, two tiles ahead, and
+ * rounded to a bf16 tile in shared memory once per block before the warps
+ * read it with ldmatrix; no separate pass rewrites the KV. Rows beyond the
+ * last key are zero-filled by the copy and their scores set to -inf.
+ *
+ * A row that sees no key (nk == 0) gets o = 0 and lse = -inf.
+ * Reference: backend_cpu/cpu_attention.c. */
+#include <limits.h>
+
+#include "attention_cuda/cuda_internal.h"
+
+#define LOG2E_F 1.4426950408889634f
+#define LN2_F 0.6931471805599453f
+
+enum { RL_WARPS = 8, RL_THREADS = 32 * RL_WARPS, RL_BK = 64 };
+
+typedef struct {
+    const float *q, *k, *v;
+    int nk, n_heads, group;
+    int q_stride, kv_stride;
+    int nvec;           /* packed rows of one kv head: nq * group */
+    int n_rtiles;       /* row tiles per kv head */
+    int keys_per_split; /* a multiple of RL_BK */
+    int rows;           /* nq * n_heads: one split's rows in the workspace */
+    float scale_log2;
+    float *out, *lse;     /* one split: the final result */
+    float *ws_o, *ws_lse; /* several: [split][rows][hd], [split][rows] */
+} relay_params;
+
+namespace {
+
+__device__ __forceinline__ void rl_ldsm_x4(uint32_t r[4], const __nv_bfloat16 *p)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a)
+                 : "memory");
+}
+
+__device__ __forceinline__ void rl_ldsm_x4_trans(uint32_t r[4], const __nv_bfloat16 *p)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a)
+                 : "memory");
+}
+
+/* Two 8x8 matrices (addresses from lanes 0-15): V for a warp whose slice
+ * of the dims is 8 wide. */
+__device__ __forceinline__ void rl_ldsm_x2_trans(uint32_t r[2], const __nv_bfloat16 *p)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(a)
+                 : "memory");
+}
+
+/* c += a (16x16, row) * b (16x8, col), bf16 in, fp32 accumulate. */
+__device__ __forceinline__ void rl_mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* 16 bytes global -> shared without a register stop; `bytes` 0 zero-fills. */
+__device__ __forceinline__ void rl_cp16(void *smem, const void *gmem, int bytes)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem), "r"(bytes)
+                 : "memory");
+}
+
+__device__ __forceinline__ void rl_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int n>
+__device__ __forceinline__ void rl_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(n) : "memory");
+}
+
+__device__ __forceinline__ uint32_t rl_pack(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* lo in the low half */
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+} // namespace
+
+/* Shared memory: two raw fp32 stages of K and V, then the bf16 K and V
+ * tiles, one set (pipe 0) or two (pipe 1). */
+template <int D, int PIPE>
+constexpr size_t relay_smem_bytes()
+{
+    return (size_t)2 * 2 * RL_BK * D * sizeof(float) +
+           (size_t)(PIPE ? 2 : 1) * 2 * RL_BK * (D + 8) * sizeof(__nv_bfloat16);
+}
+
+/* One warp's work on one bf16 key tile: S = Q K^T for its 16 rows, the
+ * online softmax, and o += P V for its slice of the dims. */
+template <int D, int DW>
+__device__ __forceinline__ void relay_tile(const uint32_t (&qf)[D / 16][4], float (&o)[DW / 8][4],
+                                           float &m0, float &m1, float &l0, float &l1,
+                                           const __nv_bfloat16 *ks, const __nv_bfloat16 *vw,
+                                           int j0, int k_end, int lane)
+{
+    constexpr int LDB = D + 8;
+    float s[RL_BK / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < RL_BK / 8; nt++)
+        s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+        for (int np = 0; np < RL_BK / 16; np++) {
+            uint32_t b[4];
+            rl_ldsm_x4(b, ks + (np * 16 + (lane & 7) + (lane >> 4) * 8) * LDB + kk * 16 +
+                              ((lane >> 3) & 1) * 8);
+            rl_mma(s[2 * np], qf[kk], b[0], b[1]);
+            rl_mma(s[2 * np + 1], qf[kk], b[2], b[3]);
+        }
+    }
+    if (j0 + RL_BK > k_end) { /* the split's last, partial tile */
+#pragma unroll
+        for (int nt = 0; nt < RL_BK / 8; nt++) {
+            const int j = j0 + nt * 8 + 2 * (lane & 3);
+            if (j >= k_end)
+                s[nt][0] = s[nt][2] = -INFINITY;
+            if (j + 1 >= k_end)
+                s[nt][1] = s[nt][3] = -INFINITY;
+        }
+    }
+    /* Online softmax; the quad of lanes sharing a row exchanges maxima,
+     * sums stay per lane until the end. Every warp of a row group computes
+     * the same statistics, so their dim slices agree. */
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < RL_BK / 8; nt++) {
+        mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+    }
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+    }
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    /* -inf stays -inf only if no key was seen; subtracting 0 then makes
+     * every p 0 without NaN (cannot happen for a non-empty tile, kept so
+     * the arithmetic is safe on its own). */
+    const float u0 = mn0 == -INFINITY ? 0.0f : mn0, u1 = mn1 == -INFINITY ? 0.0f : mn1;
+    const float a0 = exp2f(m0 - u0), a1 = exp2f(m1 - u1);
+    m0 = mn0, m1 = mn1;
+    float ps0 = 0.0f, ps1 = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < RL_BK / 8; nt++) {
+        s[nt][0] = exp2f(s[nt][0] - u0);
+        s[nt][1] = exp2f(s[nt][1] - u0);
+        s[nt][2] = exp2f(s[nt][2] - u1);
+        s[nt][3] = exp2f(s[nt][3] - u1);
+        ps0 += s[nt][0] + s[nt][1];
+        ps1 += s[nt][2] + s[nt][3];
+    }
+    l0 = l0 * a0 + ps0;
+    l1 = l1 * a1 + ps1;
+#pragma unroll
+    for (int dt = 0; dt < DW / 8; dt++) {
+        o[dt][0] *= a0, o[dt][1] *= a0;
+        o[dt][2] *= a1, o[dt][3] *= a1;
+    }
+#pragma unroll
+    for (int kb = 0; kb < RL_BK / 16; kb++) {
+        uint32_t pa[4];
+        pa[0] = rl_pack(s[2 * kb][0], s[2 * kb][1]);
+        pa[1] = rl_pack(s[2 * kb][2], s[2 * kb][3]);
+        pa[2] = rl_pack(s[2 * kb + 1][0], s[2 * kb + 1][1]);
+        pa[3] = rl_pack(s[2 * kb + 1][2], s[2 * kb + 1][3]);
+        const __nv_bfloat16 *vrow = vw + (kb * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDB;
+#pragma unroll
+        for (int dp = 0; dp < DW / 16; dp++) {
+            uint32_t b[4];
+            rl_ldsm_x4_trans(b, vrow + dp * 16 + (lane >> 4) * 8);
+            rl_mma(o[2 * dp], pa, b[0], b[1]);
+            rl_mma(o[2 * dp + 1], pa, b[2], b[3]);
+        }
+        if (DW % 16) {
+            uint32_t b[2];
+            rl_ldsm_x2_trans(b, vrow + (DW - 8));
+            rl_mma(o[DW / 8 - 1], pa, b[0], b[1]);
+        }
+    }
+}
+
+/* PIPE 0: one bf16 tile; each step waits for its fp32 tile, rounds it
+ * (all threads), waits at a barrier, refills the stage, computes, and the
+ * next step's barrier guards the bf16 tile. PIPE 1 (default): two bf16
+ * tiles and one barrier per step; each thread rounds exactly the 16-byte
+ * chunks it copied itself, so it needs only its own cp.async wait before
+ * reading them and may refill the stage right after (no barrier between),
+ * and the rounding of tile t+1 by warps that are ahead overlaps the
+ * tensor-core work on tile t of the others. Two fp32 tiles stay in flight
+ * during the math of a third. */
+template <int D, int WR, int MINB, int PIPE>
+__global__ void __launch_bounds__(RL_THREADS, MINB) attn_relay_kernel(relay_params p)
+{
+    constexpr int WK = RL_WARPS / WR; /* warps sharing a row group, by slices of dims */
+    constexpr int DW = D / WK;        /* this warp's slice of the output dims */
+    constexpr int LDB = D + 8;        /* 16-byte pad: ldmatrix rows hit distinct banks */
+    constexpr int MR = 16 * WR;       /* packed rows per block */
+    constexpr int STAGE = 2 * RL_BK * D;
+    constexpr int BUF = 2 * RL_BK * LDB; /* one bf16 K + V tile */
+    static_assert(DW >= 8 && DW % 8 == 0, "each warp needs whole n8 tiles of dims");
+    static_assert(MR <= 2 * RL_BK, "Q is staged through a bf16 K + V tile");
+    extern __shared__ __align__(16) unsigned char rl_smem[];
+    float *stage_s = reinterpret_cast<float *>(rl_smem);
+    __nv_bfloat16 *bf = reinterpret_cast<__nv_bfloat16 *>(stage_s + 2 * STAGE);
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wr = warp % WR, wk = warp / WR;
+    const int g = blockIdx.x / p.n_rtiles, rt = blockIdx.x % p.n_rtiles;
+    const int k_begin = blockIdx.y * p.keys_per_split;
+    const int k_end = min(p.nk, k_begin + p.keys_per_split);
+    const int ntiles = k_end > k_begin ? (k_end - k_begin + RL_BK - 1) / RL_BK : 0;
+    const float *kg = p.k + (size_t)g * D, *vg = p.v + (size_t)g * D;
+
+    /* Tile t's K and V rows, fp32 as stored, into stage `stg`. */
+    auto issue = [&](int t, int stg) {
+        float *kf = stage_s + stg * STAGE, *vf = kf + RL_BK * D;
+        const int j0 = k_begin + t * RL_BK;
+        for (int idx = tid; idx < RL_BK * (D / 4); idx += RL_THREADS) {
+            const int r = idx / (D / 4), c = idx - r * (D / 4);
+            const int j = j0 + r;
+            const bool ok = j < k_end;
+            const size_t off = (size_t)(ok ? j : k_begin) * p.kv_stride + 4 * c;
+            rl_cp16(kf + r * D + 4 * c, kg + off, ok ? 16 : 0);
+            rl_cp16(vf + r * D + 4 * c, vg + off, ok ? 16 : 0);
+        }
+    };
+    /* Stage `stg` rounded into bf16 tile `dst`; the same chunks as issue()
+     * gives this thread (pipe 1 depends on that). */
+    auto round_tile = [&](int stg, __nv_bfloat16 *dst) {
+        const float *kf = stage_s + stg * STAGE, *vf = kf + RL_BK * D;
+        __nv_bfloat16 *kd = dst, *vd = dst + RL_BK * LDB;
+        for (int idx = tid; idx < RL_BK * (D / 4); idx += RL_THREADS) {
+            const int r = idx / (D / 4), c = idx - r * (D / 4);
+            const float4 x = *reinterpret_cast<const float4 *>(kf + r * D + 4 * c);
+            const float4 y = *reinterpret_cast<const float4 *>(vf + r * D + 4 * c);
+            *reinterpret_cast<uint2 *>(kd + r * LDB + 4 * c) =
+                make_uint2(rl_pack(x.x, x.y), rl_pack(x.z, x.w));
+            *reinterpret_cast<uint2 *>(vd + r * LDB + 4 * c) =
+                make_uint2(rl_pack(y.x, y.y), rl_pack(y.z, y.w));
+        }
+    };
+    /* Two tiles in flight before Q is even read: the copies are what the
+     * block waits for. One commit group per tile, empty ones included, so
+     * that "all but the newest group" always names the same tile. */
+    if (ntiles > 0)
+        issue(0, 0);
+    rl_commit();
+    if (ntiles > 1)
+        issue(1, 1);
+    rl_commit();
+
+    /* Q of this block's packed rows, scaled and rounded, staged through
+     * the last bf16 tile (not in use yet) on the way to registers. */
+    __nv_bfloat16 *qs = bf + (PIPE ? BUF : 0);
+    for (int idx = tid; idx < MR * (D / 4); idx += RL_THREADS) {
+        const int r = idx / (D / 4), c = idx - r * (D / 4);
+        const int t = rt * MR + r;
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (t < p.nvec) {
+            const int i = t / p.group, h = g * p.group + t % p.group;
+            x = __ldg((const float4 *)(p.q + (size_t)i * p.q_stride + (size_t)h * D) + c);
+        }
+        const float m = p.scale_log2;
+        *reinterpret_cast<uint2 *>(qs + r * LDB + 4 * c) =
+            make_uint2(rl_pack(x.x * m, x.y * m), rl_pack(x.z * m, x.w * m));
+    }
+    if (PIPE) {
+        rl_wait<1>(); /* this thread's chunks of tile 0 */
+        if (ntiles > 0)
+            round_tile(0, bf);
+        if (ntiles > 2)
+            issue(2, 0);
+        rl_commit();
+    }
+    __syncthreads();
+    uint32_t qf[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+        rl_ldsm_x4(qf[kk], qs + (wr * 16 + (lane & 15)) * LDB + kk * 16 + (lane >> 4) * 8);
+    /* The loop's first barrier keeps the rounding from overwriting qs
+     * before every warp has its fragments. */
+
+    float o[DW / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < DW / 8; dt++)
+        o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+
+    for (int t = 0; t < ntiles; t++) {
+        const __nv_bfloat16 *cur;
+        if (PIPE) {
+            /* groups so far: tiles 0 .. t+2; all but the newest: t+1 is here */
+            rl_wait<1>();
+            __syncthreads(); /* tile t's bf16 is complete, tile t-1's is read */
+            cur = bf + (t & 1) * BUF;
+            if (t + 1 < ntiles)
+                round_tile((t + 1) & 1, bf + ((t + 1) & 1) * BUF);
+            if (t + 3 < ntiles) /* the stage tile t+1 just left */
+                issue(t + 3, (t + 1) & 1);
+            rl_commit();
+        } else {
+            rl_wait<1>();    /* this thread's copies of tile t have landed */
+            __syncthreads(); /* ... everyone's; and the last tile's bf16 reads are done */
+            round_tile(t & 1, bf);
+            __syncthreads(); /* the bf16 tile is complete; its stage is free */
+            if (t + 2 < ntiles)
+                issue(t + 2, t & 1);
+            rl_commit();
+            cur = bf;
+        }
+        relay_tile<D, DW>(qf, o, m0, m1, l0, l1, cur, cur + RL_BK * LDB + wk * DW,
+                          k_begin + t * RL_BK, k_end, lane);
+    }
+    rl_wait<0>(); /* only empty groups can remain; leave none behind */
+
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    const bool final_out = gridDim.y == 1;
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const int t = rt * MR + wr * 16 + (lane >> 2) + 8 * half;
+        if (t >= p.nvec)
+            continue;
+        const float l = half ? l1 : l0, m = half ? m1 : m0;
+        const int r = (t / p.group) * p.n_heads + g * p.group + t % p.group;
+        float *orow = final_out ? p.out + (size_t)r * D
+                                : p.ws_o + ((size_t)blockIdx.y * p.rows + r) * D;
+        orow += wk * DW + 2 * (lane & 3);
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+        for (int dt = 0; dt < DW / 8; dt++)
+            *reinterpret_cast<float2 *>(orow + dt * 8) =
+                make_float2(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+        if (wk == 0 && (lane & 3) == 0) {
+            const float lse = l > 0.0f ? (m + log2f(l)) * LN2_F : -INFINITY;
+            if (!final_out)
+                p.ws_lse[(size_t)blockIdx.y * p.rows + r] = lse;
+            else if (p.lse)
+                p.lse[r] = lse;
+        }
+    }
+}
+
+/* Blocks per multiprocessor the register budget is set for: two of the
+ * head_dim 64 kernels fit in shared memory, except the 128-row shape,
+ * which spills at 128 registers; one of the head_dim 128 ones. */
+constexpr int relay_min_blocks(int d, int wr)
+{
+    return d == 64 && wr < 8 ? 2 : 1;
+}
+
+int cuda_relay_supported(const sr_attn_args *a)
+{
+    return !a->k_pos && (a->head_dim == 64 || a->head_dim == 128);
+}
+
+/* Raises the kernel's shared-memory limit once and returns how many blocks
+ * fit on a multiprocessor (what the split count is sized to). */
+template <int D, int WR, int PIPE>
+static int relay_prepare(cuda_ctx *ctx, int *per_sm)
+{
+    constexpr int MINB = relay_min_blocks(D, WR);
+    constexpr size_t smem = relay_smem_bytes<D, PIPE>();
+    static int blocks; /* once per kernel instance (one device per process) */
+    if (!blocks) {
+        if (smem > ctx->smem_optin)
+            return sr_error_set("cuda relay attention: %zu bytes of shared memory needed, the "
+                                "device allows %zu", smem, ctx->smem_optin);
+        CUDA_TRY(cudaFuncSetAttribute(attn_relay_kernel<D, WR, MINB, PIPE>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        int n = 0;
+        CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+            &n, attn_relay_kernel<D, WR, MINB, PIPE>, RL_THREADS, smem));
+        blocks = n > 0 ? n : 1;
+    }
+    *per_sm = blocks;
+    return 0;
+}
+
+template <int D, int WR, int PIPE>
+static int relay_run(cuda_ctx *ctx, const sr_attn_args *a, relay_params p, long long base)
+{
+    constexpr int MINB = relay_min_blocks(D, WR);
+    int per_sm = 1;
+    if (relay_prepare<D, WR, PIPE>(ctx, &per_sm) != 0)
+        return -1;
+    /* One wave of blocks: the row tiles of every kv head times as many key
+     * ranges as fit beside them (every block has the same work, so a
+     * second partial wave would only add a tail), no range shorter than a
+     * tile, and the partials must fit the workspace. */
+    const long long tiles = (a->nk + RL_BK - 1) / RL_BK;
+    long long splits = ctx->attn_splits;
+    if (splits <= 0)
+        splits = (long long)ctx->sm_count * per_sm / base;
+    if (splits > tiles)
+        splits = tiles;
+    const size_t rows = (size_t)a->nq * a->n_heads;
+    const long long by_ws =
+        (long long)(ctx->attn_ws_bytes / (rows * (size_t)(D + 1) * sizeof(float)));
+    if (splits > by_ws)
+        splits = by_ws;
+    if (splits > 65535)
+        splits = 65535;
+    if (splits < 1)
+        splits = 1;
+    const long long tiles_per = tiles > 0 ? (tiles + splits - 1) / splits : 1;
+    splits = tiles > 0 ? (tiles + tiles_per - 1) / tiles_per : 1;
+    p.keys_per_split = (int)(tiles_per * RL_BK > INT_MAX ? INT_MAX / RL_BK * RL_BK
+                                                          : tiles_per * RL_BK);
+    p.ws_o = ctx->attn_ws;
+    p.ws_lse = ctx->attn_ws + (size_t)splits * rows * D;
+    const dim3 grid((unsigned)base, (unsigned)splits);
+    attn_relay_kernel<D, WR, MINB, PIPE>
+        <<<grid, RL_THREADS, relay_smem_bytes<D, PIPE>(), ctx->stream>>>(p);
+    CUDA_CHECK_LAUNCH("attn_relay_kernel");
+    if (splits > 1)
+        return cuda_merge_strided(ctx, (int)splits, p.ws_o, rows * D, p.ws_lse, rows, (int)rows,
+                                  D, a->out, a->lse);
+    return 0;
+}
+
+template <int PIPE>
+static int relay_dispatch(cuda_ctx *ctx, const sr_attn_args *a, const relay_params &p,
+                          long long base, int D, int wr)
+{
+    if (D == 64) {
+        switch (wr) {
+        case 1: return relay_run<64, 1, PIPE>(ctx, a, p, base);
+        case 2: return relay_run<64, 2, PIPE>(ctx, a, p, base);
+        case 4: return relay_run<64, 4, PIPE>(ctx, a, p, base);
+        default: return relay_run<64, 8, PIPE>(ctx, a, p, base);
+        }
+    }
+    switch (wr) {
+    case 1: return relay_run<128, 1, PIPE>(ctx, a, p, base);
+    case 2: return relay_run<128, 2, PIPE>(ctx, a, p, base);
+    case 4: return relay_run<128, 4, PIPE>(ctx, a, p, base);
+    default: return relay_run<128, 8, PIPE>(ctx, a, p, base);
+    }
+}
+
+int cuda_relay_attention(cuda_ctx *ctx, const sr_attn_args *a)
+{
+    const int D = a->head_dim, group = a->n_heads / a->n_kv;
+    const long long nvec = (long long)a->nq * group;
+    /* Row groups per block: as many 16-row warps as the rows fill, the
+     * other warps of the block splitting the output dims instead. */
+    const int wr = nvec <= 16 ? 1 : nvec <= 32 ? 2 : nvec <= 64 ? 4 : 8;
+    const long long n_rtiles = (nvec + 16 * wr - 1) / (16 * wr);
+    const long long base = n_rtiles * a->n_kv;
+    if (nvec > INT_MAX || base > INT_MAX || (long long)a->nq * a->n_heads > INT_MAX / 2)
+        return sr_error_set("cuda relay attention: %d query rows x %d heads is too many for one "
+                            "call", a->nq, a->n_heads);
+    relay_params p;
+    p.q = a->q, p.k = a->k, p.v = a->v;
+    p.nk = a->nk, p.n_heads = a->n_heads, p.group = group;
+    p.q_stride = a->q_stride, p.kv_stride = a->kv_stride;
+    p.nvec = (int)nvec, p.n_rtiles = (int)n_rtiles;
+    p.keys_per_split = 0;
+    p.rows = a->nq * a->n_heads;
+    p.scale_log2 = a->scale * LOG2E_F;
+    p.out = a->out, p.lse = a->lse;
+    p.ws_o = p.ws_lse = nullptr;
+    /* the kernel-shape knob: 0 (default) pipe 1, 1 the first version */
+    return ctx->split_variant == 1 ? relay_dispatch<0>(ctx, a, p, base, D, wr)
+                                   : relay_dispatch<1>(ctx, a, p, base, D, wr);
+}
