@@ -1,4 +1,4 @@
-/* Return-code checks for every CUDA runtime and cuBLAS call. A failure
+/* Return-code checks for every CUDA runtime, cuBLAS and NCCL call. A failure
  * becomes an sr_error naming the call, the file:line and the runtime's own
  * message, and the enclosing function returns -1 (or `ret`). Kernel
  * launches are followed by CUDA_CHECK_LAUNCH() so a bad configuration is
@@ -53,5 +53,24 @@ extern "C" {
     } while (0)
 
 #define CUBLAS_TRY(call) CUBLAS_TRY_RET(call, -1)
+
+/* NCCL calls (devcomm_nccl.cu, the only file that includes nccl.h; the
+ * macro expands only there). ncclGetLastError adds NCCL's own detail. */
+#define NCCL_HINT "(NCCL_DEBUG=WARN prints NCCL's account; every rank must reach this call, "    \
+                  "and the ranks' GPUs must reach each other: NVLink, PCIe P2P or the "          \
+                  "network; --dataplane mpi avoids NCCL)"
+
+#define NCCL_TRY_RET(call, ret)                                                            \
+    do {                                                                                   \
+        ncclResult_t nccl_try_rc_ = (call);                                                \
+        if (nccl_try_rc_ != ncclSuccess) {                                                 \
+            sr_error_set("nccl: %s failed at %s:%d: %s (%s) " NCCL_HINT, #call, __FILE__,  \
+                         __LINE__, ncclGetErrorString(nccl_try_rc_),                       \
+                         ncclGetLastError(NULL));                                          \
+            return ret;                                                                    \
+        }                                                                                  \
+    } while (0)
+
+#define NCCL_TRY(call) NCCL_TRY_RET(call, -1)
 
 #endif

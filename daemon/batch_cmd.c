@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "attention_cuda/backend_select.h"
+#include "attention_cuda/devcomm_nccl.h"
 #include "backend/backend.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -343,6 +344,11 @@ static int batch_on_rank(sr_transport *tr, int argc, char **argv)
         }
     sr_batch_options o;
     int rc = batch_options_parse(&o, argc, argv);
+    sr_dataplane plane = SR_DATAPLANE_AUTO;
+    if (rc == 0 && dataplane_parse(o.dataplane, &plane) == 0)
+        rc = dataplane_check_request(plane, o.backend, tr->size);
+    else if (rc == 0)
+        rc = -1;
     if (rc == 0 && o.engine.query_rank >= tr->size)
         rc = sr_error_set("--query-rank %d: the job has %d rank%s", o.engine.query_rank,
                           tr->size, tr->size == 1 ? "" : "s");
@@ -365,6 +371,7 @@ static int batch_on_rank(sr_transport *tr, int argc, char **argv)
     memset(&model, 0, sizeof model);
     sr_tokenizer *tok = NULL;
     sr_backend *be = NULL;
+    sr_devcomm *dc = NULL;
     sr_engine *e = NULL;
     int exit_code = 1;
     rc = model_load(&model, o.model_dir, &o.load);
@@ -379,6 +386,13 @@ static int batch_on_rank(sr_transport *tr, int argc, char **argv)
         sr_error_prefix("loading the model: ");
         goto done;
     }
+    /* Collective: every rank decides the same from the same facts. */
+    rc = devcomm_select(tr, be, plane, &dc);
+    if (transport_agree(tr, stage(rc), root) != 0) {
+        sr_error_prefix("choosing the data plane: ");
+        goto done;
+    }
+    o.engine.devcomm = dc;
     e = engine_create(&o.engine, tr, be, &model, tok, o.model_dir);
     if (!e)
         goto done;
@@ -418,6 +432,7 @@ done:
     if (exit_code != 0 && is_query)
         fprintf(stderr, "starrelayd batch: %s\n", sr_error_get());
     engine_destroy(e);
+    devcomm_destroy(dc); /* after the engine that uses it, before its backend */
     backend_destroy(be);
     tokenizer_free(tok);
     model_free(&model);

@@ -16,6 +16,8 @@ void batch_options_usage(void)
           "prefixes, the paged KV pool) and prints one JSON line per line of FILE, then the\n"
           "pool's free/total pages per rank. Under mpirun every rank runs it.\n"
           "  --load-format safetensors|dummy  --dummy-seed S  --backend cpu|cuda\n"
+          "  --dataplane auto|nccl|mpi  phase 2's all-gather: nccl device to device (one GPU\n"
+          "                         per rank), mpi host-staged, auto nccl where it can run\n"
           "  --kv-budget-tokens N   KV tokens per rank        --kv-budget BYTES[K|M|G]\n"
           "  --page-tokens N        tokens per page (16)      --max-batch N  jobs at once (64)\n"
           "  --max-phase1-tokens N  context rows per rank per step (512)\n"
@@ -74,6 +76,7 @@ int batch_options_parse(sr_batch_options *o, int argc, char **argv)
     o->load.dummy_dtype = SR_DTYPE_BF16;
     o->relay = true;
     o->backend = "cpu";
+    o->dataplane = "auto";
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long n;
@@ -91,6 +94,10 @@ int batch_options_parse(sr_batch_options *o, int argc, char **argv)
             if (strcmp(v, "cpu") && strcmp(v, "cuda"))
                 return sr_error_set("--backend: '%s' is unknown (cpu or cuda)", v);
             o->backend = v;
+        } else if (!strcmp(a, "--dataplane")) {
+            if (strcmp(v, "auto") && strcmp(v, "nccl") && strcmp(v, "mpi"))
+                return sr_error_set("--dataplane: expected auto, nccl or mpi, got '%s'", v);
+            o->dataplane = v;
         } else if (!strcmp(a, "--jobs")) {
             o->jobs_path = v;
         } else if (!strcmp(a, "--logits-dir")) {

@@ -12,6 +12,7 @@ typedef struct {
     const char *model_dir;
     sr_load_options load;
     const char *backend;        /* --backend cpu|cuda */
+    const char *dataplane;      /* --dataplane auto|nccl|mpi */
     const char *jobs_path;      /* --jobs FILE.jsonl ("-": stdin) */
     const char *logits_dir;     /* --logits-dir: first-token logits per job */
     sr_engine_options engine;

@@ -23,6 +23,9 @@ static const sr_option table[] = {
     {"dummy-seed", SR_OPT_INT64, OFF(dummy_seed), 0, BIG, NULL, "S", "seed of dummy weights"},
     {"backend", SR_OPT_CHOICE, OFF(backend), 0, 0, "cpu|cuda", NULL,
      "compute backend (cuda: one GPU per rank, by local rank)"},
+    {"dataplane", SR_OPT_CHOICE, OFF(dataplane), 0, 0, "auto|nccl|mpi", NULL,
+     "phase 2's per-layer all-gather: nccl (device to device; --backend cuda, one GPU per "
+     "rank), mpi (host-staged), auto (default: nccl where it can run, else mpi)"},
     {"listen", SR_OPT_STRING, OFF(listen), 0, 0, NULL, "HOST:PORT",
      "gRPC address (default 127.0.0.1:50051; 0.0.0.0:PORT for every interface)"},
     {"tls-cert", SR_OPT_STRING, OFF(tls_cert), 0, 0, NULL, "FILE", "TLS certificate chain (PEM)"},
@@ -140,7 +143,7 @@ int daemon_options_parse(sr_daemon_options *o, int argc, char **argv)
     if (o->help)
         return 0;
     if (set_default_string(&o->load_format, "safetensors") ||
-        set_default_string(&o->backend, "cpu") ||
+        set_default_string(&o->backend, "cpu") || set_default_string(&o->dataplane, "auto") ||
         set_default_string(&o->listen, "127.0.0.1:50051") ||
         set_default_string(&o->log_level, "info") || set_default_string(&o->mode, "star"))
         return -1;

@@ -19,6 +19,7 @@ typedef struct {
     char *load_format;           /* "safetensors" | "dummy" */
     int64_t dummy_seed;
     char *backend;               /* "cpu" */
+    char *dataplane;             /* "auto" | "nccl" | "mpi" */
     /* front end */
     char *listen;                /* HOST:PORT; loopback by default */
     char *tls_cert, *tls_key;    /* PEM files; both or neither */

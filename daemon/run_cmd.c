@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "attention_cuda/backend_select.h"
+#include "attention_cuda/devcomm_nccl.h"
 #include "backend/backend.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -59,12 +60,14 @@ typedef struct {
     sr_run_input in;          /* query host */
     sr_plan plan;
     sr_backend *be;
+    sr_devcomm *dc;           /* phase 2's device data plane; NULL: host-staged MPI */
     float *first_logits;      /* query host, --logits-out */
 } run_state;
 
 static void run_state_free(run_state *s)
 {
     free(s->first_logits);
+    devcomm_destroy(s->dc); /* before the backend whose device it uses */
     backend_destroy(s->be);
     plan_free(&s->plan);
     run_input_free(&s->in);
@@ -194,6 +197,11 @@ static int run_on_rank(sr_transport *tr, int argc, char **argv)
 
     /* Options: every rank parses the same argv; rank 0 speaks for them. */
     int rc = run_options_parse(&s.o, argc, argv);
+    sr_dataplane plane = SR_DATAPLANE_AUTO;
+    if (rc == 0 && dataplane_parse(s.o.dataplane, &plane) == 0)
+        rc = dataplane_check_request(plane, s.o.backend, tr->size);
+    else if (rc == 0)
+        rc = -1;
     if (rc == 0 && s.o.query_rank >= tr->size)
         rc = sr_error_set("--query-rank %d: the job has %d rank%s (0..%d)", s.o.query_rank,
                           tr->size, tr->size == 1 ? "" : "s", tr->size - 1);
@@ -237,7 +245,8 @@ static int run_on_rank(sr_transport *tr, int argc, char **argv)
         goto fail;
 
     s.be = backend_create_named(s.o.backend);
-    sr_run_report rep = {.mode = s.o.mode};
+    /* One process has nothing to gather; "mpi" names the host path. */
+    sr_run_report rep = {.mode = s.o.mode, .dataplane = devcomm_plane_name(NULL)};
     if (!strcmp(s.o.mode, "global")) {
         if (!s.be || run_global(&s, &gres, &rep) != 0)
             goto fail;
@@ -249,8 +258,15 @@ static int run_on_rank(sr_transport *tr, int argc, char **argv)
             sr_error_prefix("sending the plan: ");
             goto fail;
         }
+        /* Collective: every rank decides the same from the same facts. */
+        rc = devcomm_select(tr, s.be, plane, &s.dc);
+        if (transport_agree(tr, stage(rc), root) != 0) {
+            sr_error_prefix("choosing the data plane: ");
+            goto fail;
+        }
+        rep.dataplane = devcomm_plane_name(s.dc);
         sr_generate_request req = make_request(&s);
-        if (job_run(tr, s.be, &s.model, &s.plan, is_query ? &req : NULL, &job) != 0)
+        if (job_run(tr, s.be, s.dc, &s.model, &s.plan, is_query ? &req : NULL, &job) != 0)
             goto fail;
         rep.plan = &s.plan;
         rep.phase1_s = job.phase1_s;

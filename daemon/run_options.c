@@ -18,6 +18,7 @@ void run_options_usage(void)
           "           [--repetition-penalty R] [--seed S] [--stop TEXT]... [--stop-id N]...\n"
           "           [--ignore-eos] [--json] [--logits-out FILE]\n"
           "           [--load-format safetensors|dummy] [--dummy-seed S] [--backend cpu|cuda]\n"
+          "           [--dataplane auto|nccl|mpi]\n"
           "           [--query-ids 1,2,3] [--system-ids 1,2] [--context-ids 4,5,6]\n"
           "           [--context-random N] [--chunk-rows N]\n"
           "           [--mode star|ring|global] [--block-size N] [--anchor-size N]\n"
@@ -31,6 +32,9 @@ void run_options_usage(void)
           "  --anchor-size N anchor = first N tokens of block 0 (default: block size; 0 = none)\n"
           "  --query-rank R  the rank that samples and prints (default 0)\n"
           "  --kv-budget-tokens N  KV rows each rank may hold; larger jobs are refused\n"
+          "  --dataplane P   phase 2's per-layer all-gather: nccl (device to device, one GPU per\n"
+          "                  rank, --backend cuda), mpi (host-staged) or auto (default: nccl\n"
+          "                  where it can run, else mpi)\n"
           "Id lists (--system-ids, --context-ids, --query-ids) are used as given (no BOS added).\n",
           stderr);
 }
@@ -90,6 +94,7 @@ int run_options_parse(sr_run_options *o, int argc, char **argv)
 {
     memset(o, 0, sizeof *o);
     o->backend = "cpu";
+    o->dataplane = "auto";
     o->max_tokens = 64;
     o->chunk_rows = 256;
     o->mode = "star";
@@ -121,6 +126,11 @@ int run_options_parse(sr_run_options *o, int argc, char **argv)
         } else if (!strcmp(a, "--backend")) {
             NEED_VALUE;
             o->backend = v;
+        } else if (!strcmp(a, "--dataplane")) {
+            NEED_VALUE;
+            if (strcmp(v, "auto") && strcmp(v, "nccl") && strcmp(v, "mpi"))
+                return sr_error_set("--dataplane: expected auto, nccl or mpi, got '%s'", v);
+            o->dataplane = v;
         } else if (!strcmp(a, "--load-format")) {
             NEED_VALUE;
             if (!strcmp(v, "dummy"))

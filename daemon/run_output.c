@@ -25,8 +25,9 @@ int run_output_logits(const char *path, const float *logits, int n)
 static json_t *plan_json(const sr_run_report *rep)
 {
     const sr_plan *p = rep->plan;
+    const char *plane = rep->dataplane ? rep->dataplane : "mpi";
     if (!p)
-        return json_pack("{s:s, s:i}", "mode", rep->mode, "ranks", 1);
+        return json_pack("{s:s, s:i, s:s}", "mode", rep->mode, "ranks", 1, "dataplane", plane);
     double total, max_rank;
     plan_phase1_attn_pairs(p, &total, &max_rank);
     int64_t kv_max = 0;
@@ -36,9 +37,10 @@ static json_t *plan_json(const sr_run_report *rep)
     json_t *shards = json_array();
     for (int r = 0; r < p->n_ranks; r++)
         json_array_append_new(shards, json_integer(plan_rank_end(p, r) - plan_rank_begin(p, r)));
-    return json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:o, s:f, s:f, s:I}", "mode", rep->mode,
-                     "ranks", p->n_ranks, "query_rank", p->query_rank, "block_size",
-                     p->block_size, "anchor_size", p->anchor_size, "blocks", p->n_blocks,
+    return json_pack("{s:s, s:i, s:s, s:i, s:i, s:i, s:i, s:o, s:f, s:f, s:I}", "mode",
+                     rep->mode, "ranks", p->n_ranks, "dataplane", plane, "query_rank",
+                     p->query_rank, "block_size", p->block_size, "anchor_size",
+                     p->anchor_size, "blocks", p->n_blocks,
                      "shard_tokens", shards, "phase1_attn_pairs_total", total,
                      "phase1_attn_pairs_max_rank", max_rank, "kv_tokens_max_rank",
                      (json_int_t)kv_max);

@@ -11,6 +11,7 @@
 
 typedef struct {
     const char *mode;          /* "global", "star" or "ring" */
+    const char *dataplane;     /* phase 2's all-gather: "nccl" or "mpi" (host-staged) */
     const sr_plan *plan;       /* NULL in global mode */
     double phase1_s, phase2_s; /* global mode: 0 and the whole generation */
 } sr_run_report;

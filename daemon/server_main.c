@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "attention_cuda/backend_select.h"
+#include "attention_cuda/devcomm_nccl.h"
 #include "backend/backend.h"
 #include "common/error.h"
 #include "common/log.h"
@@ -176,6 +177,7 @@ typedef struct {
     sr_model model;
     bool model_loaded;
     sr_backend *be;
+    sr_devcomm *dc;              /* phase 2's device data plane; NULL: host-staged MPI */
     sr_tokenizer *tok;
     sr_engine *engine;
     sr_api *api;
@@ -258,6 +260,11 @@ static int serve_on_rank(sr_transport *tr, signal_state *sig, int argc, char **a
     if (rc == 0 && s.o.query_rank >= tr->size)
         rc = sr_error_set("--query-rank %d: the job has %d rank%s (0..%d)", s.o.query_rank,
                           tr->size, tr->size == 1 ? "" : "s", tr->size - 1);
+    sr_dataplane plane = SR_DATAPLANE_AUTO;
+    if (rc == 0 && dataplane_parse(s.o.dataplane, &plane) == 0)
+        rc = dataplane_check_request(plane, s.o.backend, tr->size);
+    else if (rc == 0)
+        rc = -1;
     sr_log_level level;
     if (rc == 0 && sr_log_parse_level(s.o.log_level, &level) == 0)
         sr_log_set_level(level);
@@ -311,8 +318,15 @@ static int serve_on_rank(sr_transport *tr, signal_state *sig, int argc, char **a
            (long long)model_count_params(&s.model), now_s() - t_load, tr->size,
            tr->size == 1 ? "" : "s");
 
+    /* Collective: every rank decides the same from the same facts. */
+    rc = devcomm_select(tr, s.be, plane, &s.dc);
+    if (transport_agree(tr, stage(rc), root) != 0) {
+        sr_error_prefix("choosing the data plane: ");
+        goto fail;
+    }
     sr_engine_options eo;
     daemon_options_to_engine(&s.o, &eo);
+    eo.devcomm = s.dc;
     s.engine = engine_create(&eo, tr, s.be, &s.model, s.tok, s.o.model_dir);
     rc = s.engine ? 0 : -1;
     if (rc == 0 && is_query) {
@@ -361,6 +375,7 @@ done:
     api_destroy(s.api);
     if (s.engine)
         engine_destroy(s.engine);
+    devcomm_destroy(s.dc); /* after the engine that uses it, before its backend */
     tokenizer_free(s.tok);
     backend_destroy(s.be);
     if (s.model_loaded)

@@ -84,16 +84,38 @@ void batch_attend_free(sr_batch_attend *A)
         if (A->lse[i])
             be->ops->free(be, A->lse[i]);
     }
-    float *dev[] = {A->o_local, A->lse_local, A->dev_all};
-    for (size_t i = 0; i < 3; i++)
+    float *dev[] = {A->o_local, A->lse_local, A->dev_all, A->dev_send};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i])
             be->ops->free(be, dev[i]);
+    free(A->empty_rows);
     free(A->send);
     free(A->recv);
     free(A->o_ptr);
     free(A->lse_ptr);
     free(A->has_parts);
     memset(A, 0, sizeof *A);
+}
+
+int batch_attend_set_devcomm(sr_batch_attend *A, sr_devcomm *dc)
+{
+    if (!dc || !exchanging(A))
+        return 0;
+    if (dc->size != A->tr->size || dc->rank != A->tr->rank)
+        return sr_error_set("batch attention: the device data plane has rank %d of %d, the "
+                            "transport rank %d of %d",
+                            dc->rank, dc->size, A->tr->rank, A->tr->size);
+    const size_t R = (size_t)A->max_rows, qd = (size_t)A->q_dim, nh = (size_t)A->n_heads;
+    A->dev_send = A->be->ops->alloc(A->be, record_floats(A, A->max_rows, A->max_segs) *
+                                               sizeof(float));
+    A->empty_rows = malloc(R * (qd + nh) * sizeof(float));
+    if (!A->dev_send || !A->empty_rows)
+        return sr_error_prefix("batch attention: the device record for %d rows: ", A->max_rows);
+    memset(A->empty_rows, 0, R * qd * sizeof(float));
+    for (size_t i = 0; i < R * nh; i++)
+        A->empty_rows[R * qd + i] = -INFINITY;
+    A->dc = dc;
+    return 0;
 }
 
 void batch_attend_begin(sr_batch_attend *A, sr_batch_seg *segs, int n_segs)
@@ -242,6 +264,96 @@ static void record_empty_rows(sr_batch_attend *A, float *o, float *lse, int row0
         lse[(size_t)row0 * A->n_heads + i] = -INFINITY;
 }
 
+static bool row_is_empty(const sr_batch_attend *A, int i, bool call_ok, const bool *has_parts)
+{
+    return !call_ok || A->segs[i].failed || !has_parts[i];
+}
+
+/* Host-staged: this rank's o, lse come down into the send record, where
+ * rows with no part here are emptied. Returns call_ok, false (err set)
+ * when the download failed. */
+static bool stage_host(sr_batch_attend *A, int n, bool call_ok, const bool *has_parts, char *err,
+                       size_t cap)
+{
+    sr_backend *be = A->be;
+    float *o = A->send, *lse = A->send + (size_t)n * A->q_dim;
+    if (call_ok &&
+        (be->ops->download(be, o, A->o_local, (size_t)n * A->q_dim * sizeof(float)) != 0 ||
+         be->ops->download(be, lse, A->lse_local, (size_t)n * A->n_heads * sizeof(float)) != 0)) {
+        call_ok = false;
+        snprintf(err, cap, "%s", sr_error_get());
+    }
+    for (int i = 0; i < A->n_segs; i++)
+        if (row_is_empty(A, i, call_ok, has_parts))
+            record_empty_rows(A, o, lse, A->segs[i].row0, A->segs[i].n);
+    return call_ok;
+}
+
+/* Device plane: the attention wrote o, lse into dev_send already; rows
+ * with no part here get o = 0, lse = -inf uploaded from the host template,
+ * one upload per run of neighbouring segments (their rows are
+ * consecutive). Returns call_ok, false (err set) when an upload failed. */
+static bool stage_device(sr_batch_attend *A, int n, bool call_ok, const bool *has_parts,
+                         char *err, size_t cap)
+{
+    sr_backend *be = A->be;
+    const sr_batch_seg *s = A->segs;
+    const size_t qd = (size_t)A->q_dim, nh = (size_t)A->n_heads;
+    const float *zeros = A->empty_rows, *neg_inf = A->empty_rows + (size_t)A->max_rows * qd;
+    for (int i = 0; i < A->n_segs;) {
+        if (!row_is_empty(A, i, call_ok, has_parts)) {
+            i++;
+            continue;
+        }
+        int j = i + 1;
+        while (j < A->n_segs && row_is_empty(A, j, call_ok, has_parts))
+            j++;
+        const size_t r0 = (size_t)s[i].row0, rows = (size_t)(s[j - 1].row0 + s[j - 1].n) - r0;
+        if (be->ops->upload(be, A->dev_send + r0 * qd, zeros, rows * qd * sizeof(float)) != 0 ||
+            be->ops->upload(be, A->dev_send + (size_t)n * qd + r0 * nh, neg_inf,
+                            rows * nh * sizeof(float)) != 0) {
+            /* The call fails here; the others stop at its flag, so the
+             * rest of the record no longer matters. */
+            if (call_ok)
+                snprintf(err, cap, "%s", sr_error_get());
+            return false;
+        }
+        i = j;
+    }
+    return call_ok;
+}
+
+/* Device plane: the flags (host, at flags_off in send) go up into the
+ * record, and the record to every rank, queued on the device. If even this
+ * upload fails the device is gone (and NCCL with it); the all-gather is
+ * still joined, so no peer waits for this rank. */
+static int gather_device(sr_batch_attend *A, size_t rec, size_t flags_off, bool *call_ok,
+                         char *err, size_t cap)
+{
+    if (A->be->ops->upload(A->be, A->dev_send + flags_off, A->send + flags_off,
+                           (size_t)(A->n_segs + 1) * sizeof(float)) != 0 &&
+        *call_ok) {
+        *call_ok = false;
+        snprintf(err, cap, "%s", sr_error_get());
+    }
+    return A->dc->ops->allgather(A->dc, A->dev_send, A->dev_all, rec * sizeof(float));
+}
+
+/* Device plane, after the all-gather: every rank's flags come to the host,
+ * at the place the host-staged path has them in recv, so one check serves
+ * both. The first download waits for the all-gather: the host syncs with
+ * the device once per layer here (acceptable for now; deciding failures
+ * on the device would let the merge be queued before the flags arrive). */
+static int fetch_flags(sr_batch_attend *A, int n, size_t rec)
+{
+    const size_t off = (size_t)n * (A->q_dim + A->n_heads), bytes = (A->n_segs + 1) * sizeof(float);
+    for (int r = 0; r < A->tr->size; r++)
+        if (A->be->ops->download(A->be, A->recv + (size_t)r * rec + off,
+                                 A->dev_all + (size_t)r * rec + off, bytes) != 0)
+            return sr_error_prefix("reading the ranks' flags after the device all-gather: ");
+    return 0;
+}
+
 /* The layer's all-gather and merge of every rank's partials; call_ok ==
  * false sends the call's failure flag. */
 static int exchange(sr_batch_attend *A, int layer, int n, bool call_ok, const bool *has_parts,
@@ -251,34 +363,36 @@ static int exchange(sr_batch_attend *A, int layer, int n, bool call_ok, const bo
     sr_backend *be = A->be;
     const int S = A->n_segs;
     const size_t rec = record_floats(A, n, S);
-    float *o = A->send, *lse = A->send + (size_t)n * A->q_dim, *flags = lse + (size_t)n * A->n_heads;
+    const size_t flags_off = (size_t)n * (A->q_dim + A->n_heads);
+    float *flags = A->send + flags_off; /* host, on both planes */
     char err[512];
     snprintf(err, sizeof err, "%s", call_ok ? "" : sr_error_get());
-    if (call_ok &&
-        (be->ops->download(be, o, A->o_local, (size_t)n * A->q_dim * sizeof(float)) != 0 ||
-         be->ops->download(be, lse, A->lse_local, (size_t)n * A->n_heads * sizeof(float)) != 0)) {
-        call_ok = false;
-        snprintf(err, sizeof err, "%s", sr_error_get());
-    }
-    for (int i = 0; i < S; i++) {
-        const sr_batch_seg *s = &A->segs[i];
-        if (!call_ok || s->failed || !has_parts[i])
-            record_empty_rows(A, o, lse, s->row0, s->n);
-        flags[i] = s->failed ? 1.0f : 0.0f;
-    }
+    call_ok = A->dc ? stage_device(A, n, call_ok, has_parts, err, sizeof err)
+                    : stage_host(A, n, call_ok, has_parts, err, sizeof err);
+    for (int i = 0; i < S; i++)
+        flags[i] = A->segs[i].failed ? 1.0f : 0.0f;
     flags[S] = call_ok ? 0.0f : 1.0f;
+    /* The metric: from the start of the all-gather until this rank holds
+     * every rank's flags (on the device plane, the flags' download; it
+     * also waits out this rank's own attention still queued on the
+     * device, which the host-staged path waited for in its download). */
     const double t0 = mono_s();
-    if (tr->ops->allgather(tr, A->send, A->recv, rec * sizeof(float)) != 0)
+    if (A->dc ? gather_device(A, rec, flags_off, &call_ok, err, sizeof err) != 0
+              : tr->ops->allgather(tr, A->send, A->recv, rec * sizeof(float)) != 0)
         return -1;
-    A->allgather_s += mono_s() - t0;
-    A->allgathers++;
     A->layers_synced++;
     if (!call_ok) {
+        A->allgather_s += mono_s() - t0;
+        A->allgathers++;
         A->failed_here = true;
         return sr_error_set("%s", err);
     }
+    if (A->dc && fetch_flags(A, n, rec) != 0)
+        return -1;
+    A->allgather_s += mono_s() - t0;
+    A->allgathers++;
     for (int r = 0; r < tr->size; r++) {
-        const float *fr = A->recv + (size_t)r * rec + (size_t)n * (A->q_dim + A->n_heads);
+        const float *fr = A->recv + (size_t)r * rec + flags_off;
         if (fr[S] != 0.0f) {
             A->failed_elsewhere = true;
             return sr_error_set("rank %d failed in layer %d of a batched step", r, layer);
@@ -289,7 +403,9 @@ static int exchange(sr_batch_attend *A, int layer, int n, bool call_ok, const bo
                 snprintf(A->segs[i].error, sizeof A->segs[i].error, "failed on rank %d", r);
             }
     }
-    if (be->ops->upload(be, A->dev_all, A->recv, rec * (size_t)tr->size * sizeof(float)) != 0)
+    /* The device plane gathered straight into dev_all. */
+    if (!A->dc &&
+        be->ops->upload(be, A->dev_all, A->recv, rec * (size_t)tr->size * sizeof(float)) != 0)
         return -1;
     for (int r = 0; r < tr->size; r++) {
         A->o_ptr[r] = A->dev_all + (size_t)r * rec;
@@ -324,7 +440,11 @@ int batch_attend(void *user, int layer, const float *q, const float *k, const fl
             }
         return 0;
     }
-    attend_local(A, layer, q, k, v, pos, A->o_local, A->lse_local, has);
+    /* The device plane's record is written in place: o, then lse after n
+     * rows of o (record_floats' layout). */
+    float *o_rec = A->dc ? A->dev_send : A->o_local;
+    float *lse_rec = A->dc ? A->dev_send + (size_t)n * A->q_dim : A->lse_local;
+    attend_local(A, layer, q, k, v, pos, o_rec, lse_rec, has);
     return exchange(A, layer, n, true, has, out);
 }
 

@@ -16,7 +16,11 @@
  * Phase 1 is local to a rank (tr == NULL). In phase 2 (tr set) each rank's
  * merged (o, lse) of all rows goes into one packed all-gather per layer for
  * the whole batch, with a failure flag per segment and one for the call,
- * and every rank merges all ranks' partials. A segment that fails on some
+ * and every rank merges all ranks' partials. The all-gather is host-staged
+ * over the transport (download, MPI, upload), or with a device data plane
+ * (ring/devcomm.h, NCCL) device to device: the record is then written in
+ * place by the attention and only the flags come to the host.
+ * A segment that fails on some
  * rank (its attention, its KV write) is flagged and carried to the end of
  * the call with zero output, so the other jobs in the batch go on and
  * every rank sees the same failed segments; a failure outside the
@@ -30,6 +34,7 @@
 
 #include "backend/backend.h"
 #include "engine/kv_pool.h"
+#include "ring/devcomm.h"
 #include "ring/transport.h"
 
 typedef struct {
@@ -57,7 +62,11 @@ typedef struct {
     float *o[3], *lse[3];   /* backend, per part: [max_rows, q_dim], [max_rows, n_heads] */
     float *o_local, *lse_local;
     float *send, *recv;     /* host records: o, lse, segment flags, call flag */
-    float *dev_all;
+    float *dev_all;         /* backend: every rank's record, what the merge reads */
+    sr_devcomm *dc;         /* NULL: host-staged over tr; else the device data plane */
+    float *dev_send;        /* dc: this rank's record, written in place (backend) */
+    float *empty_rows;      /* dc, host: max_rows x q_dim zeros, then max_rows x n_heads
+                             * -inf, uploaded over rows that have no part here */
     const float **o_ptr, **lse_ptr;
     int layers_synced;      /* exchanges done in the current forward call */
     bool failed_here, failed_elsewhere;  /* the whole call */
@@ -73,6 +82,10 @@ typedef struct {
 int batch_attend_init(sr_batch_attend *A, sr_backend *be, sr_transport *tr,
                       const sr_model_config *cfg, int max_rows, int max_segs);
 void batch_attend_free(sr_batch_attend *A);
+/* After init, before the first call: phase 2's all-gathers go device to
+ * device through dc (borrowed; its ranks are tr's). dc == NULL or no
+ * exchange (phase 1, one rank): nothing changes. 0, or -1 + sr_error. */
+int batch_attend_set_devcomm(sr_batch_attend *A, sr_devcomm *dc);
 /* Before a forward call: its segments (cover rows 0..n consecutively). */
 void batch_attend_begin(sr_batch_attend *A, sr_batch_seg *segs, int n_segs);
 /* sr_attend_fn; user = sr_batch_attend. */

@@ -154,7 +154,7 @@ sr_engine *engine_create(const sr_engine_options *o, sr_transport *tr, sr_backen
         e->pages_per_rank = (int)pages;
     }
     if (rc == 0)
-        rc = rank_state_init(&e->rs, tr, be, m, e->o.query_rank, e->page_tokens,
+        rc = rank_state_init(&e->rs, tr, be, e->o.devcomm, m, e->o.query_rank, e->page_tokens,
                              e->pages_per_rank, e->o.chunk_rows, e->o.max_batch);
     if (rc == 0 && e->is_query) {
         e->avail = malloc((size_t)e->n_ranks * sizeof *e->avail);

@@ -12,6 +12,7 @@
 #include "backend/backend.h"
 #include "hosts/job_api.h"
 #include "model/model.h"
+#include "ring/devcomm.h"
 #include "ring/transport.h"
 #include "tokenizer/tokenizer.h"
 
@@ -27,6 +28,8 @@ typedef struct {
     int query_rank;
     int chunk_rows;                 /* rows per forward call */
     int max_queue;                  /* queued jobs before UNAVAILABLE/RESOURCE_EXHAUSTED (default 1024) */
+    sr_devcomm *devcomm;            /* phase 2's device data plane (devcomm_select), borrowed
+                                     * and outliving the engine; NULL: host-staged over MPI */
 } sr_engine_options;
 
 void engine_options_default(sr_engine_options *o);

@@ -93,8 +93,8 @@ static int run_phase1(job_state *J, sr_transport *tr, const sr_plan *p, int *els
     return phase1_star(J->p1, p, tr->rank, &J->sys, &J->shard);
 }
 
-static int setup_phase2(job_state *J, sr_transport *tr, sr_backend *be, const sr_model *m,
-                        const sr_plan *p)
+static int setup_phase2(job_state *J, sr_transport *tr, sr_backend *be, sr_devcomm *dc,
+                        const sr_model *m, const sr_plan *p)
 {
     const int is_query = tr->rank == p->query_rank;
     ring_attn_free(&J->ring);
@@ -112,12 +112,14 @@ static int setup_phase2(job_state *J, sr_transport *tr, sr_backend *be, const sr
         memcpy(J->history + p->n_system, p->context_ids,
                (size_t)p->n_context * sizeof *J->history);
     }
-    return phase2_init(&J->p2, tr, &J->f2, p->query_rank, is_query ? &J->sys : NULL, &J->shard,
-                       is_query ? &J->qcache : NULL, p->n_query);
+    if (phase2_init(&J->p2, tr, &J->f2, p->query_rank, is_query ? &J->sys : NULL, &J->shard,
+                    is_query ? &J->qcache : NULL, p->n_query) != 0)
+        return -1;
+    return phase2_set_devcomm(&J->p2, dc);
 }
 
-int job_run(sr_transport *tr, sr_backend *be, const sr_model *m, const sr_plan *p,
-            const sr_generate_request *req, sr_job_result *res)
+int job_run(sr_transport *tr, sr_backend *be, sr_devcomm *dc, const sr_model *m,
+            const sr_plan *p, const sr_generate_request *req, sr_job_result *res)
 {
     memset(res, 0, sizeof *res);
     job_state J;
@@ -142,7 +144,7 @@ int job_run(sr_transport *tr, sr_backend *be, const sr_model *m, const sr_plan *
     sr_log(SR_LOG_DEBUG, "phase 1 done: %d system + %d context tokens held in %.3f s",
            J.sys.len, J.shard.len, res->phase1_s);
 
-    src = setup_phase2(&J, tr, be, m, p);
+    src = setup_phase2(&J, tr, be, dc, m, p);
     if (transport_agree(tr, status_of(src, 0), root) != 0) {
         sr_error_prefix("setting up phase 2: ");
         goto done;

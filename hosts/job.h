@@ -10,6 +10,7 @@
 #include "engine/generate.h"
 #include "hosts/plan.h"
 #include "model/model.h"
+#include "ring/devcomm.h"
 #include "ring/transport.h"
 
 typedef struct {
@@ -20,9 +21,11 @@ typedef struct {
 
 /* req (query host only; NULL elsewhere) carries sampling, stop rules,
  * tokenizer, first_logits and streaming; its prompt, history and pos0 are
- * filled from the plan here. Returns 0 on every rank or -1 on every rank. */
-int job_run(sr_transport *tr, sr_backend *be, const sr_model *m, const sr_plan *p,
-            const sr_generate_request *req, sr_job_result *res);
+ * filled from the plan here. dc: phase 2's device data plane (borrowed;
+ * devcomm_select), NULL for the host-staged all-gather over tr. Returns 0
+ * on every rank or -1 on every rank. */
+int job_run(sr_transport *tr, sr_backend *be, sr_devcomm *dc, const sr_model *m,
+            const sr_plan *p, const sr_generate_request *req, sr_job_result *res);
 void job_result_free(sr_job_result *res);
 
 #endif

@@ -57,8 +57,8 @@ void phase2_free(sr_phase2 *P)
         return;
     sr_backend *be = P->fwd->be;
     attn_parts_free(&P->parts);
-    float *dev[] = {P->dev_all, P->o_local, P->lse_local};
-    for (size_t i = 0; i < 3; i++)
+    float *dev[] = {P->dev_all, P->o_local, P->lse_local, P->dev_send};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i])
             be->ops->free(be, dev[i]);
     free(P->step_msg);
@@ -69,8 +69,25 @@ void phase2_free(sr_phase2 *P)
     memset(P, 0, sizeof *P);
 }
 
+int phase2_set_devcomm(sr_phase2 *P, sr_devcomm *dc)
+{
+    if (!dc)
+        return 0;
+    if (dc->size != P->tr->size || dc->rank != P->tr->rank)
+        return sr_error_set("phase 2: the device data plane has rank %d of %d, the transport "
+                            "rank %d of %d",
+                            dc->rank, dc->size, P->tr->rank, P->tr->size);
+    sr_backend *be = P->fwd->be;
+    P->dev_send = be->ops->alloc(be, record_floats(P, P->fwd->max_rows) * sizeof(float));
+    if (!P->dev_send)
+        return sr_error_prefix("phase 2: the device record for %d rows: ", P->fwd->max_rows);
+    P->dc = dc;
+    return 0;
+}
+
 /* This rank's attention of the new rows to the KV it holds, merged into
- * one (o, lse) and staged in the send record. */
+ * one (o, lse) and staged in the send record: host memory for the
+ * host-staged plane, written in place in dev_send for the device plane. */
 static int attend_local(sr_phase2 *P, int layer, const float *q, const float *k, const float *v,
                         const int32_t *pos, int n)
 {
@@ -94,12 +111,43 @@ static int attend_local(sr_phase2 *P, int layer, const float *q, const float *k,
      * empty shard gives lse = -inf, which the merge ignores. */
     if (attn_parts_add_kv(&P->parts, P->shard, layer, q, pos, n, 0, P->shard->len) != 0)
         return -1;
+    if (P->dc)
+        return attn_parts_merge(&P->parts, n, P->dev_send, P->dev_send + (size_t)n * P->q_dim);
     if (attn_parts_merge(&P->parts, n, P->o_local, P->lse_local) != 0)
         return -1;
     if (be->ops->download(be, P->send, P->o_local, (size_t)n * P->q_dim * sizeof(float)) != 0 ||
         be->ops->download(be, P->send + (size_t)n * P->q_dim, P->lse_local,
                           (size_t)n * P->n_heads * sizeof(float)) != 0)
         return -1;
+    return 0;
+}
+
+/* Device plane: this rank's status goes up into its record, and the
+ * record to every rank, queued on the device (the host does not wait). A
+ * failed upload means the device is gone (and NCCL with it); the
+ * all-gather is still joined, so no peer waits for this rank. */
+static int gather_device(sr_phase2 *P, size_t rec, int *ok, char *err, size_t cap)
+{
+    sr_backend *be = P->fwd->be;
+    if (be->ops->upload(be, P->dev_send + rec - 1, &P->send[rec - 1], sizeof(float)) != 0 &&
+        *ok) {
+        *ok = 0;
+        snprintf(err, cap, "%s", sr_error_get());
+    }
+    return P->dc->ops->allgather(P->dc, P->dev_send, P->dev_all, rec * sizeof(float));
+}
+
+/* Device plane, after the all-gather: every rank's status to the host, at
+ * the place the host-staged path has it in recv. The first download waits
+ * for the all-gather: one host sync per layer (acceptable for now). */
+static int fetch_statuses(sr_phase2 *P, size_t rec)
+{
+    sr_backend *be = P->fwd->be;
+    for (int r = 0; r < P->tr->size; r++) {
+        size_t at = (size_t)r * rec + rec - 1;
+        if (be->ops->download(be, P->recv + at, P->dev_all + at, sizeof(float)) != 0)
+            return sr_error_prefix("reading the ranks' status after the device all-gather: ");
+    }
     return 0;
 }
 
@@ -112,19 +160,24 @@ static int exchange(sr_phase2 *P, int layer, int n, int ok, float *out)
     snprintf(err, sizeof err, "%s", ok ? "" : sr_error_get());
     const size_t rec = record_floats(P, n);
     P->send[rec - 1] = ok ? 0.0f : 1.0f;
-    if (tr->ops->allgather(tr, P->send, P->recv, rec * sizeof(float)) != 0)
+    if (P->dc ? gather_device(P, rec, &ok, err, sizeof err) != 0
+              : tr->ops->allgather(tr, P->send, P->recv, rec * sizeof(float)) != 0)
         return -1;
     P->layers_synced++;
     if (!ok) {
         P->failed_here = 1;
         return sr_error_set("%s", err);
     }
+    if (P->dc && fetch_statuses(P, rec) != 0)
+        return -1;
     for (int r = 0; r < tr->size; r++)
         if (P->recv[(size_t)r * rec + rec - 1] != 0.0f) {
             P->failed_elsewhere = 1;
             return sr_error_set("rank %d failed in layer %d of phase 2", r, layer);
         }
-    if (be->ops->upload(be, P->dev_all, P->recv, rec * (size_t)tr->size * sizeof(float)) != 0)
+    /* The device plane gathered straight into dev_all. */
+    if (!P->dc &&
+        be->ops->upload(be, P->dev_all, P->recv, rec * (size_t)tr->size * sizeof(float)) != 0)
         return -1;
     for (int r = 0; r < tr->size; r++) {
         P->o_ptr[r] = P->dev_all + (size_t)r * rec;

@@ -2,7 +2,9 @@
  * on each generated token, in lockstep. Per layer each rank attends the new
  * rows to the KV it holds (the query host also to the system prompt and to
  * the query/generated tokens' KV, causally), and one packed all-gather of
- * {o, lse, status} lets every rank merge all partials into the same output.
+ * {o, lse, status} lets every rank merge all partials into the same output:
+ * host-staged over the transport, or device to device through a data plane
+ * (ring/devcomm.h, NCCL), where only the statuses come to the host.
  *
  * The query host drives: phase2_step (an sr_step_fn for generate_run)
  * broadcasts each step (rows, ids, positions) before computing it; the
@@ -15,6 +17,7 @@
 #include "engine/forward.h"
 #include "engine/kvcache.h"
 #include "ring/attn_parts.h"
+#include "ring/devcomm.h"
 #include "ring/transport.h"
 
 typedef struct {
@@ -28,7 +31,9 @@ typedef struct {
     int n_heads, head_dim, q_dim;
     size_t rec_floats;      /* floats per rank per row: o, lse (+1 status per record) */
     float *send, *recv;     /* host: one record, all ranks' records */
-    float *dev_all;         /* backend copy of recv */
+    float *dev_all;         /* backend: every rank's record, what the merge reads */
+    sr_devcomm *dc;         /* NULL: host-staged over tr; else the device data plane */
+    float *dev_send;        /* dc: this rank's record, written in place (backend) */
     float *o_local, *lse_local;
     const float **o_ptr, **lse_ptr;
     int max_step_rows;      /* the largest step (the query's rows) */
@@ -42,6 +47,10 @@ typedef struct {
 int phase2_init(sr_phase2 *P, sr_transport *tr, sr_forward *fwd, int query_rank, sr_kvcache *sys,
                 sr_kvcache *shard, sr_kvcache *qcache, int max_step_rows);
 void phase2_free(sr_phase2 *P);
+/* After init, before the first step: the all-gathers go device to device
+ * through dc (borrowed; its ranks are tr's). dc == NULL: host-staged. 0, or
+ * -1 + sr_error. */
+int phase2_set_devcomm(sr_phase2 *P, sr_devcomm *dc);
 
 /* sr_step_fn for generate_run on the query host; user = sr_phase2. */
 int phase2_step(void *user, const int32_t *ids, const int32_t *pos, int n, float *logits);

@@ -10,8 +10,9 @@
 #include "hosts/rank_ring.h"
 #include "hosts/step_msg.h"
 
-int rank_state_init(sr_rank_state *rs, sr_transport *tr, sr_backend *be, const sr_model *m,
-                    int query_rank, int page_tokens, int n_pages, int chunk_rows, int max_segs)
+int rank_state_init(sr_rank_state *rs, sr_transport *tr, sr_backend *be, sr_devcomm *dc,
+                    const sr_model *m, int query_rank, int page_tokens, int n_pages,
+                    int chunk_rows, int max_segs)
 {
     memset(rs, 0, sizeof *rs);
     rs->tr = tr;
@@ -27,7 +28,8 @@ int rank_state_init(sr_rank_state *rs, sr_transport *tr, sr_backend *be, const s
     /* Only the query host samples; the others never compute logits. */
     if (forward_init_logits(&rs->fwd, be, m, chunk_rows, rs->is_query ? max_segs : 1) != 0 ||
         batch_attend_init(&rs->p1, be, NULL, &m->cfg, chunk_rows, max_segs) != 0 ||
-        batch_attend_init(&rs->p2, be, tr, &m->cfg, chunk_rows, max_segs) != 0) {
+        batch_attend_init(&rs->p2, be, tr, &m->cfg, chunk_rows, max_segs) != 0 ||
+        batch_attend_set_devcomm(&rs->p2, dc) != 0) {
         rank_state_free(rs);
         return -1;
     }

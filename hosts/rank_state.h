@@ -96,9 +96,11 @@ typedef struct {
 } sr_rank_state;
 
 /* Pool of n_pages pages; forward calls of up to chunk_rows rows and
- * max_segs jobs. */
-int rank_state_init(sr_rank_state *rs, sr_transport *tr, sr_backend *be, const sr_model *m,
-                    int query_rank, int page_tokens, int n_pages, int chunk_rows, int max_segs);
+ * max_segs jobs. dc: phase 2's device data plane (borrowed), or NULL for
+ * the host-staged all-gather over tr. */
+int rank_state_init(sr_rank_state *rs, sr_transport *tr, sr_backend *be, sr_devcomm *dc,
+                    const sr_model *m, int query_rank, int page_tokens, int n_pages,
+                    int chunk_rows, int max_segs);
 void rank_state_free(sr_rank_state *rs);
 
 /* Executes one step plan (every rank, the query host too) and ends with
