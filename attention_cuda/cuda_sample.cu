@@ -16,7 +16,8 @@
  *    radix search on (logit descending, id ascending) keys, weighted by
  *    probability, finds the last token the host's ascending walk keeps;
  *  - the draw picks a bucket from the bucket masses and walks that bucket's
- *    tokens in id order (the host's order) with a block-wide prefix sum.
+ *    tokens in id order (the host's order): per-warp sums over contiguous
+ *    runs of ids pick the run, one warp walks it with a prefix sum.
  *
  * Masses are summed in 64-bit fixed point relative to their bucket's top
  * (every weight in bucket b lies in (exp(-(b+1)/8), exp(-b/8)]), so the
@@ -165,36 +166,6 @@ __device__ int block_argmax(float v, int id, sample_smem &sh)
     return bv > -INFINITY ? bi : 0;
 }
 
-/* Inclusive prefix sum in thread order; *total gets the block's sum. The
- * tree is fixed, so the result is the same on every run. */
-__device__ double block_scan(double v, double *total, sample_smem &sh)
-{
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    for (int o = 1; o < 32; o <<= 1) {
-        double n = __shfl_up_sync(0xffffffffu, v, o);
-        if (lane >= o)
-            v += n;
-    }
-    if (lane == 31)
-        sh.dred[w] = v;
-    __syncthreads();
-    if (w == 0) {
-        double t = sh.dred[lane];
-        for (int o = 1; o < 32; o <<= 1) {
-            double n = __shfl_up_sync(0xffffffffu, t, o);
-            if (lane >= o)
-                t += n;
-        }
-        sh.dred[lane] = t;
-    }
-    __syncthreads();
-    if (w > 0)
-        v += sh.dred[w - 1];
-    *total = sh.dred[SAMPLE_WARPS - 1];
-    __syncthreads();
-    return v;
-}
-
 /* ---- the kernel ---- */
 
 /* Is token i (logit v after temperature) still in after top-k and top-p?
@@ -212,6 +183,19 @@ __device__ __forceinline__ bool kept(float v, int i, double m, float lo, int las
     *bucket = b;
     *e = exp(-d);
     return true;
+}
+
+/* A token's weight in the walk: its probability weight when it is in the
+ * chosen bucket and passes min-p, 1 for a +inf token in the +inf case. */
+__device__ __forceinline__ double walk_weight(float v, int i, bool inf_case, double m, float lo,
+                                              int last, unsigned long long cut, int bsel,
+                                              double mp)
+{
+    if (inf_case)
+        return v == INFINITY ? 1.0 : 0.0;
+    int b;
+    double e;
+    return kept(v, i, m, lo, last, cut, &b, &e) && b == bsel && !(e < mp) ? e : 0.0;
 }
 
 __global__ void __launch_bounds__(SAMPLE_THREADS)
@@ -497,46 +481,66 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     }
 
     /* ---- the walk: the first token whose running sum passes target, in id
-     * order, over the chosen bucket (or over the +inf tokens, weight 1) ---- */
+     * order, over the chosen bucket (or over the +inf tokens, weight 1).
+     * Each warp owns a contiguous run of ids and sums its weights; thread 0
+     * finds the warp whose run holds the target; that warp alone walks its
+     * run, 32 ids a step, with a warp prefix sum. One pass over the row and
+     * one short walk, instead of a block-wide scan per 1024 ids. ---- */
     const double mp = (double)P.min_p;
+    const int lane = tid & 31, wp = tid >> 5;
+    const int run = ((V + SAMPLE_WARPS - 1) / SAMPLE_WARPS + 31) & ~31;
+    const int r0 = wp * run, r1 = r0 + run < V ? r0 + run : V;
+    double ws = 0.0;
+    for (int i = r0 + lane; i < r1; i += 32)
+        ws += walk_weight(x[i], i, inf_case, m, lo, last, cut, bsel, mp);
+    for (int o = 16; o > 0; o >>= 1)
+        ws += __shfl_xor_sync(0xffffffffu, ws, o);
+    if (lane == 0)
+        sh.dred[wp] = ws;
+    __syncthreads();
     if (tid == 0) {
-        sh.found = INT_MAX;
-        sh.last_id = -1;
+        double c = 0.0;
+        int fw = -1, last_w = -1;
+        for (int k = 0; k < SAMPLE_WARPS; k++) {
+            if (sh.dred[k] > 0.0)
+                last_w = k;
+            if (fw < 0 && sh.dred[k] > 0.0 && target < c + sh.dred[k])
+                fw = k;
+            if (fw < 0)
+                c += sh.dred[k];
+        }
+        /* target past the whole sum (rounding): the last token, as the host */
+        sh.bsel = fw >= 0 ? fw : last_w;
+        sh.target = fw >= 0 ? target - c : INFINITY;
     }
     __syncthreads();
-    double carry = 0.0;
-    for (int base = 0; base < V; base += NT) {
-        const int i = base + tid;
-        double w = 0.0;
-        if (i < V) {
-            float v = x[i];
-            if (inf_case) {
-                w = v == INFINITY ? 1.0 : 0.0;
-            } else {
-                int b;
-                double e;
-                if (kept(v, i, m, lo, last, cut, &b, &e) && b == bsel && !(e < mp))
-                    w = e;
+    if (wp == sh.bsel) {
+        const double tg = sh.target;
+        double carry = 0.0;
+        int id = -1, last_id = -1;
+        for (int base = r0; base < r1 && id < 0; base += 32) {
+            const int i = base + lane;
+            double w = i < r1 ? walk_weight(x[i], i, inf_case, m, lo, last, cut, bsel, mp) : 0.0;
+            double incl = w;
+            for (int o = 1; o < 32; o <<= 1) {
+                double n = __shfl_up_sync(0xffffffffu, incl, o);
+                if (lane >= o)
+                    incl += n;
             }
+            unsigned hit = __ballot_sync(0xffffffffu, w > 0.0 && tg < carry + incl);
+            unsigned pos = __ballot_sync(0xffffffffu, w > 0.0);
+            if (hit)
+                id = base + __ffs(hit) - 1;
+            if (pos)
+                last_id = base + 31 - __clz(pos);
+            carry += __shfl_sync(0xffffffffu, incl, 31);
         }
-        double total;
-        double incl = block_scan(w, &total, sh);
-        if (w > 0.0) {
-            if (target < carry + incl)
-                atomicMin(&sh.found, i);
-            atomicMax(&sh.last_id, i);
-        }
-        __syncthreads();
-        if (sh.found != INT_MAX)
-            break;
-        carry += total;
-    }
-    if (tid == 0) {
-        int id = sh.found != INT_MAX ? sh.found : sh.last_id;
-        out[blockIdx.x] = id >= 0 ? id : 0;
+        if (lane == 0)
+            out[blockIdx.x] = id >= 0 ? id : last_id >= 0 ? last_id : 0;
+    } else if (sh.bsel < 0 && tid == 0) {
+        out[blockIdx.x] = 0; /* nothing has weight: not reached for a valid row */
     }
 }
-
 /* ---- the operation ---- */
 
 /* Upload, kernel, ids back, wait; `host` holds [rows][penalty ids]. */
