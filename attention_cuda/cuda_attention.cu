@@ -1,7 +1,8 @@
 /* Attention with log-sum-exp and the merge of partial results on the GPU.
  *
  * The split-key kernel (flash-decoding) serves decode and every shape the
- * tensor-core prefill kernel (cuda_prefill.cu) does not take. The keys are
+ * tensor-core kernels (cuda_prefill.cu; cuda_relay.cu for several rows
+ * against an unmasked KV) do not take. The keys are
  * cut into `splits` contiguous ranges; one block handles one kv head, one
  * range and up to QPB query vectors (query rows x the query heads that
  * share the kv head), so each K/V row is read once for all of them (GQA).
