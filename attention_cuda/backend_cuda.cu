@@ -65,6 +65,26 @@ void backend_cuda_set_attention_variant(sr_backend *be, int variant)
     cuda_ctx_of(be)->split_variant = variant == 1 ? 1 : 0;
 }
 
+void backend_cuda_set_graphs(sr_backend *be, int on)
+{
+    cuda_ctx_of(be)->graphs = on != 0;
+}
+
+void backend_cuda_set_pdl(sr_backend *be, int on)
+{
+    cuda_ctx_of(be)->pdl = on != 0;
+}
+
+/* Inside a graph record, work that waits for the device or reads host
+ * memory cannot be recorded: refused, so the record is dropped and the
+ * caller queues the work as usual (cuda_graph.cu). */
+static int refuse_while_recording(const cuda_ctx *ctx, const char *what)
+{
+    if (ctx->capturing)
+        return sr_error_set("cuda: %s while recording a device graph", what);
+    return 0;
+}
+
 static void *cuda_alloc(sr_backend *be, size_t bytes)
 {
     (void)be;
@@ -94,6 +114,8 @@ static int cuda_upload(sr_backend *be, void *dst, const void *src_host, size_t b
     cuda_ctx *ctx = cuda_ctx_of(be);
     if (!bytes)
         return 0;
+    if (refuse_while_recording(ctx, "an upload") != 0)
+        return -1;
     /* From pageable memory this returns once the source has been staged, so
      * the caller may reuse its buffer; the copy stays ordered on the stream. */
     CUDA_TRY(cudaMemcpyAsync(dst, src_host, bytes, cudaMemcpyHostToDevice, ctx->stream));
@@ -105,6 +127,8 @@ static int cuda_download(sr_backend *be, void *dst_host, const void *src, size_t
     cuda_ctx *ctx = cuda_ctx_of(be);
     if (!bytes)
         return 0;
+    if (refuse_while_recording(ctx, "a download") != 0)
+        return -1;
     CUDA_TRY(cudaMemcpyAsync(dst_host, src, bytes, cudaMemcpyDeviceToHost, ctx->stream));
     CUDA_TRY(cudaStreamSynchronize(ctx->stream));
     return 0;
@@ -121,6 +145,8 @@ static int cuda_copy(sr_backend *be, void *dst, const void *src, size_t bytes)
 
 static int cuda_sync(sr_backend *be)
 {
+    if (refuse_while_recording(cuda_ctx_of(be), "a wait for the device") != 0)
+        return -1;
     CUDA_TRY(cudaStreamSynchronize(cuda_ctx_of(be)->stream));
     return 0;
 }
@@ -221,6 +247,8 @@ static int cuda_weights_prepare(sr_backend *be, const sr_model *host, sr_model *
     cuda_ctx *ctx = cuda_ctx_of(be);
     const int L = host->cfg.n_layers;
     memset(out, 0, sizeof *out);
+    if (refuse_while_recording(ctx, "weights_prepare") != 0)
+        return -1;
     if (ctx->n_prepared == ctx->cap_prepared) {
         int cap = ctx->cap_prepared ? 2 * ctx->cap_prepared : 4;
         cuda_prepared *p = (cuda_prepared *)realloc(ctx->prepared, (size_t)cap * sizeof *p);
@@ -366,6 +394,7 @@ static void cuda_destroy(sr_backend *be)
     if (ctx) {
         if (ctx->stream)
             cudaStreamSynchronize(ctx->stream);
+        cuda_graph_cache_free(ctx);
         for (int i = 0; i < ctx->n_prepared; i++)
             cudaFree(ctx->prepared[i].base);
         free(ctx->prepared);
@@ -402,8 +431,38 @@ static const sr_backend_ops cuda_ops = {
     .merge = cuda_merge,
     .swiglu = cuda_swiglu,
     .add = cuda_add,
+    .matmul_multi = cuda_matmul_multi,
+    .matmul_glu = cuda_matmul_glu,
+    .add_rmsnorm = cuda_add_rmsnorm,
+    .rope_qk = cuda_rope_qk,
+    .graph_begin = cuda_graph_begin,
+    .graph_end = cuda_graph_end,
+    .graph_release = cuda_graph_release,
     .sample = cuda_sample,
 };
+
+/* The same without the fused operations (backend_cuda_set_fused(be, 0), for
+ * A/B measurements): the forward pass then runs the plain ones. */
+static const sr_backend_ops cuda_ops_unfused = [] {
+    sr_backend_ops o = cuda_ops;
+    o.matmul_multi = NULL;
+    o.matmul_glu = NULL;
+    o.add_rmsnorm = NULL;
+    o.rope_qk = NULL;
+    return o;
+}();
+
+void backend_cuda_set_fused(sr_backend *be, int on)
+{
+    be->ops = on ? &cuda_ops : &cuda_ops_unfused;
+}
+
+/* An environment switch: unset or anything but "0" is on. */
+static int env_on(const char *name)
+{
+    const char *v = getenv(name);
+    return !(v && strcmp(v, "0") == 0);
+}
 
 static int cuda_ctx_init(cuda_ctx *ctx, int device)
 {
@@ -432,6 +491,8 @@ static int cuda_ctx_init(cuda_ctx *ctx, int device)
     CUBLAS_TRY(cublasSetWorkspace(ctx->cublas, ctx->cublas_ws, ctx->cublas_ws_bytes));
     ctx->attn_ws_bytes = CUDA_ATTN_WS_BYTES;
     CUDA_TRY(cudaMalloc((void **)&ctx->attn_ws, ctx->attn_ws_bytes));
+    ctx->graphs = env_on("STARRELAY_CUDA_GRAPHS");
+    ctx->pdl = env_on("STARRELAY_CUDA_PDL");
     return 0;
 }
 

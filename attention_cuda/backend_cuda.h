@@ -79,6 +79,24 @@ void backend_cuda_weight_free(sr_backend *be, sr_weight *dev);
  * the default KV budget and capacity reports. 0, or -1 + sr_error. */
 int backend_cuda_memory_info(const sr_backend *be, size_t *free_bytes, size_t *total_bytes);
 
+/* The decode step's launch-gap removers, on by default; off for A/B
+ * measurements and tests. Graphs: graph_begin records (the environment's
+ * STARRELAY_CUDA_GRAPHS=0 turns them off at create). PDL: the GEMV, norm and
+ * RoPE kernels start while the kernel before them drains
+ * (STARRELAY_CUDA_PDL=0). Fused: the optional fused operations of
+ * backend.h are offered (0: the forward pass runs the plain ones). */
+void backend_cuda_set_graphs(sr_backend *be, int on);
+void backend_cuda_set_pdl(sr_backend *be, int on);
+void backend_cuda_set_fused(sr_backend *be, int on);
+
+/* What the graph cache did since create: records launched as graphs,
+ * cached graphs updated in place, graphs instantiated, records dropped
+ * (the work queued as usual instead). */
+typedef struct {
+    unsigned long long launches, updates, instantiations, fallbacks;
+} cuda_graph_stats;
+void backend_cuda_graph_stats(const sr_backend *be, cuda_graph_stats *out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -34,6 +34,10 @@ typedef struct {
     int split_variant;          /* split-key kernel shape, see cuda_attention.cu */
     cuda_prepared *prepared;
     int n_prepared, cap_prepared;
+    int pdl;                    /* programmatic dependent launches (cuda_ops.cu) */
+    int graphs;                 /* graph_begin records (STARRELAY_CUDA_GRAPHS=0: off) */
+    int capturing;              /* inside graph_begin .. graph_end */
+    struct cuda_graph_cache *graph_cache; /* cuda_graph.cu */
     void *sample_ws;            /* cuda_sample.cu: row parameters, penalty ids, ids out; */
     size_t sample_ws_bytes;     /* grows to the largest batch, then stays */
 } cuda_ctx;
@@ -53,6 +57,23 @@ int cuda_swiglu(sr_backend *be, const float *gate, const float *up, size_t n, fl
 int cuda_add(sr_backend *be, float *x, const float *y, size_t n);
 int cuda_matmul(sr_backend *be, const float *x, const sr_weight *w, const sr_weight *bias, int n,
                 float *y);
+
+/* Fused forms (backend.h's optional operations), cuda_ops.cu. */
+int cuda_matmul_multi(sr_backend *be, const float *x, int n, int count,
+                      const sr_weight *const *w, const sr_weight *const *bias, float *const *y);
+int cuda_matmul_glu(sr_backend *be, const float *x, const sr_weight *w_gate,
+                    const sr_weight *b_gate, const sr_weight *w_up, const sr_weight *b_up, int n,
+                    float *out, float *scratch);
+int cuda_add_rmsnorm(sr_backend *be, float *x, const float *y, const sr_weight *w, int n, int dim,
+                     float eps, float *out);
+int cuda_rope_qk(sr_backend *be, float *q, float *k, const int32_t *pos, int n, int n_heads,
+                 int n_kv, int head_dim, int q_stride, int k_stride, const float *inv_freq);
+
+/* Device graphs (cuda_graph.cu): backend.h's graph_begin/end/release. */
+int cuda_graph_begin(sr_backend *be, uint64_t owner, uint64_t key);
+int cuda_graph_end(sr_backend *be, int ok);
+void cuda_graph_release(sr_backend *be, uint64_t owner);
+void cuda_graph_cache_free(cuda_ctx *ctx);
 
 /* cuda_attention.cu */
 int cuda_attention(sr_backend *be, const sr_attn_args *a);

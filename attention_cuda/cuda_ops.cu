@@ -21,6 +21,47 @@ __device__ __forceinline__ float bf16_bits_to_f32(uint32_t bits16)
     return __uint_as_float(bits16 << 16);
 }
 
+/* Programmatic dependent launch (Hopper): a kernel launched by launch_pdl()
+ * may start while the kernel before it in the stream still runs, so its
+ * launch and first loads overlap that kernel's tail. It must call
+ * pdl_wait() before it touches anything an earlier kernel writes (or
+ * writes anything an earlier kernel reads); pdl_launch_dependents() lets
+ * the next such kernel start as soon as every block of this one has begun.
+ * Both are no-ops in a normal launch. */
+__device__ __forceinline__ void pdl_wait(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch_dependents(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* Launches kern on the backend's stream, as a programmatic dependent
+ * launch when the backend allows it (ctx->pdl, STARRELAY_CUDA_PDL=0 turns
+ * it off for A/B measurements). */
+template <typename... KArgs, typename... Args>
+static cudaError_t launch_pdl(const cuda_ctx *ctx, void (*kern)(KArgs...), dim3 grid, dim3 block,
+                              size_t smem, Args... args)
+{
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = ctx->stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = ctx->pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kern, ((KArgs)args)...);
+}
+
 /* ---- embedding -------------------------------------------------------- */
 
 template <typename T>
@@ -226,47 +267,102 @@ __global__ void bias_add_kernel(float *y, const float *__restrict__ b, int n, in
         y[i] += b[i % rows];
 }
 
-enum { GEMV_WARPS = 8, GEMV_UNROLL = 8, GEMV_MAX_ROWS = 4 };
+enum { GEMV_WARPS = 8, GEMV_UNROLL = 8, GEMV_MAX_ROWS = 4, GEMV_MAX_SEGS = 3 };
+
+/* Up to GEMV_MAX_SEGS matrices that multiply the same x in one launch (a
+ * layer's q, k and v): segment s owns blocks [block0[s], block0[s+1]). In
+ * the GLU form there is one segment whose output row r reads two weight
+ * rows, w[0] (gate) and w[1] (up) row r. Passed by value: a few hundred
+ * bytes of kernel parameters, so one launch needs no device-side table. */
+typedef struct {
+    const __nv_bfloat16 *w[GEMV_MAX_SEGS];
+    const float *bias[GEMV_MAX_SEGS];
+    float *y[GEMV_MAX_SEGS];
+    int rows[GEMV_MAX_SEGS];
+    int block0[GEMV_MAX_SEGS + 1];
+    int nseg;
+} gemv_segs;
 
 /* y[i, r] = x[i, :] . w[r, :] (+ b[r]) for N <= 4 rows of x: batch-1 decode,
  * where the whole cost is reading w once. WPR warps share an output row
  * (split along the columns, summed through shared memory), so that small
  * matrices still put enough warps on every multiprocessor; each lane keeps
- * GEMV_UNROLL 16-byte loads of 8 bf16 weights in flight; x (fp32, a few
- * KB) is read through L1. x stays fp32, so this path rounds only the
- * weights. Needs cols % 8 == 0 and 16-byte aligned x and w. */
-template <int N, int WPR>
+ * GEMV_UNROLL 16-byte loads of 8 bf16 weights in flight (split between the
+ * two matrices in the GLU form); x (fp32, a few KB) is read through L1. x
+ * stays fp32, so this path rounds only the weights. Needs cols % 8 == 0 and
+ * 16-byte aligned x and w.
+ *
+ * The weights do not depend on earlier kernels, so the first loads are
+ * issued before pdl_wait(): launched as a programmatic dependent launch,
+ * the kernel's blocks start while the previous kernel drains and have
+ * their first weights in flight by the time its output (x) is final. */
+template <int N, int WPR, bool GLU>
 __global__ void __launch_bounds__(GEMV_WARPS * 32)
-    gemv_bf16_kernel(const float *__restrict__ x, const __nv_bfloat16 *__restrict__ w,
-                     const float *__restrict__ bias, float *__restrict__ y, int rows, int cols)
+    gemv_bf16_kernel(const float *__restrict__ x, const gemv_segs s, int cols)
 {
     constexpr int RPB = GEMV_WARPS / WPR; /* output rows per block */
     constexpr int T = 32 * WPR;           /* threads per output row */
-    __shared__ float part[GEMV_WARPS][N];
+    constexpr int M = GLU ? 2 : 1;        /* weight rows per output row */
+    constexpr int U = GEMV_UNROLL / M;    /* loads in flight per weight row */
+    __shared__ float part[GEMV_WARPS][M * N];
+    pdl_launch_dependents();
+    /* the block's segment, chosen with constant indices so that the
+     * parameter arrays stay in the constant bank */
+    int blk = blockIdx.x, rows = s.rows[0];
+    const __nv_bfloat16 *w0 = s.w[0], *w1 = s.w[GLU ? 1 : 0];
+    const float *b0 = s.bias[0], *b1 = s.bias[GLU ? 1 : 0];
+    float *y = s.y[0];
+    if (!GLU && s.nseg > 1 && (int)blockIdx.x >= s.block0[1]) {
+        blk = blockIdx.x - s.block0[1], rows = s.rows[1], w0 = s.w[1], b0 = s.bias[1], y = s.y[1];
+        if (s.nseg > 2 && (int)blockIdx.x >= s.block0[2])
+            blk = blockIdx.x - s.block0[2], rows = s.rows[2], w0 = s.w[2], b0 = s.bias[2],
+            y = s.y[2];
+    }
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int rloc = warp / WPR, t = (warp % WPR) * 32 + lane;
-    const int r = blockIdx.x * RPB + rloc;
+    const int r = blk * RPB + rloc;
+    const bool live = r < rows;
     const int n8 = cols >> 3;
-    float acc[N];
+    const uint4 *wr[M];
+    wr[0] = (const uint4 *)(w0 + (size_t)(live ? r : 0) * cols);
+    if (GLU)
+        wr[M - 1] = (const uint4 *)(w1 + (size_t)(live ? r : 0) * cols);
+    float acc[M][N];
 #pragma unroll
-    for (int i = 0; i < N; i++)
-        acc[i] = 0.0f;
-    if (r < rows) {
-        const uint4 *wr = (const uint4 *)(w + (size_t)r * cols);
-        for (int c0 = t; c0 < n8; c0 += T * GEMV_UNROLL) {
-            uint4 wv[GEMV_UNROLL];
+    for (int m = 0; m < M; m++)
 #pragma unroll
-            for (int u = 0; u < GEMV_UNROLL; u++) {
-                const int c = c0 + u * T;
-                wv[u] = c < n8 ? __ldg(wr + c) : make_uint4(0, 0, 0, 0);
+        for (int i = 0; i < N; i++)
+            acc[m][i] = 0.0f;
+    uint4 wv[M][U];
+    int c0 = t;
+#define GEMV_LOAD()                                                                            \
+    _Pragma("unroll") for (int m = 0; m < M; m++)                                              \
+    _Pragma("unroll") for (int u = 0; u < U; u++)                                              \
+    {                                                                                          \
+        const int c = c0 + u * T;                                                              \
+        wv[m][u] = c < n8 ? __ldg(wr[m] + c) : make_uint4(0, 0, 0, 0);                         \
+    }
+    if (live) {
+        GEMV_LOAD();
+    }
+    pdl_wait(); /* x is the previous kernel's output */
+    while (live && c0 < n8) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int c = c0 + u * T;
+            if (c >= n8)
+                break;
+            float4 xa[N], xb[N];
+#pragma unroll
+            for (int i = 0; i < N; i++) {
+                const float4 *xr = (const float4 *)(x + (size_t)i * cols) + 2 * c;
+                xa[i] = __ldg(xr);
+                xb[i] = __ldg(xr + 1);
             }
 #pragma unroll
-            for (int u = 0; u < GEMV_UNROLL; u++) {
-                const int c = c0 + u * T;
-                if (c >= n8)
-                    break;
+            for (int m = 0; m < M; m++) {
                 float wf[8];
-                const uint32_t wu[4] = {wv[u].x, wv[u].y, wv[u].z, wv[u].w};
+                const uint32_t wu[4] = {wv[m][u].x, wv[m][u].y, wv[m][u].z, wv[m][u].w};
 #pragma unroll
                 for (int k = 0; k < 4; k++) {
                     wf[2 * k] = bf16_bits_to_f32(wu[k] & 0xffffu);
@@ -274,74 +370,141 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32)
                 }
 #pragma unroll
                 for (int i = 0; i < N; i++) {
-                    const float4 *xr = (const float4 *)(x + (size_t)i * cols) + 2 * c;
-                    const float4 a = __ldg(xr), b = __ldg(xr + 1);
-                    acc[i] = fmaf(wf[0], a.x, acc[i]);
-                    acc[i] = fmaf(wf[1], a.y, acc[i]);
-                    acc[i] = fmaf(wf[2], a.z, acc[i]);
-                    acc[i] = fmaf(wf[3], a.w, acc[i]);
-                    acc[i] = fmaf(wf[4], b.x, acc[i]);
-                    acc[i] = fmaf(wf[5], b.y, acc[i]);
-                    acc[i] = fmaf(wf[6], b.z, acc[i]);
-                    acc[i] = fmaf(wf[7], b.w, acc[i]);
+                    float a = acc[m][i];
+                    a = fmaf(wf[0], xa[i].x, a);
+                    a = fmaf(wf[1], xa[i].y, a);
+                    a = fmaf(wf[2], xa[i].z, a);
+                    a = fmaf(wf[3], xa[i].w, a);
+                    a = fmaf(wf[4], xb[i].x, a);
+                    a = fmaf(wf[5], xb[i].y, a);
+                    a = fmaf(wf[6], xb[i].z, a);
+                    a = fmaf(wf[7], xb[i].w, a);
+                    acc[m][i] = a;
                 }
             }
         }
-    }
-#pragma unroll
-    for (int i = 0; i < N; i++) {
-        const float v = warp_sum(acc[i]);
-        if (WPR == 1) {
-            if (lane == 0 && r < rows)
-                y[(size_t)i * rows + r] = v + (bias ? bias[r] : 0.0f);
-        } else if (lane == 0) {
-            part[warp][i] = v;
+        c0 += T * U;
+        if (c0 < n8) {
+            GEMV_LOAD();
         }
     }
-    if (WPR > 1) {
-        __syncthreads();
-        if (warp % WPR == 0 && lane < N && r < rows) {
-            float v = 0.0f;
+#undef GEMV_LOAD
+    /* the epilogue: bias, and in the GLU form silu(gate) * up as the cpu's
+     * swiglu computes it */
+    auto put = [&](int i, float g, float u) {
+        g += b0 ? b0[r] : 0.0f;
+        if (GLU) {
+            u += b1 ? b1[r] : 0.0f;
+            g = g / (1.0f + expf(-g)) * u;
+        }
+        y[(size_t)i * rows + r] = g;
+    };
 #pragma unroll
-            for (int k = 0; k < WPR; k++)
-                v += part[warp + k][lane];
-            y[(size_t)lane * rows + r] = v + (bias ? bias[r] : 0.0f);
+    for (int m = 0; m < M; m++)
+#pragma unroll
+        for (int i = 0; i < N; i++)
+            acc[m][i] = warp_sum(acc[m][i]);
+    if (WPR == 1) {
+        if (lane == 0 && live)
+#pragma unroll
+            for (int i = 0; i < N; i++)
+                put(i, acc[0][i], acc[M - 1][i]);
+    } else {
+        if (lane == 0)
+#pragma unroll
+            for (int m = 0; m < M; m++)
+#pragma unroll
+                for (int i = 0; i < N; i++)
+                    part[warp][m * N + i] = acc[m][i];
+        __syncthreads();
+        if (warp % WPR == 0 && lane < N && live) {
+            float v[M];
+#pragma unroll
+            for (int m = 0; m < M; m++) {
+                v[m] = 0.0f;
+#pragma unroll
+                for (int k = 0; k < WPR; k++)
+                    v[m] += part[warp + k][m * N + lane];
+            }
+            put(lane, v[0], v[M - 1]);
         }
     }
 }
 
-template <int N>
-static void gemv_launch_n(int wpr, int rows, cudaStream_t st, const float *x,
-                          const __nv_bfloat16 *w, const float *bias, float *y, int cols)
+template <int N, bool GLU>
+static cudaError_t gemv_launch_n(const cuda_ctx *ctx, int wpr, int blocks, const float *x,
+                                 const gemv_segs &s, int cols)
 {
-    const int rpb = GEMV_WARPS / wpr, blocks = (rows + rpb - 1) / rpb;
+    const dim3 grid((unsigned)blocks), block(GEMV_WARPS * 32);
     switch (wpr) {
-    case 1: gemv_bf16_kernel<N, 1><<<blocks, GEMV_WARPS * 32, 0, st>>>(x, w, bias, y, rows, cols); break;
-    case 2: gemv_bf16_kernel<N, 2><<<blocks, GEMV_WARPS * 32, 0, st>>>(x, w, bias, y, rows, cols); break;
-    case 4: gemv_bf16_kernel<N, 4><<<blocks, GEMV_WARPS * 32, 0, st>>>(x, w, bias, y, rows, cols); break;
-    default: gemv_bf16_kernel<N, 8><<<blocks, GEMV_WARPS * 32, 0, st>>>(x, w, bias, y, rows, cols); break;
+    case 1: return launch_pdl(ctx, gemv_bf16_kernel<N, 1, GLU>, grid, block, 0, x, s, cols);
+    case 2: return launch_pdl(ctx, gemv_bf16_kernel<N, 2, GLU>, grid, block, 0, x, s, cols);
+    case 4: return launch_pdl(ctx, gemv_bf16_kernel<N, 4, GLU>, grid, block, 0, x, s, cols);
+    default: return launch_pdl(ctx, gemv_bf16_kernel<N, 8, GLU>, grid, block, 0, x, s, cols);
     }
+}
+
+/* One launch over the segments of s (w, bias, y, rows filled in, nseg set);
+ * fills in block0. All matrices have `cols` columns. */
+template <bool GLU>
+static int gemv_run(cuda_ctx *ctx, const float *x, gemv_segs &s, int n, int cols)
+{
+    long long total_rows = 0;
+    for (int k = 0; k < s.nseg; k++)
+        total_rows += s.rows[k];
+    /* Enough warps for a full device (64 per multiprocessor): split rows
+     * across up to 8 warps when there are few of them. */
+    const long long want = 64LL * ctx->sm_count;
+    int wpr = 1;
+    while (wpr < GEMV_WARPS && total_rows * wpr < want && cols / 8 >= 64 * wpr)
+        wpr *= 2;
+    const int rpb = GEMV_WARPS / wpr;
+    long long blocks = 0;
+    for (int k = 0; k < s.nseg; k++) {
+        s.block0[k] = (int)blocks;
+        blocks += (s.rows[k] + rpb - 1) / rpb;
+    }
+    s.block0[s.nseg] = (int)blocks;
+    if (blocks <= 0)
+        return 0;
+    if (blocks > INT32_MAX)
+        return sr_error_set("cuda gemv: %lld blocks", blocks);
+    switch (n) {
+    case 1: CUDA_TRY((gemv_launch_n<1, GLU>(ctx, wpr, (int)blocks, x, s, cols))); break;
+    case 2: CUDA_TRY((gemv_launch_n<2, GLU>(ctx, wpr, (int)blocks, x, s, cols))); break;
+    case 3: CUDA_TRY((gemv_launch_n<3, GLU>(ctx, wpr, (int)blocks, x, s, cols))); break;
+    default: CUDA_TRY((gemv_launch_n<4, GLU>(ctx, wpr, (int)blocks, x, s, cols))); break;
+    }
+    return 0;
 }
 
 static int gemv_launch(cuda_ctx *ctx, const float *x, const sr_weight *w, const float *bias,
                        int n, float *y)
 {
-    const int rows = (int)w->rows, cols = (int)w->cols;
-    /* Enough warps for a full device (64 per multiprocessor): split rows
-     * across up to 8 warps when there are few of them. */
-    const long long want = 64LL * ctx->sm_count;
-    int wpr = 1;
-    while (wpr < GEMV_WARPS && (long long)rows * wpr < want && cols / 8 >= 64 * wpr)
-        wpr *= 2;
-    const __nv_bfloat16 *wd = (const __nv_bfloat16 *)w->data;
-    switch (n) {
-    case 1: gemv_launch_n<1>(wpr, rows, ctx->stream, x, wd, bias, y, cols); break;
-    case 2: gemv_launch_n<2>(wpr, rows, ctx->stream, x, wd, bias, y, cols); break;
-    case 3: gemv_launch_n<3>(wpr, rows, ctx->stream, x, wd, bias, y, cols); break;
-    default: gemv_launch_n<4>(wpr, rows, ctx->stream, x, wd, bias, y, cols); break;
-    }
-    CUDA_CHECK_LAUNCH("gemv_bf16_kernel");
-    return 0;
+    gemv_segs s = {};
+    s.w[0] = (const __nv_bfloat16 *)w->data;
+    s.bias[0] = bias;
+    s.y[0] = y;
+    s.rows[0] = (int)w->rows;
+    s.nseg = 1;
+    return gemv_run<false>(ctx, x, s, n, (int)w->cols);
+}
+
+/* Whether the GEMV kernel takes this product (else cuBLAS). */
+static int gemv_ok(const cuda_ctx *ctx, const float *x, const sr_weight *w, int n)
+{
+    if (w->dtype != SR_DTYPE_BF16 || n <= 0 || n > GEMV_MAX_ROWS)
+        return 0;
+    if (ctx->gemm_path == SR_CUDA_GEMM_CUBLAS)
+        return 0;
+    if (w->rows > INT32_MAX / 2 || w->cols > INT32_MAX / 2)
+        return 0;
+    return ((uintptr_t)x % 16 == 0) && ((uintptr_t)w->data % 16 == 0) && w->cols % 8 == 0;
+}
+
+static const float *bias_ptr(const sr_weight *b)
+{
+    return b && b->data ? (const float *)b->data : NULL;
 }
 
 int cuda_ws_reserve(cuda_ctx *ctx, void **buf, size_t *bytes, size_t need)
@@ -381,11 +544,7 @@ int cuda_matmul(sr_backend *be, const float *x, const sr_weight *w, const sr_wei
                                 &beta, y, CUDA_R_32F, (int)rows, CUBLAS_COMPUTE_32F_PEDANTIC,
                                 CUBLAS_GEMM_DEFAULT));
     } else if (w->dtype == SR_DTYPE_BF16) {
-        const int aligned = ((uintptr_t)x % 16 == 0) && ((uintptr_t)w->data % 16 == 0) &&
-                            cols % 8 == 0;
-        int use_gemv = ctx->gemm_path == SR_CUDA_GEMM_GEMV ||
-                       (ctx->gemm_path == SR_CUDA_GEMM_AUTO && n <= GEMV_MAX_ROWS);
-        if (use_gemv && aligned && n <= GEMV_MAX_ROWS)
+        if (gemv_ok(ctx, x, w, n))
             return gemv_launch(ctx, x, w, b, n, y);
         /* cuBLAS is column-major: y^T[rows, n] = W[rows, cols] x^T[cols, n],
          * where row-major W is a column-major [cols, rows] matrix (op T) and
@@ -411,5 +570,198 @@ int cuda_matmul(sr_backend *be, const float *x, const sr_weight *w, const sr_wei
         bias_add_kernel<<<grid_for(ctx, total), OPS_THREADS, 0, ctx->stream>>>(y, b, n, (int)rows);
         CUDA_CHECK_LAUNCH("bias_add_kernel");
     }
+    return 0;
+}
+
+/* ---- fused forms (backend.h's optional operations) -------------------- */
+
+static int bias_check(const sr_weight *b, const char *what)
+{
+    if (b && b->data && b->dtype != SR_DTYPE_F32)
+        return sr_error_set("cuda %s: bias dtype %s; weights_prepare keeps biases fp32", what,
+                            sr_dtype_name(b->dtype));
+    return 0;
+}
+
+int cuda_matmul_multi(sr_backend *be, const float *x, int n, int count,
+                      const sr_weight *const *w, const sr_weight *const *bias, float *const *y)
+{
+    cuda_ctx *ctx = cuda_ctx_of(be);
+    if (count < 1 || count > GEMV_MAX_SEGS)
+        return sr_error_set("cuda matmul_multi: %d matrices (1..%d)", count, GEMV_MAX_SEGS);
+    if (n <= 0)
+        return 0;
+    int one_launch = 1;
+    for (int k = 0; k < count; k++) {
+        if (bias_check(bias[k], "matmul_multi") != 0)
+            return -1;
+        one_launch &= gemv_ok(ctx, x, w[k], n) && w[k]->cols == w[0]->cols;
+    }
+    if (!one_launch) {
+        /* prefill shapes: cuBLAS per matrix, as matmul does */
+        for (int k = 0; k < count; k++)
+            if (cuda_matmul(be, x, w[k], bias[k], n, y[k]) != 0)
+                return -1;
+        return 0;
+    }
+    gemv_segs s = {};
+    for (int k = 0; k < count; k++) {
+        s.w[k] = (const __nv_bfloat16 *)w[k]->data;
+        s.bias[k] = bias_ptr(bias[k]);
+        s.y[k] = y[k];
+        s.rows[k] = (int)w[k]->rows;
+    }
+    s.nseg = count;
+    return gemv_run<false>(ctx, x, s, n, (int)w[0]->cols);
+}
+
+int cuda_matmul_glu(sr_backend *be, const float *x, const sr_weight *w_gate,
+                    const sr_weight *b_gate, const sr_weight *w_up, const sr_weight *b_up, int n,
+                    float *out, float *scratch)
+{
+    cuda_ctx *ctx = cuda_ctx_of(be);
+    if (n <= 0)
+        return 0;
+    if (w_gate->rows != w_up->rows || w_gate->cols != w_up->cols)
+        return sr_error_set("cuda matmul_glu: gate %lld x %lld and up %lld x %lld differ",
+                            (long long)w_gate->rows, (long long)w_gate->cols,
+                            (long long)w_up->rows, (long long)w_up->cols);
+    if (bias_check(b_gate, "matmul_glu") != 0 || bias_check(b_up, "matmul_glu") != 0)
+        return -1;
+    if (!gemv_ok(ctx, x, w_gate, n) || !gemv_ok(ctx, x, w_up, n)) {
+        /* prefill shapes: two cuBLAS products and the swiglu kernel */
+        if (cuda_matmul(be, x, w_gate, b_gate, n, out) != 0 ||
+            cuda_matmul(be, x, w_up, b_up, n, scratch) != 0)
+            return -1;
+        return cuda_swiglu(be, out, scratch, (size_t)n * (size_t)w_gate->rows, out);
+    }
+    gemv_segs s = {};
+    s.w[0] = (const __nv_bfloat16 *)w_gate->data;
+    s.w[1] = (const __nv_bfloat16 *)w_up->data;
+    s.bias[0] = bias_ptr(b_gate);
+    s.bias[1] = bias_ptr(b_up);
+    s.y[0] = out;
+    s.rows[0] = (int)w_gate->rows;
+    s.nseg = 1;
+    return gemv_run<true>(ctx, x, s, n, (int)w_gate->cols);
+}
+
+enum { ADD_NORM_THREADS = 1024, ADD_NORM_VALS = 8 };
+
+/* x += y, then out = w * (x * inv) as rmsnorm_kernel computes it: one block
+ * per row; a decode step has one row, so the block is wide (1024 threads)
+ * to keep many loads in flight. The row stays in registers between the two
+ * passes when dim <= 8192 (re-read otherwise). */
+__global__ void __launch_bounds__(ADD_NORM_THREADS)
+    add_rmsnorm_kernel(float *x, const float *y, const float *__restrict__ w, int dim, float eps,
+                       float *out)
+{
+    __shared__ double partial[ADD_NORM_THREADS / 32];
+    __shared__ float inv_s;
+    pdl_launch_dependents();
+    pdl_wait();
+    float *xr = x + (size_t)blockIdx.x * dim;
+    const float *yv = y + (size_t)blockIdx.x * dim;
+    float *o = out + (size_t)blockIdx.x * dim;
+    float v[ADD_NORM_VALS];
+    float ss = 0.0f;
+#pragma unroll
+    for (int k = 0; k < ADD_NORM_VALS; k++) {
+        const int j = threadIdx.x + k * ADD_NORM_THREADS;
+        v[k] = j < dim ? xr[j] + yv[j] : 0.0f;
+    }
+#pragma unroll
+    for (int k = 0; k < ADD_NORM_VALS; k++) {
+        const int j = threadIdx.x + k * ADD_NORM_THREADS;
+        if (j < dim) {
+            xr[j] = v[k];
+            ss = fmaf(v[k], v[k], ss);
+        }
+    }
+    for (int j = threadIdx.x + ADD_NORM_VALS * ADD_NORM_THREADS; j < dim; j += ADD_NORM_THREADS) {
+        const float a = xr[j] + yv[j];
+        xr[j] = a;
+        ss = fmaf(a, a, ss);
+    }
+    ss = warp_sum(ss);
+    if ((threadIdx.x & 31) == 0)
+        partial[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0.0;
+        for (int k = 0; k < ADD_NORM_THREADS / 32; k++)
+            t += partial[k];
+        inv_s = (float)(1.0 / sqrt(t / dim + (double)eps));
+    }
+    __syncthreads();
+    const float inv = inv_s;
+#pragma unroll
+    for (int k = 0; k < ADD_NORM_VALS; k++) {
+        const int j = threadIdx.x + k * ADD_NORM_THREADS;
+        if (j < dim)
+            o[j] = w[j] * (v[k] * inv);
+    }
+    /* the tail past the registers was written by this thread above */
+    for (int j = threadIdx.x + ADD_NORM_VALS * ADD_NORM_THREADS; j < dim; j += ADD_NORM_THREADS)
+        o[j] = w[j] * (xr[j] * inv);
+}
+
+int cuda_add_rmsnorm(sr_backend *be, float *x, const float *y, const sr_weight *w, int n, int dim,
+                     float eps, float *out)
+{
+    cuda_ctx *ctx = cuda_ctx_of(be);
+    if (n <= 0)
+        return 0;
+    if (w->dtype != SR_DTYPE_F32)
+        return sr_error_set("cuda add_rmsnorm: weight dtype %s; weights_prepare keeps norms fp32",
+                            sr_dtype_name(w->dtype));
+    CUDA_TRY(launch_pdl(ctx, add_rmsnorm_kernel, dim3((unsigned)n), dim3(ADD_NORM_THREADS), 0, x,
+                        y, (const float *)w->data, dim, eps, out));
+    return 0;
+}
+
+/* rope_kernel for q (blockIdx.y 0) and k (1) of the same rows in one launch. */
+__global__ void rope_qk_kernel(float *q, float *k, const int32_t *__restrict__ pos, int n_heads,
+                               int n_kv, int head_dim, int q_stride, int k_stride,
+                               const float *__restrict__ inv_freq)
+{
+    extern __shared__ float cs[]; /* [half] cos, then [half] sin */
+    pdl_launch_dependents();
+    pdl_wait();
+    const int half = head_dim / 2;
+    const int i = blockIdx.x;
+    const float p = (float)pos[i];
+    for (int f = threadIdx.x; f < half; f += blockDim.x) {
+        float angle = __fmul_rn(p, inv_freq[f]);
+        double s, c;
+        sincos((double)angle, &s, &c);
+        cs[f] = (float)c;
+        cs[half + f] = (float)s;
+    }
+    __syncthreads();
+    const int heads = blockIdx.y ? n_kv : n_heads;
+    float *row = blockIdx.y ? k + (size_t)i * k_stride : q + (size_t)i * q_stride;
+    for (int t = threadIdx.x; t < heads * half; t += blockDim.x) {
+        const int h = t / half, f = t - h * half;
+        float *v = row + (size_t)h * head_dim;
+        const float a = v[f], b = v[f + half], c = cs[f], s = cs[half + f];
+        v[f] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+        v[f + half] = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
+    }
+}
+
+int cuda_rope_qk(sr_backend *be, float *q, float *k, const int32_t *pos, int n, int n_heads,
+                 int n_kv, int head_dim, int q_stride, int k_stride, const float *inv_freq)
+{
+    cuda_ctx *ctx = cuda_ctx_of(be);
+    if (n <= 0)
+        return 0;
+    if (head_dim % 2 || head_dim > 1024)
+        return sr_error_set("cuda rope: head_dim %d (must be even, at most 1024)", head_dim);
+    if (n > 65535 * 64)
+        return sr_error_set("cuda rope: %d rows", n);
+    CUDA_TRY(launch_pdl(ctx, rope_qk_kernel, dim3((unsigned)n, 2), dim3(256),
+                        (size_t)head_dim * sizeof(float), q, k, pos, n_heads, n_kv, head_dim,
+                        q_stride, k_stride, inv_freq));
     return 0;
 }

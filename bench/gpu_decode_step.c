@@ -1,14 +1,17 @@
 /* The whole model on the cuda backend, batch 1: Llama-3.1-8B's config with
  * seeded random bf16 weights (--load-format dummy), prefill of a context
- * of random tokens, then single-token decode steps through forward_run and
+ * of random tokens, then single-token decode steps through local_step and
  * the KV cache, exactly as generation runs them (each step ends with the
  * logits' download, which waits for the device).
  *
- *   gpu_decode_step MODEL_DIR_OR_CONFIG [CONTEXT ...]   (default 512 4096 32768)
+ *   gpu_decode_step MODEL_DIR_OR_CONFIG [CONTEXT ...]   (default 1024 32768)
  *
  * Batch-1 decode must read every weight once per token plus the KV cache
  * (fp32 here) of every layer: bytes/token over the step time is the
- * achieved bandwidth, reported beside the measured copy bandwidth. */
+ * achieved bandwidth, reported beside the measured copy bandwidth. Each
+ * context is decoded with the launch-gap removers on and off (device
+ * graphs, fused kernels, programmatic dependent launches, layers per
+ * graph) on the same prefilled cache, for A/B figures in one run. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +24,24 @@
 #include "engine/local_step.h"
 
 enum { CHUNK_ROWS = 2048, DECODE_WARM = 3, DECODE_STEPS = 32 };
+
+/* One decode configuration of the A/B table. */
+typedef struct {
+    const char *name;
+    int graphs, fused, pdl, graph_layers;
+} decode_cfg;
+
+static const decode_cfg CFGS[] = {
+    {"all on (default)", 1, 1, 1, SR_FORWARD_GRAPH_LAYERS},
+    {"graphs off", 0, 1, 1, 0},
+    {"graphs off, fused off, pdl off (before)", 0, 0, 0, 0},
+    {"pdl off", 1, 1, 0, SR_FORWARD_GRAPH_LAYERS},
+    {"fused off", 1, 0, 1, SR_FORWARD_GRAPH_LAYERS},
+    {"1 layer per graph", 1, 1, 1, 1},
+    {"8 layers per graph", 1, 1, 1, 8},
+    {"whole step one graph", 1, 1, 1, 1000},
+};
+enum { N_CFGS = sizeof CFGS / sizeof CFGS[0] };
 
 static double now_s(void)
 {
@@ -74,7 +95,7 @@ int main(int argc, char **argv)
         printf("gpu_decode_step: SKIP: no CUDA device visible\n");
         return 77;
     }
-    int ctxs[16] = {512, 4096, 32768}, n_ctx = 3;
+    int ctxs[16] = {1024, 32768}, n_ctx = 2;
     if (argc > 2) {
         n_ctx = 0;
         for (int i = 2; i < argc && n_ctx < 16; i++)
@@ -105,8 +126,9 @@ int main(int argc, char **argv)
     printf("gpu_decode_step on %s: %s, %d layers, %.2f GB of bf16 weights; host fill %.1f s, "
            "upload %.1f s; copy bandwidth %.0f GB/s\n\n", backend_cuda_device_name(be),
            c->arch_name, c->n_layers, weight_bytes / 1e9, t_load, t_upload, copy_bps / 1e9);
-    printf("| model (dummy bf16) | context | prefill tok/s | decode ms/token | decode tok/s | "
-           "GB read/token | GB/s | / copy |\n|---|---|---|---|---|---|---|---|\n");
+    printf("| context | configuration | prefill tok/s | decode ms/token | decode tok/s | "
+           "GB read/token | GB/s | / copy | graphs: launched, updated, instantiated, dropped |\n"
+           "|---|---|---|---|---|---|---|---|---|\n");
 
     float *logits = malloc((size_t)c->vocab_size * sizeof *logits);
     uint64_t rng = 12345;
@@ -122,28 +144,45 @@ int main(int argc, char **argv)
             ids[i] = (int32_t)((rng >> 33) % (uint64_t)c->vocab_size);
             pos[i] = i;
         }
+        backend_cuda_set_fused(be, 1);
         t0 = now_s();
         if (local_step(&st, ids, pos, ctx, logits) != 0)
             die("prefill");
         double t_prefill = now_s() - t0;
-        double steps[DECODE_STEPS];
-        int32_t tok = ids[ctx - 1];
-        for (int s = 0; s < DECODE_WARM + DECODE_STEPS; s++) {
-            int32_t p = ctx + s;
-            tok = (tok * 7 + 13) % c->vocab_size;
-            double ts = now_s();
-            if (local_step(&st, &tok, &p, 1, logits) != 0)
-                die("decode step");
-            if (s >= DECODE_WARM)
-                steps[s - DECODE_WARM] = now_s() - ts;
+        for (int k = 0; k < N_CFGS; k++) {
+            const decode_cfg *d = &CFGS[k];
+            backend_cuda_set_graphs(be, d->graphs);
+            backend_cuda_set_fused(be, d->fused);
+            backend_cuda_set_pdl(be, d->pdl);
+            f.graph_layers = d->graph_layers > 0 ? d->graph_layers : SR_FORWARD_GRAPH_LAYERS;
+            f.graph_misses = 0;
+            kv.len = ctx; /* every configuration decodes after the same context */
+            cuda_graph_stats g0, g1;
+            backend_cuda_graph_stats(be, &g0);
+            double steps[DECODE_STEPS];
+            int32_t tok = ids[ctx - 1];
+            for (int s = 0; s < DECODE_WARM + DECODE_STEPS; s++) {
+                int32_t p = ctx + s;
+                tok = (tok * 7 + 13) % c->vocab_size;
+                double ts = now_s();
+                if (local_step(&st, &tok, &p, 1, logits) != 0)
+                    die("decode step");
+                if (s >= DECODE_WARM)
+                    steps[s - DECODE_WARM] = now_s() - ts;
+            }
+            backend_cuda_graph_stats(be, &g1);
+            qsort(steps, DECODE_STEPS, sizeof steps[0], cmp_double);
+            double step = steps[DECODE_STEPS / 2];
+            double bytes = weight_bytes + kv_token_bytes * (ctx + DECODE_WARM + DECODE_STEPS / 2);
+            char prefill[32] = "";
+            if (k == 0)
+                snprintf(prefill, sizeof prefill, "%.0f", ctx / t_prefill);
+            printf("| %d | %s | %s | %.2f | %.1f | %.2f | %.0f | %.3f | %llu, %llu, %llu, %llu |\n",
+                   ctx, d->name, prefill, step * 1e3, 1.0 / step, bytes / 1e9, bytes / step / 1e9,
+                   bytes / step / copy_bps, g1.launches - g0.launches, g1.updates - g0.updates,
+                   g1.instantiations - g0.instantiations, g1.fallbacks - g0.fallbacks);
+            fflush(stdout);
         }
-        qsort(steps, DECODE_STEPS, sizeof steps[0], cmp_double);
-        double step = steps[DECODE_STEPS / 2];
-        double bytes = weight_bytes + kv_token_bytes * (ctx + DECODE_WARM + DECODE_STEPS / 2);
-        printf("| %s | %d | %.0f | %.2f | %.1f | %.2f | %.0f | %.2f |\n", c->arch_name, ctx,
-               ctx / t_prefill, step * 1e3, 1.0 / step, bytes / 1e9, bytes / step / 1e9,
-               bytes / step / copy_bps);
-        fflush(stdout);
         free(ids), free(pos);
         kvcache_free(&kv);
     }

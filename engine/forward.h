@@ -24,6 +24,16 @@ typedef int (*sr_attend_fn)(void *user, int layer, const float *q, const float *
 /* Most rows forward_run returns logits for. */
 #define SR_FORWARD_MAX_LOGITS 8
 
+/* Most rows of a step forward_run_graphed records into device graphs: a
+ * decode step, where launch gaps are a large part of the time. Prefill
+ * chunks are few, long kernels and run as usual. */
+#define SR_FORWARD_GRAPH_MAX_ROWS 8
+
+/* Layers per recorded graph (sr_forward.graph_layers' default). The first
+ * segment's recording is time the device waits; the later ones are
+ * recorded while the device runs the earlier ones. */
+#define SR_FORWARD_GRAPH_LAYERS 4
+
 typedef struct {
     sr_backend *be;
     const sr_model *host;   /* owned by the caller */
@@ -35,6 +45,10 @@ typedef struct {
     float *x, *xn, *q, *k, *v, *att, *proj, *gate, *up, *logits;
     int32_t *ids, *pos;
     float *inv_freq;        /* [head_dim/2] */
+    /* device graphs (forward_run_graphed) */
+    uint64_t graph_owner;   /* this forward's graphs in the backend's cache */
+    int graph_layers;       /* layers per graph; benches may change it */
+    int graph_misses;       /* records dropped in a row; graphs stop after a few */
 } sr_forward;
 
 int forward_init(sr_forward *f, sr_backend *be, const sr_model *m, int max_rows);
@@ -52,6 +66,16 @@ void rope_compute_inv_freq(const sr_model_config *cfg, float *inv_freq);
  * logits_host receives [n_logits, vocab] for the LAST n_logits rows. */
 int forward_run(sr_forward *f, const int32_t *ids, const int32_t *pos, int n, sr_attend_fn attend,
                 void *user, int n_logits, float *logits_host);
+/* As forward_run, for an `attend` that only queues work on the backend
+ * (no waits for the device, no transfers from host memory) and may be
+ * called twice for the same layer and rows with the same effect as once,
+ * as kvcache_attend: a step of at most SR_FORWARD_GRAPH_MAX_ROWS rows is
+ * then recorded into device graphs, a few layers per graph, and run from
+ * them (backend.h's graph_begin/end). Where recording is off or not
+ * possible, the work is queued as in forward_run; the results are the
+ * same either way. */
+int forward_run_graphed(sr_forward *f, const int32_t *ids, const int32_t *pos, int n,
+                        sr_attend_fn attend, void *user, int n_logits, float *logits_host);
 /* As forward_run, with logits for the chosen rows: logits_host receives
  * [n_logit_rows, vocab], row i for row logit_rows[i]. With logits_host
  * NULL (here and in forward_run) the logits stay in f->logits, backend

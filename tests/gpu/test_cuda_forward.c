@@ -9,7 +9,15 @@
  *    margin at that step is within bf16 noise (2e-2 of the logit scale);
  * 3. a dummy Qwen2.5-0.5B (head_dim 64, qkv bias, tied embeddings) on a
  *    prompt long enough for the tensor-core attention and cuBLAS paths,
- *    against the cpu backend on the same bf16 weights.
+ *    against the cpu backend on the same bf16 weights;
+ * 4. the decode step's fused operations (q/k/v in one GEMV, gate/up with
+ *    SwiGLU, residual add + RMSNorm, RoPE of q and k) against the cpu's
+ *    plain ones on random data, outputs NaN-poisoned;
+ * 5. device graphs: decode steps recorded and replayed give exactly the
+ *    logits of steps queued one kernel at a time, and a step whose
+ *    attention waits for the device (unrecordable) falls back to plain
+ *    queuing with the same result and no error.
+ * The fixture checks run with graphs on (the default), as generation does.
  * Skips (exit 77) when no GPU is visible. */
 #include <dirent.h>
 #include <jansson.h>
@@ -213,6 +221,289 @@ static void check_dummy(const char *config, int n_prompt, int chunk, int n_decod
     model_free(&m);
 }
 
+/* ---- fused operations against the cpu's plain ones ------------------- */
+
+/* A random [rows, cols] weight as bf16 (host) plus its device copy. */
+typedef struct {
+    uint16_t *host;
+    sr_weight h, d;
+} bf16_weight;
+
+static void bf16_weight_make(bf16_weight *w, int rows, int cols)
+{
+    float *f = gpu_rand_host((size_t)rows * cols, 1.0f);
+    w->host = malloc((size_t)rows * cols * 2);
+    for (size_t i = 0; i < (size_t)rows * cols; i++) {
+        uint32_t u;
+        memcpy(&u, &f[i], 4);
+        w->host[i] = (uint16_t)(u >> 16);
+    }
+    free(f);
+    w->h = (sr_weight){.data = w->host, .dtype = SR_DTYPE_BF16, .rows = rows, .cols = cols};
+    CHECK(backend_cuda_weight_upload(gpu, &w->h, SR_DTYPE_BF16, &w->d) == 0, "upload: %s",
+          sr_error_get());
+}
+
+static void bf16_weight_free(bf16_weight *w)
+{
+    backend_cuda_weight_free(gpu, &w->d);
+    free(w->host);
+}
+
+/* A random fp32 vector weight (bias or norm), host and device. */
+static void f32_weight_make(sr_weight *h, sr_weight *d, int n)
+{
+    *h = (sr_weight){.data = gpu_rand_host((size_t)n, 1.0f), .dtype = SR_DTYPE_F32, .rows = n,
+                     .cols = 1};
+    CHECK(backend_cuda_weight_upload(gpu, h, SR_DTYPE_F32, d) == 0, "upload: %s",
+          sr_error_get());
+}
+
+/* q, k, v of one layer in one launch (GEMV for n <= 4, per-matrix cuBLAS
+ * above); the GEMV reads x in fp32, so 1e-5, cuBLAS rounds x: 1e-2. */
+static void test_matmul_multi(int n, int cols, int rq, int rkv, int with_bias)
+{
+    bf16_weight w[3];
+    int rows[3] = {rq, rkv, rkv};
+    sr_weight hb[3], db[3];
+    const sr_weight *dw[3], *dbp[3];
+    float *dy[3];
+    float *x = gpu_rand_host((size_t)n * cols, 1.0f);
+    float *dx = gpu_put(gpu, x, (size_t)n * cols * 4);
+    for (int k = 0; k < 3; k++) {
+        bf16_weight_make(&w[k], rows[k], cols);
+        f32_weight_make(&hb[k], &db[k], rows[k]);
+        dw[k] = &w[k].d;
+        /* the middle one without bias: mixed segments in one launch */
+        dbp[k] = with_bias && k != 1 ? &db[k] : NULL;
+        dy[k] = gpu_poisoned(gpu, (size_t)n * rows[k]);
+    }
+    CHECK(gpu->ops->matmul_multi(gpu, dx, n, 3, dw, dbp, dy) == 0, "matmul_multi: %s",
+          sr_error_get());
+    double tol = n <= 4 ? 1e-5 : 1e-2, worst = 0;
+    for (int k = 0; k < 3; k++) {
+        float *ref = malloc((size_t)n * rows[k] * 4);
+        cpu->ops->matmul(cpu, x, &w[k].h, with_bias && k != 1 ? &hb[k] : NULL, n, ref);
+        float *y = gpu_get(gpu, dy[k], (size_t)n * rows[k]);
+        worst = fmax(worst, gpu_rel_err(y, ref, (size_t)n * rows[k]));
+        free(ref), free(y);
+    }
+    CHECK(worst < tol, "matmul_multi n=%d cols=%d rows %d/%d bias=%d: rel err %g (tol %g)", n,
+          cols, rq, rkv, with_bias, worst, tol);
+    for (int k = 0; k < 3; k++) {
+        bf16_weight_free(&w[k]);
+        backend_cuda_weight_free(gpu, &db[k]);
+        free((void *)hb[k].data);
+        gpu->ops->free(gpu, dy[k]);
+    }
+    gpu->ops->free(gpu, dx);
+    free(x);
+}
+
+/* gate and up with SwiGLU in one launch against matmul, matmul, swiglu. */
+static void test_matmul_glu(int n, int rows, int cols, int with_bias)
+{
+    bf16_weight wg, wu;
+    sr_weight hbg, hbu, dbg, dbu;
+    bf16_weight_make(&wg, rows, cols);
+    bf16_weight_make(&wu, rows, cols);
+    f32_weight_make(&hbg, &dbg, rows);
+    f32_weight_make(&hbu, &dbu, rows);
+    float *x = gpu_rand_host((size_t)n * cols, 1.0f);
+    float *g = malloc((size_t)n * rows * 4), *u = malloc((size_t)n * rows * 4);
+    cpu->ops->matmul(cpu, x, &wg.h, with_bias ? &hbg : NULL, n, g);
+    cpu->ops->matmul(cpu, x, &wu.h, with_bias ? &hbu : NULL, n, u);
+    cpu->ops->swiglu(cpu, g, u, (size_t)n * rows, g);
+    float *dx = gpu_put(gpu, x, (size_t)n * cols * 4);
+    float *dout = gpu_poisoned(gpu, (size_t)n * rows), *dscr = gpu_poisoned(gpu, (size_t)n * rows);
+    CHECK(gpu->ops->matmul_glu(gpu, dx, &wg.d, with_bias ? &dbg : NULL, &wu.d,
+                               with_bias ? &dbu : NULL, n, dout, dscr) == 0,
+          "matmul_glu: %s", sr_error_get());
+    float *out = gpu_get(gpu, dout, (size_t)n * rows);
+    double e = gpu_rel_err(out, g, (size_t)n * rows), tol = n <= 4 ? 1e-5 : 1e-2;
+    CHECK(e < tol, "matmul_glu n=%d %dx%d bias=%d: rel err %g (tol %g)", n, rows, cols, with_bias,
+          e, tol);
+    bf16_weight_free(&wg), bf16_weight_free(&wu);
+    backend_cuda_weight_free(gpu, &dbg), backend_cuda_weight_free(gpu, &dbu);
+    free((void *)hbg.data), free((void *)hbu.data);
+    gpu->ops->free(gpu, dx), gpu->ops->free(gpu, dout), gpu->ops->free(gpu, dscr);
+    free(x), free(g), free(u), free(out);
+}
+
+/* x += y; out = rmsnorm(x): both x and out against add then rmsnorm. */
+static void test_add_rmsnorm(int n, int dim)
+{
+    sr_weight hw, dw;
+    f32_weight_make(&hw, &dw, dim);
+    size_t e_n = (size_t)n * dim;
+    float *x = gpu_rand_host(e_n, 2.0f), *y = gpu_rand_host(e_n, 2.0f);
+    float *dx = gpu_put(gpu, x, e_n * 4), *dy = gpu_put(gpu, y, e_n * 4);
+    float *dout = gpu_poisoned(gpu, e_n);
+    cpu->ops->add(cpu, x, y, e_n);
+    float *ref = malloc(e_n * 4);
+    cpu->ops->rmsnorm(cpu, x, &hw, n, dim, 1e-5f, ref);
+    CHECK(gpu->ops->add_rmsnorm(gpu, dx, dy, &dw, n, dim, 1e-5f, dout) == 0, "add_rmsnorm: %s",
+          sr_error_get());
+    float *gx = gpu_get(gpu, dx, e_n), *gout = gpu_get(gpu, dout, e_n);
+    double ex = gpu_rel_err(gx, x, e_n), eo = gpu_rel_err(gout, ref, e_n);
+    CHECK(ex < 1e-6 && eo < 1e-5, "add_rmsnorm n=%d dim=%d: rel err x %g, out %g", n, dim, ex, eo);
+    backend_cuda_weight_free(gpu, &dw);
+    free((void *)hw.data);
+    gpu->ops->free(gpu, dx), gpu->ops->free(gpu, dy), gpu->ops->free(gpu, dout);
+    free(x), free(y), free(ref), free(gx), free(gout);
+}
+
+/* RoPE of q and k in one launch against two rope calls; rows padded
+ * (stride > heads * head_dim) to check that only the heads move. */
+static void test_rope_qk(int n, int n_heads, int n_kv, int hd)
+{
+    const int qs = n_heads * hd + 4, ks = n_kv * hd + 8;
+    float *q = gpu_rand_host((size_t)n * qs, 1.0f), *k = gpu_rand_host((size_t)n * ks, 1.0f);
+    int32_t *pos = malloc((size_t)n * sizeof *pos);
+    for (int i = 0; i < n; i++)
+        pos[i] = (int32_t)((gpu_frand() + 1.0f) * 50000.0f);
+    float *inv = malloc((size_t)hd / 2 * 4);
+    for (int f = 0; f < hd / 2; f++)
+        inv[f] = powf(500000.0f, -2.0f * f / hd);
+    float *dq = gpu_put(gpu, q, (size_t)n * qs * 4), *dk = gpu_put(gpu, k, (size_t)n * ks * 4);
+    int32_t *dpos = gpu_put(gpu, pos, (size_t)n * 4);
+    float *dinv = gpu_put(gpu, inv, (size_t)hd / 2 * 4);
+    cpu->ops->rope(cpu, q, pos, n, n_heads, hd, qs, inv);
+    cpu->ops->rope(cpu, k, pos, n, n_kv, hd, ks, inv);
+    CHECK(gpu->ops->rope_qk(gpu, dq, dk, dpos, n, n_heads, n_kv, hd, qs, ks, dinv) == 0,
+          "rope_qk: %s", sr_error_get());
+    float *gq = gpu_get(gpu, dq, (size_t)n * qs), *gk = gpu_get(gpu, dk, (size_t)n * ks);
+    double eq = gpu_rel_err(gq, q, (size_t)n * qs), ek = gpu_rel_err(gk, k, (size_t)n * ks);
+    CHECK(eq < 1e-5 && ek < 1e-5, "rope_qk n=%d heads %d/%d hd %d: rel err q %g, k %g", n,
+          n_heads, n_kv, hd, eq, ek);
+    gpu->ops->free(gpu, dq), gpu->ops->free(gpu, dk), gpu->ops->free(gpu, dpos);
+    gpu->ops->free(gpu, dinv);
+    free(q), free(k), free(pos), free(inv), free(gq), free(gk);
+}
+
+static void check_fused_ops(void)
+{
+    CHECK(gpu->ops->matmul_multi && gpu->ops->matmul_glu && gpu->ops->add_rmsnorm &&
+          gpu->ops->rope_qk, "the cuda backend offers the fused operations");
+    if (!gpu->ops->matmul_multi || !gpu->ops->matmul_glu || !gpu->ops->add_rmsnorm ||
+        !gpu->ops->rope_qk)
+        return;
+    for (int n = 1; n <= 4; n++) {
+        test_matmul_multi(n, 4096, 4096, 1024, 0);
+        test_matmul_glu(n, 1000, 512, 1);
+    }
+    test_matmul_multi(1, 896, 896, 128, 1); /* Qwen2.5-0.5B: qkv bias */
+    test_matmul_multi(3, 64, 37, 5, 1);     /* rows not a multiple of a block's */
+    test_matmul_multi(6, 256, 96, 32, 1);   /* cuBLAS per matrix */
+    test_matmul_glu(1, 14336, 4096, 0);     /* Llama-3-8B */
+    test_matmul_glu(2, 37, 64, 1);
+    test_matmul_glu(7, 300, 128, 1);        /* cuBLAS, then swiglu */
+    test_add_rmsnorm(1, 4096);
+    test_add_rmsnorm(3, 37);
+    test_add_rmsnorm(2, 9000); /* past the values kept in registers */
+    test_add_rmsnorm(5, 896);
+    test_rope_qk(1, 32, 8, 128);
+    test_rope_qk(3, 14, 2, 64);
+}
+
+/* ---- device graphs ---------------------------------------------------- */
+
+/* kvcache_attend plus a wait for the device in one layer: a recording
+ * cannot hold it, so that step must fall back to plain queuing. */
+typedef struct {
+    sr_kvcache *kv;
+    int sync_layer;
+} syncing_attend;
+
+static int attend_with_sync(void *user, int layer, const float *q, const float *k, const float *v,
+                            const int32_t *pos_host, const int32_t *pos, int n, float *out)
+{
+    syncing_attend *a = user;
+    if (layer == a->sync_layer && a->kv->be->ops->sync(a->kv->be) != 0)
+        return -1;
+    return kvcache_attend(a->kv, layer, q, k, v, pos_host, pos, n, out);
+}
+
+/* Prefill, then n_decode steps; graphs on or off; one layer per graph so
+ * a small model still has several; sync_layer >= 0: that layer's
+ * attention waits for the device. Logits [(1 + n_decode), V]. */
+static int run_graph_case(const sr_model *m, const int32_t *ids, int n, int n_decode, int graphs,
+                          int sync_layer, float *logits, cuda_graph_stats *st)
+{
+    session s;
+    backend_cuda_set_graphs(gpu, graphs);
+    int rc = session_init(&s, gpu, m, 64, n + n_decode + 1);
+    const int V = m->cfg.vocab_size;
+    s.f.graph_layers = 1;
+    int32_t *pos = malloc((size_t)n * sizeof *pos);
+    for (int i = 0; i < n; i++)
+        pos[i] = i;
+    if (rc == 0)
+        rc = local_step(&s.st, ids, pos, n, logits);
+    cuda_graph_stats g0;
+    backend_cuda_graph_stats(gpu, &g0);
+    syncing_attend sa = {&s.kv, sync_layer};
+    for (int g = 0; rc == 0 && g < n_decode; g++) {
+        int32_t p = n + g, id = ids[n + g];
+        if (sync_layer >= 0) {
+            rc = forward_run_graphed(&s.f, &id, &p, 1, attend_with_sync, &sa, 1,
+                                     logits + (size_t)(g + 1) * V);
+            if (rc == 0)
+                rc = kvcache_commit(&s.kv, 1);
+        } else {
+            rc = local_step(&s.st, &id, &p, 1, logits + (size_t)(g + 1) * V);
+        }
+    }
+    backend_cuda_graph_stats(gpu, st);
+    st->launches -= g0.launches, st->updates -= g0.updates;
+    st->instantiations -= g0.instantiations, st->fallbacks -= g0.fallbacks;
+    free(pos);
+    session_free(&s);
+    backend_cuda_set_graphs(gpu, 1);
+    return rc;
+}
+
+static void check_graphs(const char *dir)
+{
+    sr_model m;
+    sr_load_options opt = {0};
+    int loaded = model_load(&m, dir, &opt) == 0;
+    CHECK(loaded, "%s: %s", dir, sr_error_get());
+    if (!loaded)
+        return;
+    const int V = m.cfg.vocab_size, L = m.cfg.n_layers, n = 40, n_decode = 12;
+    int32_t *ids = malloc((size_t)(n + n_decode) * sizeof *ids);
+    for (int i = 0; i < n + n_decode; i++)
+        ids[i] = (int32_t)((gpu_frand() + 1.0f) * 0.5f * (V - 1));
+    size_t sz = (size_t)(1 + n_decode) * V;
+    float *on = malloc(sz * 4), *off = malloc(sz * 4), *fb = malloc(sz * 4);
+    cuda_graph_stats st_on, st_off, st_fb;
+    int rc_on = run_graph_case(&m, ids, n, n_decode, 1, -1, on, &st_on);
+    int rc_off = run_graph_case(&m, ids, n, n_decode, 0, -1, off, &st_off);
+    int rc_fb = run_graph_case(&m, ids, n, n_decode, 1, L - 1, fb, &st_fb);
+    CHECK(rc_on == 0 && rc_off == 0 && rc_fb == 0, "%s graphs: a run failed: %s", dir,
+          sr_error_get());
+    if (rc_on == 0 && rc_off == 0 && rc_fb == 0) {
+        /* the same kernels with the same arguments: the same bits */
+        double e = gpu_rel_err(on, off, sz), efb = gpu_rel_err(fb, off, sz);
+        printf("%s graphs: %llu graph launches (%llu updates, %llu instantiated, %llu dropped); "
+               "logits rel err vs plain queuing %g; with an unrecordable wait %g (%llu dropped)\n",
+               dir, st_on.launches, st_on.updates, st_on.instantiations, st_on.fallbacks, e, efb,
+               st_fb.fallbacks);
+        CHECK(st_on.launches >= (unsigned long long)(n_decode * L) && st_on.fallbacks == 0,
+              "%s graphs: %llu launches, %llu dropped for %d steps of %d layers", dir,
+              st_on.launches, st_on.fallbacks, n_decode, L);
+        CHECK(st_on.updates > 0, "%s graphs: no graph was updated in place", dir);
+        CHECK(st_off.launches == 0, "%s graphs off: %llu graph launches", dir, st_off.launches);
+        CHECK(e == 0.0, "%s graphs: logits differ from plain queuing by %g", dir, e);
+        CHECK(st_fb.fallbacks > 0 && efb == 0.0,
+              "%s graphs: unrecordable step: %llu dropped, logits rel err %g", dir,
+              st_fb.fallbacks, efb);
+    }
+    free(ids), free(on), free(off), free(fb);
+    model_free(&m);
+}
+
 int main(void)
 {
     gpu = gpu_backend_or_skip("cuda_forward");
@@ -238,6 +529,12 @@ int main(void)
         closedir(d);
     CHECK(models >= 3, "expected at least 3 fixture models, found %d", models);
     check_dummy("tests/fixtures/configs/qwen2.5-0.5b.json", 300, 128, 3);
+    check_fused_ops();
+    check_graphs("tests/fixtures/llama3-tiny");
+    cuda_graph_stats gs;
+    backend_cuda_graph_stats(gpu, &gs);
+    printf("cuda_forward: %llu graph launches in all (%llu updates, %llu instantiated, %llu "
+           "dropped)\n", gs.launches, gs.updates, gs.instantiations, gs.fallbacks);
     backend_destroy(cpu);
     backend_destroy(gpu);
     return check_finish("cuda_forward");
