@@ -27,10 +27,12 @@ M=models/needle-llama-tiny
 [ -f $M/config.json ] || { echo "SKIP: $M missing"; exit 77; }
 # Each rank takes the GPU of its local rank (attention_cuda/backend_select.c).
 unset STARRELAY_CUDA_DEVICE
-# NVLink multicast stays off on the lent machines; NCCL explains its own
-# failures at WARN.
+# NVLink multicast stays off on the lent machines. NCCL explains its own
+# failures at WARN, into files (its default is stdout, where the results
+# go); they are printed at the end.
 export NCCL_NVLS_ENABLE=0 NCCL_DEBUG=${NCCL_DEBUG:-WARN}
-SR_MPIRUN_ARGS="$SR_MPIRUN_ARGS -x NCCL_NVLS_ENABLE -x NCCL_DEBUG"
+export NCCL_DEBUG_FILE=${NCCL_DEBUG_FILE:-$SR_TMP/nccl.%h.%p.log}
+SR_MPIRUN_ARGS="$SR_MPIRUN_ARGS -x NCCL_NVLS_ENABLE -x NCCL_DEBUG -x NCCL_DEBUG_FILE"
 SR_TIMEOUT=240
 TOL=3e-2
 
@@ -131,4 +133,7 @@ EOF
 else
     SR_FAIL=$((SR_FAIL + 1))
 fi
+for f in "$SR_TMP"/nccl.*.log; do
+    [ -s "$f" ] && { echo "NCCL's log $(basename "$f"):"; head -20 "$f"; }
+done
 sr_finish
