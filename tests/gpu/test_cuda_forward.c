@@ -18,6 +18,7 @@
  *    attention waits for the device (unrecordable) falls back to plain
  *    queuing with the same result and no error.
  * The fixture checks run with graphs on (the default), as generation does.
+ * SR_TEST_QUICK=1 runs 4 and 5 only (for compute-sanitizer).
  * Skips (exit 77) when no GPU is visible. */
 #include <dirent.h>
 #include <jansson.h>
@@ -509,6 +510,13 @@ int main(void)
     gpu = gpu_backend_or_skip("cuda_forward");
     cpu = backend_cpu_create();
     gpu_seed(0xC0FFEEull);
+    if (getenv("SR_TEST_QUICK")) {
+        check_fused_ops();
+        check_graphs("tests/fixtures/llama3-tiny");
+        backend_destroy(cpu);
+        backend_destroy(gpu);
+        return check_finish("cuda_forward (quick)");
+    }
     const char *root = "tests/fixtures";
     DIR *d = opendir(root);
     CHECK(d != NULL, "no %s (run from the source root)", root);
