@@ -60,7 +60,7 @@ if ! "${launch[@]}" "$D" batch --model "$MODEL" --load-format dummy --dummy-seed
     --block-size "$BLOCK" --anchor-size "$BLOCK" \
     --chunk-rows 2048 --max-phase1-tokens 2048 >"$TMP/batch.out" 2>"$TMP/batch.err"; then
     echo "starrelayd batch failed on $RANKS ranks:" >&2
-    grep -v ' INFO ' "$TMP/batch.err" | tail -5 >&2
+    grep -v ' INFO ' "$TMP/batch.err" | grep -v -- '^---\|^ \|^$' | head -5 >&2
 fi
 echo "batch run: $((SECONDS - t0)) s" >&2
 

@@ -59,7 +59,7 @@ for np in $RANKS; do
                 echo "ran $mode, $np rank(s), context $C in $((SECONDS - t0)) s" >&2
             else
                 echo "FAILED: $mode on $np rank(s), context $C:" >&2
-                grep -v ' INFO ' "$f.err" | tail -5 >&2
+                grep -v ' INFO ' "$f.err" | grep -v -- '^---\|^ \|^$' | head -5 >&2
                 rm -f "$f.json"
             fi
         done

@@ -135,27 +135,31 @@ sr_engine *engine_create(const sr_engine_options *o, sr_transport *tr, sr_backen
         e->accepting = true;
         rc = options_check(&e->o, tr->size);
     }
-    /* The query host admits against one pool size for every rank: the
-     * smallest (device memory may differ from rank to rank). Every rank
-     * takes part in the reduction, failed or not. */
+    if (rc == 0) {
+        e->is_query = tr->rank == e->o.query_rank;
+        e->page_tokens = e->o.page_tokens;
+        rc = rank_state_init(&e->rs, tr, be, e->o.devcomm, m, e->o.query_rank, e->o.chunk_rows,
+                             e->o.max_batch);
+    }
+    /* The pool after the weights, which are on the device by now. The query
+     * host admits against one pool size for every rank: the smallest
+     * (device memory may differ from rank to rank). Every rank takes part
+     * in the reduction, failed or not. */
     int64_t tokens = rc == 0 ? budget_tokens(o, &m->cfg, be) : 0, neg_min = 0;
     if (tr->ops->allreduce_max(tr, -tokens, &neg_min) != 0 && rc == 0)
         rc = -1;
     tokens = -neg_min;
     if (rc == 0) {
-        e->is_query = tr->rank == e->o.query_rank;
-        e->page_tokens = e->o.page_tokens;
         int64_t pages = tokens / e->page_tokens;
         if (pages < 1)
             rc = sr_error_set("the KV budget (%lld tokens) is smaller than one page of %d tokens",
                               (long long)tokens, e->page_tokens);
         else if (pages > INT32_MAX / 2)
             rc = sr_error_set("the KV budget of %lld pages is too large", (long long)pages);
+        else
+            rc = rank_state_init_pool(&e->rs, e->page_tokens, (int)pages);
         e->pages_per_rank = (int)pages;
     }
-    if (rc == 0)
-        rc = rank_state_init(&e->rs, tr, be, e->o.devcomm, m, e->o.query_rank, e->page_tokens,
-                             e->pages_per_rank, e->o.chunk_rows, e->o.max_batch);
     if (rc == 0 && e->is_query) {
         e->avail = malloc((size_t)e->n_ranks * sizeof *e->avail);
         rc = e->avail ? collect_eos(e) : sr_error_set("engine: out of memory");

@@ -11,8 +11,7 @@
 #include "hosts/step_msg.h"
 
 int rank_state_init(sr_rank_state *rs, sr_transport *tr, sr_backend *be, sr_devcomm *dc,
-                    const sr_model *m, int query_rank, int page_tokens, int n_pages,
-                    int chunk_rows, int max_segs)
+                    const sr_model *m, int query_rank, int chunk_rows, int max_segs)
 {
     memset(rs, 0, sizeof *rs);
     rs->tr = tr;
@@ -23,8 +22,6 @@ int rank_state_init(sr_rank_state *rs, sr_transport *tr, sr_backend *be, sr_devc
     rs->max_segs = max_segs;
     rs->relay = true;
     const int V = m->cfg.vocab_size;
-    if (kv_pool_init(&rs->pool, be, &m->cfg, page_tokens, n_pages) != 0)
-        return -1;
     /* Only the query host samples; the others never compute logits. */
     if (forward_init_logits(&rs->fwd, be, m, chunk_rows, rs->is_query ? max_segs : 1) != 0 ||
         batch_attend_init(&rs->p1, be, NULL, &m->cfg, chunk_rows, max_segs) != 0 ||
@@ -51,6 +48,11 @@ int rank_state_init(sr_rank_state *rs, sr_transport *tr, sr_backend *be, sr_devc
                             chunk_rows, max_segs);
     }
     return 0;
+}
+
+int rank_state_init_pool(sr_rank_state *rs, int page_tokens, int n_pages)
+{
+    return kv_pool_init(&rs->pool, rs->be, &rs->m->cfg, page_tokens, n_pages);
 }
 
 static void rank_job_free(sr_rank_job *j)

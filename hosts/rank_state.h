@@ -95,12 +95,15 @@ typedef struct {
     int n_dev_rows;
 } sr_rank_state;
 
-/* Pool of n_pages pages; forward calls of up to chunk_rows rows and
- * max_segs jobs. dc: phase 2's device data plane (borrowed), or NULL for
- * the host-staged all-gather over tr. */
+/* The weights on the backend and forward calls of up to chunk_rows rows
+ * and max_segs jobs; the KV pool comes after (rank_state_init_pool), so a
+ * device's pool can be sized from the memory the weights left. dc: phase
+ * 2's device data plane (borrowed), or NULL for the host-staged all-gather
+ * over tr. */
 int rank_state_init(sr_rank_state *rs, sr_transport *tr, sr_backend *be, sr_devcomm *dc,
-                    const sr_model *m, int query_rank, int page_tokens, int n_pages,
-                    int chunk_rows, int max_segs);
+                    const sr_model *m, int query_rank, int chunk_rows, int max_segs);
+/* The KV pool: n_pages pages of page_tokens tokens. */
+int rank_state_init_pool(sr_rank_state *rs, int page_tokens, int n_pages);
 void rank_state_free(sr_rank_state *rs);
 
 /* Executes one step plan (every rank, the query host too) and ends with
