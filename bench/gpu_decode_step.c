@@ -18,6 +18,7 @@
 #include <time.h>
 
 #include "attention_cuda/backend_cuda.h"
+#include "common/clock.h"
 #include "common/error.h"
 #include "engine/forward.h"
 #include "engine/kvcache.h"
@@ -43,13 +44,6 @@ static const decode_cfg CFGS[] = {
 };
 enum { N_CFGS = sizeof CFGS / sizeof CFGS[0] };
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -74,10 +68,10 @@ static double copy_bandwidth(sr_backend *be)
     be->ops->copy(be, b, a, bytes);
     be->ops->sync(be);
     for (int i = 0; i < 10; i++) {
-        double t0 = now_s();
+        double t0 = sr_mono_s();
         if (be->ops->copy(be, b, a, bytes) != 0 || be->ops->sync(be) != 0)
             die("copy");
-        t[i] = now_s() - t0;
+        t[i] = sr_mono_s() - t0;
     }
     qsort(t, 10, sizeof t[0], cmp_double);
     be->ops->free(be, a);
@@ -104,20 +98,20 @@ int main(int argc, char **argv)
     sr_backend *be = backend_cuda_create(0);
     if (!be)
         die("cuda backend");
-    double t0 = now_s();
+    double t0 = sr_mono_s();
     sr_model m;
     sr_load_options opt = {.format = SR_LOAD_DUMMY, .dummy_seed = 1, .dummy_dtype = SR_DTYPE_BF16};
     if (model_load(&m, argv[1], &opt) != 0)
         die("loading the model");
-    double t_load = now_s() - t0;
+    double t_load = sr_mono_s() - t0;
     const sr_model_config *c = &m.cfg;
     double copy_bps = copy_bandwidth(be);
 
     sr_forward f;
-    t0 = now_s();
+    t0 = sr_mono_s();
     if (forward_init(&f, be, &m, CHUNK_ROWS) != 0)
         die("forward_init");
-    double t_upload = now_s() - t0;
+    double t_upload = sr_mono_s() - t0;
     /* bytes one decode step must read: every weight (bf16 matrices, fp32
      * norms; a tied lm_head once) and, per context token, K and V of every
      * layer in fp32 */
@@ -145,10 +139,10 @@ int main(int argc, char **argv)
             pos[i] = i;
         }
         backend_cuda_set_fused(be, 1);
-        t0 = now_s();
+        t0 = sr_mono_s();
         if (local_step(&st, ids, pos, ctx, logits) != 0)
             die("prefill");
-        double t_prefill = now_s() - t0;
+        double t_prefill = sr_mono_s() - t0;
         for (int k = 0; k < N_CFGS; k++) {
             const decode_cfg *d = &CFGS[k];
             backend_cuda_set_graphs(be, d->graphs);
@@ -164,11 +158,11 @@ int main(int argc, char **argv)
             for (int s = 0; s < DECODE_WARM + DECODE_STEPS; s++) {
                 int32_t p = ctx + s;
                 tok = (tok * 7 + 13) % c->vocab_size;
-                double ts = now_s();
+                double ts = sr_mono_s();
                 if (local_step(&st, &tok, &p, 1, logits) != 0)
                     die("decode step");
                 if (s >= DECODE_WARM)
-                    steps[s - DECODE_WARM] = now_s() - ts;
+                    steps[s - DECODE_WARM] = sr_mono_s() - ts;
             }
             backend_cuda_graph_stats(be, &g1);
             qsort(steps, DECODE_STEPS, sizeof steps[0], cmp_double);

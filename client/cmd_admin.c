@@ -10,6 +10,7 @@
 #include "client/client.h"
 #include "client/tokenize_local.h"
 #include "client/usage.h"
+#include "common/clock.h"
 #include "health.pb-c.h"
 #include "starrelay.pb-c.h"
 
@@ -281,13 +282,6 @@ int cmd_info(int argc, char **argv)
 
 /* ---- health ---- */
 
-static double mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 /* 1 serving, 0 not serving, or -(exit code). */
 static int health_once(client_ctx *cx, const char *service, bool quiet)
 {
@@ -350,10 +344,10 @@ int cmd_health(int argc, char **argv)
     if (code == EXIT_OK) {
         /* --wait S: poll quietly until SERVING or S seconds have passed
          * (scripts that start the daemon and wait for it). */
-        double until = mono_now() + wait_s;
+        double until = sr_mono_s() + wait_s;
         int r;
         for (;;) {
-            bool last = mono_now() >= until;
+            bool last = sr_mono_s() >= until;
             r = health_once(&cx, service, !last);
             if (r == 1 || last)
                 break;

@@ -5,15 +5,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "daemon/api_internal.h"
-
-static double mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* Unpacks and converts a GenerateRequest; finishes the call on error. */
 static int job_request_or_finish(sr_api *a, rpc_call *call, sr_job_request *r)
@@ -262,7 +256,7 @@ void api_wait_job(sr_api *a, rpc_call *call)
         job_id_or_finish(a, call, &starrelay__v1__wait_job_request__descriptor, &id,
                          &timeout_s) != 0)
         return;
-    double until = timeout_s > 0 ? mono_now() + timeout_s : 0;
+    double until = timeout_s > 0 ? sr_mono_s() + timeout_s : 0;
     double deadline = rpc_call_deadline(call);
     /* Answer a little before the client's deadline, so it gets the job. */
     if (deadline > 0 && (until == 0 || deadline - 0.05 < until))
@@ -304,7 +298,7 @@ void api_cancel_job(sr_api *a, rpc_call *call)
     }
     /* The cancellation is asynchronous: wait (briefly) for the job to end
      * so the reply shows CANCELLED rather than RUNNING. */
-    if (job_table_wait(a->jobs, id, mono_now() + 10, call_gone, call, &v) != 0) {
+    if (job_table_wait(a->jobs, id, sr_mono_s() + 10, call_gone, call, &v) != 0) {
         finish_unknown_job(a, call, ids);
         return;
     }

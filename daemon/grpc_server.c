@@ -24,6 +24,7 @@
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
 
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/log.h"
 
@@ -79,13 +80,6 @@ struct rpc_server {
     int handlers;                 /* handler threads running */
     bool shutting_down, shutdown_done;
 };
-
-static double mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* ---- call life cycle ---- */
 
@@ -223,7 +217,7 @@ static void on_new_call(rpc_server *s, rpc_call *c, bool ok)
     gpr_timespec dl = c->details.deadline;
     if (gpr_time_cmp(dl, gpr_inf_future(dl.clock_type)) != 0) {
         gpr_timespec left = gpr_time_sub(dl, gpr_now(dl.clock_type));
-        c->deadline = mono_now() + (double)left.tv_sec + (double)left.tv_nsec * 1e-9;
+        c->deadline = sr_mono_s() + (double)left.tv_sec + (double)left.tv_nsec * 1e-9;
     }
 
     pthread_mutex_lock(&c->mu);
@@ -657,8 +651,8 @@ void rpc_server_destroy(rpc_server *s)
      * pushed just before the engine stopped) get a moment to finish; only
      * then are the calls still open cancelled. */
     pthread_mutex_lock(&s->mu);
-    double t0 = mono_now();
-    while (s->handlers > 0 && mono_now() - t0 < 10) {
+    double t0 = sr_mono_s();
+    while (s->handlers > 0 && sr_mono_s() - t0 < 10) {
         struct timespec until;
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_nsec += 50 * 1000 * 1000;
@@ -677,8 +671,8 @@ void rpc_server_destroy(rpc_server *s)
         clock_gettime(CLOCK_REALTIME, &until);
         until.tv_sec += 1;
         pthread_cond_timedwait(&s->cv, &s->mu, &until);
-        if (mono_now() - said > 5) {
-            said = mono_now();
+        if (sr_mono_s() - said > 5) {
+            said = sr_mono_s();
             sr_log(SR_LOG_WARN, "grpc: waiting for %d call handler%s to finish (%.0f s)",
                    s->handlers, s->handlers == 1 ? "" : "s", said - t0);
         }

@@ -6,6 +6,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "daemon/metrics.h"
 
@@ -29,13 +30,6 @@ struct sr_job_table {
     bool closed;
     sr_metrics *metrics;         /* may be NULL */
 };
-
-static double mono_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static double unix_now(void)
 {
@@ -202,7 +196,7 @@ static void apply(sr_job_table *t, const sr_job_event *ev)
         j->v.status = ev->status;
         snprintf(j->v.message, sizeof j->v.message, "%s", ev->message);
         j->v.ended_unix = unix_now();
-        j->ended_mono = mono_now();
+        j->ended_mono = sr_mono_s();
         log_final(j, ev);
         break;
     }
@@ -213,7 +207,7 @@ static void apply(sr_job_table *t, const sr_job_event *ev)
  * beyond max_kept. Caller holds mu. */
 static void purge(sr_job_table *t)
 {
-    double now = mono_now();
+    double now = sr_mono_s();
     int n_ended = 0;
     for (int i = 0; i < t->n; i++)
         n_ended += ended(t->jobs[i]);
@@ -233,15 +227,15 @@ static void purge(sr_job_table *t)
 static void *collector_main(void *arg)
 {
     sr_job_table *t = arg;
-    double last_purge = mono_now();
+    double last_purge = sr_mono_s();
     for (;;) {
         sr_job_event *ev = event_queue_pop(t->events, 0.5);
         pthread_mutex_lock(&t->mu);
         if (ev)
             apply(t, ev);
-        if (mono_now() - last_purge > 1.0) {
+        if (sr_mono_s() - last_purge > 1.0) {
             purge(t);
-            last_purge = mono_now();
+            last_purge = sr_mono_s();
         }
         bool stop = !ev && t->closed;
         pthread_mutex_unlock(&t->mu);
@@ -389,7 +383,7 @@ int job_table_wait(sr_job_table *t, uint64_t id, double until, bool (*gone)(void
             pthread_mutex_unlock(&t->mu);
             return -1;
         }
-        double now = mono_now();
+        double now = sr_mono_s();
         if (ended(t->jobs[at]) || t->closed || (until > 0 && now >= until) ||
             (gone && gone(arg)))
             break;

@@ -18,6 +18,7 @@
 #include "attention_cuda/backend_select.h"
 #include "attention_cuda/devcomm_nccl.h"
 #include "backend/backend.h"
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "daemon/run_input.h"
@@ -31,13 +32,6 @@
 #include "hosts/plan.h"
 #include "ring/fail_hook.h"
 #include "ring/transport.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static int stream_to_stdout(void *user, const int32_t *ids, size_t n_ids, const char *piece,
                             size_t len)
@@ -228,7 +222,7 @@ static int run_on_rank(sr_transport *tr, int argc, char **argv)
             sr_log_set_level(SR_LOG_WARN);
     }
 
-    double t_load = now_s();
+    double t_load = sr_mono_s();
     rc = model_load(&s.model, s.o.model_dir, &s.o.load);
     if (rc == 0)
         rc = fail_hook_check("load", tr->rank);
@@ -238,7 +232,7 @@ static int run_on_rank(sr_transport *tr, int argc, char **argv)
     }
     sr_log(SR_LOG_INFO, "loaded %s: %d layers, hidden %d, %lld parameters in %.1f s",
            s.model.cfg.arch_name, s.model.cfg.n_layers, s.model.cfg.hidden_size,
-           (long long)model_count_params(&s.model), now_s() - t_load);
+           (long long)model_count_params(&s.model), sr_mono_s() - t_load);
 
     rc = is_query ? build_job(&s, tr, &msg, &msg_len) : 0;
     if (transport_agree(tr, stage(rc), root) != 0)
@@ -271,6 +265,7 @@ static int run_on_rank(sr_transport *tr, int argc, char **argv)
         rep.plan = &s.plan;
         rep.phase1_s = job.phase1_s;
         rep.phase2_s = job.phase2_s;
+        rep.phase2_allgather_s = job.phase2_allgather_s;
         gres = job.gen;
         memset(&job.gen, 0, sizeof job.gen);
     }

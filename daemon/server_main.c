@@ -27,6 +27,7 @@
 #include "attention_cuda/backend_select.h"
 #include "attention_cuda/devcomm_nccl.h"
 #include "backend/backend.h"
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "daemon/api_service.h"
@@ -38,13 +39,6 @@
 #include "hosts/engine.h"
 #include "ring/transport.h"
 #include "tokenizer/tokenizer.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static sr_stage_status stage(int rc)
 {
@@ -297,7 +291,7 @@ static int serve_on_rank(sr_transport *tr, signal_state *sig, int argc, char **a
     const char *delay = getenv("STARRELAY_TEST_LOAD_DELAY_S");
     if (delay && atof(delay) > 0)
         usleep((useconds_t)(atof(delay) * 1e6));
-    double t_load = now_s();
+    double t_load = sr_mono_s();
     sr_load_options lo;
     daemon_options_to_load(&s.o, &lo);
     rc = model_load(&s.model, s.o.model_dir, &lo);
@@ -315,7 +309,7 @@ static int serve_on_rank(sr_transport *tr, signal_state *sig, int argc, char **a
     }
     sr_log(SR_LOG_INFO, "loaded %s from %s: %d layers, %lld parameters in %.1f s on %d rank%s",
            s.model.cfg.arch_name, s.o.model_dir, s.model.cfg.n_layers,
-           (long long)model_count_params(&s.model), now_s() - t_load, tr->size,
+           (long long)model_count_params(&s.model), sr_mono_s() - t_load, tr->size,
            tr->size == 1 ? "" : "s");
 
     /* Collective: every rank decides the same from the same facts. */

@@ -4,15 +4,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/error.h"
 #include "engine/token_stream.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* One step and the token after it: on the device when the request has a
  * step_sample (and the full logits are not wanted), else logits come back
@@ -62,7 +56,7 @@ int generate_run(sr_step_fn step, void *step_user, int vocab_size, const sr_gene
     if (sampler_init(&sampler, &req->sampling, vocab_size) != 0)
         goto done;
 
-    double t0 = now_s();
+    double t0 = sr_mono_s();
     int32_t *pos = malloc((size_t)(req->n_prompt > 0 ? req->n_prompt : 1) * sizeof *pos);
     if (!pos) {
         sr_error_set("generate: out of memory");
@@ -77,8 +71,8 @@ int generate_run(sr_step_fn step, void *step_user, int vocab_size, const sr_gene
     free(pos);
     if (step_rc != 0)
         goto done;
-    res->prefill_s = now_s() - t0;
-    double t1 = now_s();
+    res->prefill_s = sr_mono_s() - t0;
+    double t1 = sr_mono_s();
 
     res->finish_reason = "length";
     int32_t next_pos = req->pos0 + req->n_prompt;
@@ -119,7 +113,7 @@ int generate_run(sr_step_fn step, void *step_user, int vocab_size, const sr_gene
             req->on_token(req->on_token_user, NULL, 0, piece, plen) != 0)
             res->finish_reason = "cancelled";
     }
-    res->decode_s = now_s() - t1;
+    res->decode_s = sr_mono_s() - t1;
     if (token_stream_steal_text(&ts, &res->text, &res->text_len) != 0)
         goto done;
     rc = 0;

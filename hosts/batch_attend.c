@@ -6,15 +6,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/error.h"
 #include "ring/fail_hook.h"
-
-static double mono_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 enum { PART_PREFIX = 0, PART_SRC = 1, PART_DEST = 2, N_PARTS = 3 };
 
@@ -376,20 +370,20 @@ static int exchange(sr_batch_attend *A, int layer, int n, bool call_ok, const bo
      * every rank's flags (on the device plane, the flags' download; it
      * also waits out this rank's own attention still queued on the
      * device, which the host-staged path waited for in its download). */
-    const double t0 = mono_s();
+    const double t0 = sr_mono_s();
     if (A->dc ? gather_device(A, rec, flags_off, &call_ok, err, sizeof err) != 0
               : tr->ops->allgather(tr, A->send, A->recv, rec * sizeof(float)) != 0)
         return -1;
     A->layers_synced++;
     if (!call_ok) {
-        A->allgather_s += mono_s() - t0;
+        A->allgather_s += sr_mono_s() - t0;
         A->allgathers++;
         A->failed_here = true;
         return sr_error_set("%s", err);
     }
     if (A->dc && fetch_flags(A, n, rec) != 0)
         return -1;
-    A->allgather_s += mono_s() - t0;
+    A->allgather_s += sr_mono_s() - t0;
     A->allgathers++;
     for (int r = 0; r < tr->size; r++) {
         const float *fr = A->recv + (size_t)r * rec + flags_off;

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "engine/forward.h"
@@ -12,13 +13,6 @@
 #include "hosts/phase1.h"
 #include "hosts/phase2.h"
 #include "ring/ring_attn.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static sr_stage_status status_of(int rc, int failed_elsewhere)
 {
@@ -134,13 +128,13 @@ int job_run(sr_transport *tr, sr_backend *be, sr_devcomm *dc, const sr_model *m,
         sr_error_prefix("setting up phase 1: ");
         goto done;
     }
-    double t1 = now_s();
+    double t1 = sr_mono_s();
     src = run_phase1(&J, tr, p, &elsewhere);
     if (transport_agree(tr, status_of(src, elsewhere), root) != 0) {
         sr_error_prefix("phase 1 (%s): ", plan_mode_name(p->mode));
         goto done;
     }
-    res->phase1_s = now_s() - t1;
+    res->phase1_s = sr_mono_s() - t1;
     sr_log(SR_LOG_DEBUG, "phase 1 done: %d system + %d context tokens held in %.3f s",
            J.sys.len, J.shard.len, res->phase1_s);
 
@@ -149,7 +143,7 @@ int job_run(sr_transport *tr, sr_backend *be, sr_devcomm *dc, const sr_model *m,
         sr_error_prefix("setting up phase 2: ");
         goto done;
     }
-    double t2 = now_s();
+    double t2 = sr_mono_s();
     if (is_query) {
         sr_generate_request r = *req;
         r.prompt = p->query_ids;
@@ -174,7 +168,8 @@ int job_run(sr_transport *tr, sr_backend *be, sr_devcomm *dc, const sr_model *m,
         sr_error_prefix("phase 2: ");
         goto done;
     }
-    res->phase2_s = now_s() - t2;
+    res->phase2_s = sr_mono_s() - t2;
+    res->phase2_allgather_s = J.p2.allgather_s;
     rc = 0;
 done:
     job_state_free(&J);

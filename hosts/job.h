@@ -16,6 +16,7 @@
 typedef struct {
     double phase1_s;          /* system prompt + context encoding, all ranks done */
     double phase2_s;          /* query + generation */
+    double phase2_allgather_s; /* of phase2_s: in the per-layer all-gathers */
     sr_generate_result gen;   /* query host only */
 } sr_job_result;
 

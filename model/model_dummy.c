@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/error.h"
 #include "common/log.h"
 #include "model/model.h"
@@ -151,20 +152,13 @@ static void dummy_fill_item(sr_dummy_job *job, size_t item)
     }
 }
 
-static double now_seconds(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Worker loop; the calling (main) thread also logs progress, since only it
  * may write log lines while others run. */
 static void dummy_work(sr_dummy_job *job, bool log_progress)
 {
     /* a line per 10% once the fill has run for a second; small models
      * finish silently */
-    double start = now_seconds();
+    double start = sr_mono_s();
     int next_tenth = 1;
     for (;;) {
         size_t item = atomic_fetch_add(&job->next_item, 1);
@@ -173,7 +167,7 @@ static void dummy_work(sr_dummy_job *job, bool log_progress)
         dummy_fill_item(job, item);
         size_t done = atomic_fetch_add(&job->done_items, 1) + 1;
         if (log_progress && done * 10 >= (size_t)next_tenth * job->n_items) {
-            double t = now_seconds() - start;
+            double t = sr_mono_s() - start;
             if (t >= 1.0)
                 sr_log(SR_LOG_INFO, "dummy weights: %zu%% filled (%.1f s)",
                        done * 100 / job->n_items, t);
@@ -294,7 +288,7 @@ int model_dummy_build(sr_model *m, uint64_t seed, sr_dtype dtype)
     sr_log(SR_LOG_INFO, "dummy weights: %lld parameters, %.2f GiB %s, seed %llu, %zu threads",
            (long long)model_count_params(m), (double)bytes / (1u << 30), sr_dtype_name(dtype),
            (unsigned long long)seed, n_threads);
-    double t0 = now_seconds();
+    double t0 = sr_mono_s();
     pthread_t tids[SR_DUMMY_MAX_THREADS];
     size_t started = 0;
     /* a thread that cannot start only makes the fill slower */
@@ -305,6 +299,6 @@ int model_dummy_build(sr_model *m, uint64_t seed, sr_dtype dtype)
     for (size_t i = 0; i < started; i++)
         pthread_join(tids[i], NULL);
     free(list);
-    sr_log(SR_LOG_INFO, "dummy weights: filled in %.1f s", now_seconds() - t0);
+    sr_log(SR_LOG_INFO, "dummy weights: filled in %.1f s", sr_mono_s() - t0);
     return 0;
 }

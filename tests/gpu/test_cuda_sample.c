@@ -16,18 +16,12 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "engine/sampler.h"
 #include "tests/gpu/gpu_test_util.h"
 
 static sr_backend *gpu;
 static int quick;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* Normal deviate from the shared uniform stream (Box-Muller). */
 static float gauss(void)
@@ -216,14 +210,14 @@ static void bench(int R, const sr_sampling_params *p, const char *label)
         gpu->ops->sync(gpu);
         for (int r = 0; r < R; r++)
             sampler_device_row(&s[r], NULL, 0, &rows[r]);
-        double t0 = now_s();
+        double t0 = sr_mono_s();
         CHECK(gpu->ops->sample(gpu, dl, R, V, rows, ids) == 0, "bench sample: %s",
               sr_error_get());
-        double t1 = now_s();
+        double t1 = sr_mono_s();
         gpu->ops->download(gpu, lg, src, (size_t)R * V * sizeof *lg);
         for (int r = 0; r < R; r++)
             sampler_sample(&s[r], lg + (size_t)r * V, NULL, 0);
-        double t2 = now_s();
+        double t2 = sr_mono_s();
         if (it > 0) { /* the first call warms up */
             t_dev += t1 - t0;
             t_host += t2 - t1;
