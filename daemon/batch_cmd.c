@@ -288,9 +288,11 @@ static void *front_main(void *arg)
                                  "pages_free", (json_int_t)ci.ranks[r].kv_pages_free,
                                  "pages_total", (json_int_t)ci.ranks[r].kv_pages_total,
                                  "page_tokens", ci.ranks[r].page_tokens));
-        json_t *o = json_pack("{s:o, s:I, s:I, s:i}", "pool", ranks, "max_context_now",
+        json_t *o = json_pack("{s:o, s:I, s:I, s:i, s:f, s:I}", "pool", ranks, "max_context_now",
                               (json_int_t)ci.max_context_now, "max_context_idle",
-                              (json_int_t)ci.max_context_idle, "prefixes", ci.n_prefixes);
+                              (json_int_t)ci.max_context_idle, "prefixes", ci.n_prefixes,
+                              "allgather_s", ci.allgather_s, "allgathers",
+                              (json_int_t)ci.allgathers);
         print_json(o);
         json_decref(o);
         cluster_info_free(&ci);

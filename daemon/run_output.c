@@ -60,7 +60,7 @@ int run_output_print(const sr_run_options *o, const sr_run_input *in,
             json_array_append_new(ids, json_integer(res->ids[i]));
         json_t *out = json_pack(
             "{s:o, s:s%, s:s, s:{s:i, s:i, s:i, s:i, s:i, s:i}, "
-            "s:{s:f, s:f, s:f, s:f, s:f, s:f}, s:o}",
+            "s:{s:f, s:f, s:f, s:f, s:f, s:f, s:f}, s:o}",
             "token_ids", ids, "text", res->text ? res->text : "", res->text_len,
             "finish_reason", res->finish_reason, "usage", "prompt_tokens",
             pr->system.n + pr->query.n, "system_tokens", pr->system.n, "context_tokens",
@@ -68,7 +68,7 @@ int run_output_print(const sr_run_options *o, const sr_run_input *in,
             "total_tokens", n_all + res->n_ids, "timings", "prefill_s", prefill_s, "decode_s",
             res->decode_s, "prefill_tokens_per_s", prefill_s > 0 ? n_all / prefill_s : 0.0,
             "decode_tokens_per_s", decode_tps, "phase1_s", rep->phase1_s, "phase2_s",
-            rep->phase2_s, "plan", plan_json(rep));
+            rep->phase2_s, "phase2_allgather_s", rep->phase2_allgather_s, "plan", plan_json(rep));
         char *s = out ? json_dumps(out, JSON_COMPACT | JSON_ENSURE_ASCII) : NULL;
         json_decref(out);
         if (!s)

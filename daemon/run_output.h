@@ -14,6 +14,7 @@ typedef struct {
     const char *dataplane;     /* phase 2's all-gather: "nccl" or "mpi" (host-staged) */
     const sr_plan *plan;       /* NULL in global mode */
     double phase1_s, phase2_s; /* global mode: 0 and the whole generation */
+    double phase2_allgather_s; /* of phase2_s: the per-layer all-gathers (0 in global mode) */
 } sr_run_report;
 
 int run_output_print(const sr_run_options *o, const sr_run_input *in,

@@ -40,6 +40,11 @@ typedef struct {
     int32_t *step_msg;      /* [2 * max_step_rows] ids then positions */
     int layers_synced;      /* all-gathers done in the current forward call */
     int failed_here, failed_elsewhere;
+    /* Cumulative, for --json: time in the all-gathers (enqueue to the
+     * statuses on the host, waiting for the slowest rank included) and how
+     * many there were. */
+    double allgather_s;
+    int64_t allgathers;
 } sr_phase2;
 
 /* sys and qcache only on the query host (others pass NULL);
