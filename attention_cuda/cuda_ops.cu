@@ -94,21 +94,23 @@ __global__ void embed_kernel(const T *__restrict__ table, int64_t rows, int64_t 
 int cuda_embed(sr_backend *be, const sr_weight *table, const int32_t *ids, int n, float *out)
 {
     cuda_ctx *ctx = cuda_ctx_of(be);
-    if (n <= 0)
-        return 0;
-    if (n > 65535)
-        return sr_error_set("cuda embedding: %d rows in one call (at most 65535)", n);
-    dim3 grid((unsigned)((table->cols + OPS_THREADS - 1) / OPS_THREADS), (unsigned)n);
-    if (table->dtype == SR_DTYPE_BF16)
-        embed_kernel<<<grid, OPS_THREADS, 0, ctx->stream>>>(
-            (const __nv_bfloat16 *)table->data, table->rows, table->cols, ids, out);
-    else if (table->dtype == SR_DTYPE_F32)
-        embed_kernel<<<grid, OPS_THREADS, 0, ctx->stream>>>(
-            (const float *)table->data, table->rows, table->cols, ids, out);
-    else
+    if (table->dtype != SR_DTYPE_BF16 && table->dtype != SR_DTYPE_F32)
         return sr_error_set("cuda embedding: table dtype %s not prepared for the device",
                             sr_dtype_name(table->dtype));
-    CUDA_CHECK_LAUNCH("embed_kernel");
+    /* The rows go on the grid's y axis, which holds 65535: a long context
+     * encoded in one call (a Ring slice) takes several launches. */
+    for (int r0 = 0; r0 < n; r0 += 65535) {
+        const int rows = n - r0 < 65535 ? n - r0 : 65535;
+        dim3 grid((unsigned)((table->cols + OPS_THREADS - 1) / OPS_THREADS), (unsigned)rows);
+        float *o = out + (size_t)r0 * (size_t)table->cols;
+        if (table->dtype == SR_DTYPE_BF16)
+            embed_kernel<<<grid, OPS_THREADS, 0, ctx->stream>>>(
+                (const __nv_bfloat16 *)table->data, table->rows, table->cols, ids + r0, o);
+        else
+            embed_kernel<<<grid, OPS_THREADS, 0, ctx->stream>>>(
+                (const float *)table->data, table->rows, table->cols, ids + r0, o);
+        CUDA_CHECK_LAUNCH("embed_kernel");
+    }
     return 0;
 }
 

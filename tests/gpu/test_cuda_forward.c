@@ -382,6 +382,29 @@ static void test_rope_qk(int n, int n_heads, int n_kv, int hd)
     free(q), free(k), free(pos), free(inv), free(gq), free(gk);
 }
 
+/* The embedding gather of more rows than a grid axis holds (65535; a Ring
+ * slice of a long context is embedded in one call), ids spread over the
+ * table, against the cpu's. */
+static void test_embed_many_rows(int n, int vocab, int dim)
+{
+    bf16_weight t;
+    bf16_weight_make(&t, vocab, dim);
+    int32_t *ids = malloc((size_t)n * sizeof *ids);
+    for (int i = 0; i < n; i++)
+        ids[i] = (int32_t)(((uint64_t)i * 2654435761u) % (uint64_t)vocab);
+    int32_t *dids = gpu_put(gpu, ids, (size_t)n * 4);
+    float *dout = gpu_poisoned(gpu, (size_t)n * dim), *ref = malloc((size_t)n * dim * 4);
+    CHECK(cpu->ops->embed(cpu, &t.h, ids, n, ref) == 0, "cpu embed: %s", sr_error_get());
+    CHECK(gpu->ops->embed(gpu, &t.d, dids, n, dout) == 0, "embed of %d rows: %s", n,
+          sr_error_get());
+    float *g = gpu_get(gpu, dout, (size_t)n * dim);
+    double e = gpu_rel_err(g, ref, (size_t)n * dim);
+    CHECK(e == 0.0, "embed of %d rows (vocab %d, dim %d): rel err %g", n, vocab, dim, e);
+    gpu->ops->free(gpu, dids), gpu->ops->free(gpu, dout);
+    bf16_weight_free(&t);
+    free(ids), free(ref), free(g);
+}
+
 static void check_fused_ops(void)
 {
     CHECK(gpu->ops->matmul_multi && gpu->ops->matmul_glu && gpu->ops->add_rmsnorm &&
@@ -405,6 +428,7 @@ static void check_fused_ops(void)
     test_add_rmsnorm(5, 896);
     test_rope_qk(1, 32, 8, 128);
     test_rope_qk(3, 14, 2, 64);
+    test_embed_many_rows(65535 + 4097, 1000, 64);
 }
 
 /* ---- device graphs ---------------------------------------------------- */
