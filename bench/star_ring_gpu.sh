@@ -14,6 +14,7 @@
 #   ANCHOR    (unset)        anchor size (default: the block size)
 #   MODEL     bench/models/llama-3.1-8b
 #   MAX_TOKENS 16            generated tokens (decode tok/s over them)
+#   CHUNK     2048           --chunk-rows: rows per forward call in phase 1
 #   DATAPLANE (unset)        --dataplane for multi-rank runs
 #   BACKEND   cuda           (cpu: a smoke test of this script on a small model)
 # Prints one markdown table per run set and the ring/star ratios.
@@ -26,6 +27,7 @@ CONTEXTS=${CONTEXTS:-32768 65536 131072}
 MODES=${MODES:-star}
 MODEL=${MODEL:-bench/models/llama-3.1-8b}
 MAX_TOKENS=${MAX_TOKENS:-16}
+CHUNK=${CHUNK:-2048}
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 NCCL_NVLS_ENABLE=0
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -44,7 +46,7 @@ for np in $RANKS; do
         for mode in $MODES; do
             args=(run --model "$MODEL" --load-format dummy --dummy-seed 1 --backend "$BACKEND"
                   --context-random "$C" --query-ids "5,6,7,8" --max-tokens "$MAX_TOKENS"
-                  --ignore-eos --json --mode "$mode")
+                  --ignore-eos --json --mode "$mode" --chunk-rows "$CHUNK")
             [ -n "${BLOCK:-}" ] && args+=(--block-size "$BLOCK")
             [ -n "${ANCHOR:-}" ] && args+=(--anchor-size "$ANCHOR")
             launch=()
