@@ -7,7 +7,9 @@
  * range and up to QPB query vectors (query rows x the query heads that
  * share the kv head), so each K/V row is read once for all of them (GQA).
  * Each range yields a normalized o and its lse; the ranges are then merged
- * by the identity of DESIGN.md §1, the same code as the merge operation.
+ * by the identity of DESIGN.md §1, inside the same launch by the last block
+ * of each kv head to finish (or, for calls with more query tiles than the
+ * arrival counters cover, by the merge operation's kernel).
  * Everything here is fp32; the softmax runs in base 2 (scores pre-scaled
  * by log2 e), and lse is returned in natural log, as the interface says.
  *
@@ -20,7 +22,21 @@
 #define LOG2E_F 1.4426950408889634f
 #define LN2_F 0.6931471805599453f
 
-enum { SPLIT_WARPS = 4, SPLIT_MIN_KEYS = 128, MERGE_MAX_PARTS = 32 };
+enum {
+    SPLIT_WARPS = 4,
+    SPLIT_MIN_KEYS = 64,
+    MERGE_MAX_PARTS = 32,
+    /* Arrival counters of the fused merge: one per (kv head, query tile) of
+     * a launch, in one of SPLIT_CNT_SLOTS slices so that backends on one
+     * device (each with its own stream) never share a counter. */
+    SPLIT_CNT_SLOTS = 32,
+    SPLIT_CNT_PER_SLOT = 2048,
+};
+
+/* Zero at module load; every launch leaves the counters it used at zero
+ * again (the last block of a tile resets its counter), so they need no
+ * memset per call and the kernel can be replayed from a device graph. */
+__device__ unsigned g_split_counters[SPLIT_CNT_SLOTS * SPLIT_CNT_PER_SLOT];
 
 typedef struct {
     const float *q, *k, *v;
@@ -30,8 +46,10 @@ typedef struct {
     float scale_log2;
     int n_qtiles;       /* query-vector tiles per kv head */
     int keys_per_split;
-    float *out, *lse;   /* splits == 1: the final result */
+    float *out, *lse;   /* the final result (written here when splits == 1 or fused) */
     float *ws_o, *ws_lse; /* splits > 1: [split][nq*n_heads][hd], [split][nq*n_heads] */
+    int cnt_base;       /* fused merge: this call's counters start here; -1 = the
+                           host launches the merge kernel instead */
 } split_params;
 
 /* Folds state (mo, lo, ao) into (m, l, a): both are softmax partials over
@@ -42,28 +60,116 @@ __device__ __forceinline__ float fold_weight(float m, float mn)
     return m == mn ? 1.0f : exp2f(m - mn);
 }
 
-/* Each lane owns DPL dims of a head and keeps U keys' loads in flight.
- * Variant 0 (DPL 16, U 2: two blocks per multiprocessor with 4 query
- * vectors) has fewer shuffles per key than variant 1 (DPL 8, U 4: three
- * blocks); measured on an H100 (bench/RESULTS.md), 0 reads 0.81-0.97 of the
- * copy bandwidth from 64K to 256K keys where 1 reads 0.71-0.84, and they
- * tie below. backend_cuda_set_attention_variant picks one for benches. */
-template <int HDP, int QPB, int DPL, int U, int MINB>
+/* Asynchronous global -> shared copies (bytes 0: the destination is
+ * zero-filled and nothing is read), their groups and the wait. */
+__device__ __forceinline__ void sk_cp16(void *smem, const void *gmem, int bytes)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem), "r"(bytes)
+                 : "memory");
+}
+
+__device__ __forceinline__ void sk_cp4(void *smem, const void *gmem, int bytes)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(a), "l"(gmem), "r"(bytes)
+                 : "memory");
+}
+
+__device__ __forceinline__ void sk_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N>
+__device__ __forceinline__ void sk_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/* Shared memory of one block: per warp, NST stages of KPW keys' K and V
+ * rows (padded to HDP) and their positions. */
+template <int HDP, int DPL, int NST>
+constexpr size_t split_smem_bytes()
+{
+    return (size_t)SPLIT_WARPS * NST * (2 * (32 * DPL / 4) * 16 + 32 * 4);
+}
+/* NST 0: the register form, no ring. */
+
+/* Each lane owns DPL dims of a head (LPK lanes per key, KPW keys per warp
+ * step). NST 0: each lane loads 2 keys' rows into registers before using
+ * any (236 registers, 8 KB per warp in flight, none while it computes).
+ * NST > 0: the keys stream through shared memory with cp.async NST - 1
+ * steps ahead of the arithmetic, so a warp keeps (NST - 1) x 256 x DPL
+ * bytes in flight without holding them in registers. Each lane copies
+ * exactly the chunks (and the key position) it later reads, so its own
+ * cp.async wait is the only synchronization the loop needs: no barrier,
+ * no warp sync. (Measured slower than the register form; see
+ * split_shape.)
+ *
+ * With splits > 1 each block writes its range's (o, lse) to the workspace;
+ * with cnt_base >= 0 the last block of a (kv head, query tile) to finish,
+ * found by an arrival counter after a fence, merges all ranges itself, so
+ * a call is one launch (the separate merge cost 5.4 us at 4K keys). */
+template <int HDP, int QPB, int DPL, int NST, int MINB>
 __global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(split_params p)
 {
-    constexpr int LPK = HDP / DPL; /* lanes per key */
-    constexpr int KPW = 32 / LPK;  /* keys a warp works on at once */
-    constexpr int NV = DPL / 4;    /* float4s per lane */
+    constexpr int LPK = HDP / DPL;     /* lanes per key */
+    constexpr int KPW = 32 / LPK;      /* keys a warp works on at once */
+    constexpr int NV = DPL / 4;        /* float4s per lane */
+    constexpr int ROW4 = HDP / 4;      /* float4s of a (padded) key row */
+    constexpr int STAGE4 = KPW * ROW4; /* float4s of one stage's K (or V) */
     __shared__ float s_m[SPLIT_WARPS][QPB], s_l[SPLIT_WARPS][QPB];
     __shared__ float4 s_acc[SPLIT_WARPS][QPB][HDP / 4];
+    __shared__ int s_last;
+    extern __shared__ float4 s_ring[]; /* [warp][stage][K, V][STAGE4], then positions */
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int sub = lane / LPK, l4 = lane % LPK;
     const int g = blockIdx.x / p.n_qtiles, qt = blockIdx.x % p.n_qtiles;
     const int nvec = p.nq * p.group;
+    float4 *ring = s_ring + (size_t)warp * NST * 2 * STAGE4;
+    int *spos = reinterpret_cast<int *>(s_ring + (size_t)SPLIT_WARPS * NST * 2 * STAGE4) +
+                warp * NST * 32;
+
+    const int k_begin = blockIdx.y * p.keys_per_split;
+    const int k_end = min(p.nk, k_begin + p.keys_per_split);
+    const int nchunks = k_end > k_begin ? (k_end - k_begin + KPW - 1) / KPW : 0;
+    /* Warp w takes chunks w, w + SPLIT_WARPS, ...: the step count depends on
+     * the warp only, so the shuffles below are never divergent. */
+    const int nsteps = nchunks > warp ? (nchunks - warp + SPLIT_WARPS - 1) / SPLIT_WARPS : 0;
+    const size_t head_off = (size_t)g * p.hd;
+
+    /* Queues step i's copies into stage `slot`. Keys past the range and the
+     * padding dims are zero-filled: a score of 0 instead of whatever the
+     * stage held before (which could be NaN against a zero q). */
+    auto issue = [&](int i, int slot) {
+        const int j = k_begin + (warp + i * SPLIT_WARPS) * KPW + sub;
+        const bool active = j < k_end;
+        const size_t row = (size_t)(active ? j : k_begin) * p.kv_stride + head_off;
+        float4 *sk = ring + (size_t)slot * 2 * STAGE4 + sub * ROW4;
+#pragma unroll
+        for (int v = 0; v < NV; v++) {
+            const int d4 = v * LPK + l4;
+            const bool ok = active && 4 * d4 < p.hd;
+            sk_cp16(sk + d4, p.k + (ok ? row + 4 * d4 : 0), ok ? 16 : 0);
+            sk_cp16(sk + STAGE4 + d4, p.v + (ok ? row + 4 * d4 : 0), ok ? 16 : 0);
+        }
+        if (p.k_pos)
+            sk_cp4(spos + slot * 32 + lane, p.k_pos + (active ? j : k_begin), active ? 4 : 0);
+    };
+    /* The first stages go out before anything else waits on memory. */
+    if constexpr (NST > 0) {
+#pragma unroll
+        for (int i = 0; i < NST - 1; i++) {
+            if (i < nsteps)
+                issue(i, i);
+            sk_commit(); /* empty groups too: the wait below counts groups */
+        }
+    }
 
     /* This lane's dims: float4 number v*LPK + l4 of the head, so that a
-     * subgroup's loads of one K row are contiguous. */
+     * subgroup's reads of one key row are contiguous. */
     float4 q[QPB][NV];
     int qpos[QPB];
     bool qvalid[QPB];
@@ -98,17 +204,14 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(spli
             acc[qq][v] = make_float4(0.f, 0.f, 0.f, 0.f);
     }
 
-    const int k_begin = blockIdx.y * p.keys_per_split;
-    const int k_end = min(p.nk, k_begin + p.keys_per_split);
-    constexpr int STEP = SPLIT_WARPS * KPW;
-    const size_t head_off = (size_t)g * p.hd;
-    /* The loop bound depends on the warp only, so every lane of a warp runs
-     * the same iterations and the shuffles below are never divergent. */
+    if constexpr (NST == 0) {
+    /* The register form (NST 0, the kernel before the ring): each lane
+     * loads U = 2 keys' K and V rows straight into registers, all before
+     * using any; nothing is in flight while it computes. */
+    constexpr int U = 2, STEP = SPLIT_WARPS * KPW;
     for (int j0 = k_begin + warp * KPW; j0 < k_end; j0 += STEP * U) {
         float4 kr[U][NV], vr[U][NV];
         bool vis[U][QPB];
-        /* Issue every load of the unrolled keys before using any; K and V
-         * do not wait for the key's position (masked keys are read too). */
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int j = j0 + u * STEP + sub;
@@ -168,6 +271,70 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(spli
                 }
             }
         }
+    }
+    } else {
+    int slot = 0;
+    for (int i = 0; i < nsteps; i++) {
+        /* Refill the stage read in the previous step (this lane's own
+         * chunks, already consumed into registers), then wait for step i. */
+        const int ahead = i + NST - 1;
+        if (ahead < nsteps)
+            issue(ahead, slot == 0 ? NST - 1 : slot - 1);
+        sk_commit();
+        sk_wait<NST - 1>();
+        const int j = k_begin + (warp + i * SPLIT_WARPS) * KPW + sub;
+        const bool active = j < k_end;
+        const int kp = p.k_pos ? spos[slot * 32 + lane] : 0;
+        const float4 *sk = ring + (size_t)slot * 2 * STAGE4 + sub * ROW4;
+        float4 kr[NV];
+#pragma unroll
+        for (int v = 0; v < NV; v++)
+            kr[v] = sk[v * LPK + l4];
+        float s[QPB];
+#pragma unroll
+        for (int qq = 0; qq < QPB; qq++) {
+            float d = 0.0f;
+#pragma unroll
+            for (int v = 0; v < NV; v++) {
+                d = fmaf(q[qq][v].x, kr[v].x, d);
+                d = fmaf(q[qq][v].y, kr[v].y, d);
+                d = fmaf(q[qq][v].z, kr[v].z, d);
+                d = fmaf(q[qq][v].w, kr[v].w, d);
+            }
+#pragma unroll
+            for (int o = LPK / 2; o > 0; o >>= 1)
+                d += __shfl_xor_sync(0xffffffffu, d, o);
+            s[qq] = d;
+        }
+        float4 vr[NV];
+#pragma unroll
+        for (int v = 0; v < NV; v++)
+            vr[v] = sk[STAGE4 + v * LPK + l4];
+#pragma unroll
+        for (int qq = 0; qq < QPB; qq++) {
+            if (!(active && qvalid[qq] && (!p.k_pos || kp <= qpos[qq])))
+                continue;
+            if (s[qq] > m[qq]) {
+                const float a = exp2f(m[qq] - s[qq]); /* 0 while m is -inf */
+                lsum[qq] *= a;
+#pragma unroll
+                for (int v = 0; v < NV; v++)
+                    acc[qq][v].x *= a, acc[qq][v].y *= a, acc[qq][v].z *= a, acc[qq][v].w *= a;
+                m[qq] = s[qq];
+            }
+            const float pr = exp2f(s[qq] - m[qq]);
+            lsum[qq] += pr;
+#pragma unroll
+            for (int v = 0; v < NV; v++) {
+                acc[qq][v].x = fmaf(pr, vr[v].x, acc[qq][v].x);
+                acc[qq][v].y = fmaf(pr, vr[v].y, acc[qq][v].y);
+                acc[qq][v].z = fmaf(pr, vr[v].z, acc[qq][v].z);
+                acc[qq][v].w = fmaf(pr, vr[v].w, acc[qq][v].w);
+            }
+        }
+        slot = slot == NST - 1 ? 0 : slot + 1;
+    }
+    sk_wait<0>(); /* only empty groups can be left; nothing may land after exit */
     }
 
     /* Fold the warp's key subgroups together (lanes l4 of every subgroup). */
@@ -240,6 +407,64 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(spli
             if (d == 0)
                 p.ws_lse[(size_t)blockIdx.y * rows + r] = lse;
         }
+    }
+    if (gridDim.y == 1 || p.cnt_base < 0)
+        return;
+
+    /* Fused merge. Each thread's partials are visible device-wide before
+     * the block counts itself (fence, then barrier, then the atomic); the
+     * block that brings the count to the number of ranges is the last, and
+     * after its own fence it reads every range's partials through L2 (ld.cg:
+     * never a stale L1 line). It resets the counter for the next launch:
+     * every other block has counted by then. */
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned *cnt = &g_split_counters[p.cnt_base + blockIdx.x];
+        const unsigned prev = atomicAdd(cnt, 1u);
+        s_last = prev == gridDim.y - 1;
+        if (s_last)
+            atomicExch(cnt, 0u);
+    }
+    __syncthreads();
+    if (!s_last)
+        return;
+    __threadfence();
+    /* One thread per (query vector, float4 of dims), folding the ranges in
+     * one pass (the online form of the merge identity, base 2): its loads
+     * of every range's lse and o do not wait on one another, so they go out
+     * together instead of an lse round trip before the o loads. Empty ranges
+     * (lse -inf) weigh 0; a row with no key anywhere gets o = 0, lse = -inf,
+     * as the merge operation gives. */
+    const int n4 = p.hd / 4, nsplit = gridDim.y;
+    for (int e = threadIdx.x; e < QPB * n4; e += blockDim.x) {
+        const int qq = e / n4, d4 = e - qq * n4;
+        const int t = qt * QPB + qq;
+        if (t >= nvec)
+            continue;
+        const int r = (t / p.group) * p.n_heads + g * p.group + t % p.group;
+        float mr = -INFINITY, lr = 0.0f;
+        float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll 8
+        for (int sp = 0; sp < nsplit; sp++) {
+            const float ls = __ldcg(p.ws_lse + (size_t)sp * rows + r) * LOG2E_F;
+            const float4 x =
+                __ldcg(reinterpret_cast<const float4 *>(p.ws_o + ((size_t)sp * rows + r) * p.hd) + d4);
+            const float mn = fmaxf(mr, ls);
+            const float wa = fold_weight(mr, mn);
+            const float wb = ls == -INFINITY ? 0.0f : exp2f(ls - mn);
+            lr = lr * wa + wb;
+            a.x = a.x * wa + (wb != 0.0f ? wb * x.x : 0.0f);
+            a.y = a.y * wa + (wb != 0.0f ? wb * x.y : 0.0f);
+            a.z = a.z * wa + (wb != 0.0f ? wb * x.z : 0.0f);
+            a.w = a.w * wa + (wb != 0.0f ? wb * x.w : 0.0f);
+            mr = mn;
+        }
+        const float inv = lr > 0.0f ? 1.0f / lr : 0.0f;
+        float *orow = p.out + (size_t)r * p.hd + 4 * d4;
+        orow[0] = a.x * inv, orow[1] = a.y * inv, orow[2] = a.z * inv, orow[3] = a.w * inv;
+        if (d4 == 0 && p.lse)
+            p.lse[r] = lr > 0.0f ? (mr + log2f(lr)) * LN2_F : -INFINITY;
     }
 }
 
@@ -483,25 +708,105 @@ int cuda_merge(sr_backend *be, int nparts, const float *const *o_parts,
 
 /* ---- dispatch --------------------------------------------------------- */
 
-template <int HDP, int QPB>
-static void split_launch(int variant, dim3 grid, cudaStream_t st, const split_params &p)
+/* The two kernel shapes (backend_cuda_set_attention_variant), both 16
+ * dims per lane (3 shuffles per key and query vector for head_dim 128) and
+ * two blocks per multiprocessor. 0: the register form (2 keys per lane
+ * loaded into registers); 1: the keys stream through the shared-memory
+ * ring, 4 stages. Measured on an H100 (bench/RESULTS.md), 0 is faster at
+ * every context, 4K to 256K keys (1.00 of the copy bandwidth at 256K
+ * against 0.91), though the ring keeps more bytes in flight: the ring is
+ * kept for the next attempt at small contexts. A third shape, 8 dims per
+ * lane and 6 stages (three blocks), lost to both. */
+template <int HDP, int QPB, int V>
+struct split_shape {
+    static constexpr int DPL = 16;
+    static constexpr int NST = V == 1 ? 4 : 0;
+    static constexpr int MINB = 2;
+};
+
+/* Raises the kernel's shared-memory limit once and says how many blocks fit
+ * on a multiprocessor, which the split count is sized to (one wave). */
+/* A function, not an inline comparison: the register form needs 0 bytes,
+ * and a constant 0 > x is a compiler warning. */
+static bool exceeds(size_t need, size_t have)
 {
-    if (variant == 1)
-        attn_split_kernel<HDP, QPB, 8, 4, 3><<<grid, SPLIT_WARPS * 32, 0, st>>>(p);
-    else
-        attn_split_kernel<HDP, QPB, 16, 2, 2><<<grid, SPLIT_WARPS * 32, 0, st>>>(p);
+    return need > have;
+}
+
+template <int HDP, int QPB, int V>
+static int split_prepare(cuda_ctx *ctx, int *per_sm)
+{
+    typedef split_shape<HDP, QPB, V> S;
+    constexpr size_t smem = split_smem_bytes<HDP, S::DPL, S::NST>();
+    static int blocks; /* once per kernel instance (one device per process) */
+    if (!blocks) {
+        if (exceeds(smem, ctx->smem_optin))
+            return sr_error_set("cuda attention: the split kernel needs %zu bytes of shared "
+                                "memory, the device allows %zu", smem, ctx->smem_optin);
+        auto *kern = attn_split_kernel<HDP, QPB, S::DPL, S::NST, S::MINB>;
+        CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      (int)smem));
+        int n = 0;
+        CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, SPLIT_WARPS * 32, smem));
+        blocks = n > 0 ? n : 1;
+    }
+    *per_sm = blocks;
+    return 0;
+}
+
+template <int HDP, int QPB, int V>
+static int split_launch(cuda_ctx *ctx, dim3 grid, const split_params &p)
+{
+    typedef split_shape<HDP, QPB, V> S;
+    attn_split_kernel<HDP, QPB, S::DPL, S::NST, S::MINB>
+        <<<grid, SPLIT_WARPS * 32, split_smem_bytes<HDP, S::DPL, S::NST>(), ctx->stream>>>(p);
+    CUDA_CHECK_LAUNCH("attn_split_kernel");
+    return 0;
+}
+
+/* One entry per (head_dim pad, query vectors per block, shape): `launch`
+ * 0 only sizes (fills *per_sm), 1 launches. */
+template <int HDP, int QPB>
+static int split_run_v(cuda_ctx *ctx, int launch, int *per_sm, dim3 grid, const split_params &p)
+{
+    if (ctx->split_variant == 1)
+        return launch ? split_launch<HDP, QPB, 1>(ctx, grid, p)
+                      : split_prepare<HDP, QPB, 1>(ctx, per_sm);
+    return launch ? split_launch<HDP, QPB, 0>(ctx, grid, p) : split_prepare<HDP, QPB, 0>(ctx, per_sm);
 }
 
 template <int HDP>
-static void split_launch_q(int variant, int qpb, dim3 grid, cudaStream_t st,
-                           const split_params &p)
+static int split_run_q(cuda_ctx *ctx, int qpb, int launch, int *per_sm, dim3 grid,
+                       const split_params &p)
 {
     if (qpb == 1)
-        split_launch<HDP, 1>(variant, grid, st, p);
-    else if (qpb == 2)
-        split_launch<HDP, 2>(variant, grid, st, p);
-    else
-        split_launch<HDP, 4>(variant, grid, st, p);
+        return split_run_v<HDP, 1>(ctx, launch, per_sm, grid, p);
+    if (qpb == 2)
+        return split_run_v<HDP, 2>(ctx, launch, per_sm, grid, p);
+    return split_run_v<HDP, 4>(ctx, launch, per_sm, grid, p);
+}
+
+static int split_run(cuda_ctx *ctx, int hdp, int qpb, int launch, int *per_sm, dim3 grid,
+                     const split_params &p)
+{
+    switch (hdp) {
+    case 16: return split_run_q<16>(ctx, qpb, launch, per_sm, grid, p);
+    case 32: return split_run_q<32>(ctx, qpb, launch, per_sm, grid, p);
+    case 64: return split_run_q<64>(ctx, qpb, launch, per_sm, grid, p);
+    case 128: return split_run_q<128>(ctx, qpb, launch, per_sm, grid, p);
+    default: return split_run_q<256>(ctx, qpb, launch, per_sm, grid, p);
+    }
+}
+
+/* This backend's slice of the fused merge's counters, taken on first use
+ * (the context starts zeroed, so 0 means none yet). */
+static int split_counter_slot(cuda_ctx *ctx)
+{
+    static unsigned next; /* backends created in this process */
+    if (ctx->split_cnt_slot == 0)
+        ctx->split_cnt_slot = 1 + (int)(__atomic_fetch_add(&next, 1u, __ATOMIC_RELAXED) %
+                                        SPLIT_CNT_SLOTS);
+    return ctx->split_cnt_slot - 1;
 }
 
 static int split_attention(cuda_ctx *ctx, const sr_attn_args *a)
@@ -512,15 +817,20 @@ static int split_attention(cuda_ctx *ctx, const sr_attn_args *a)
     const int qpb = nvec >= 4 ? 4 : nvec >= 2 ? 2 : 1;
     const long long n_qtiles = (nvec + qpb - 1) / qpb;
     const long long base = n_qtiles * a->n_kv;
-    if (base > INT_MAX)
+    if (base > INT_MAX || (long long)a->nq * a->n_heads > INT_MAX / 2)
         return sr_error_set("cuda attention: %d query rows x %d heads is too many for one call",
                             a->nq, a->n_heads);
-    /* Enough blocks to fill the device several times over, but no split
-     * under SPLIT_MIN_KEYS keys, and the partials must fit the workspace. */
+    split_params p = split_params();
+    int per_sm = 1;
+    if (split_run(ctx, hdp, qpb, 0, &per_sm, dim3(1), p) != 0)
+        return -1;
+    /* One wave: every block has the same work, so blocks beyond what the
+     * device holds at once would only add a tail; no range under
+     * SPLIT_MIN_KEYS keys, and the partials must fit the workspace. */
     const size_t rows = (size_t)a->nq * a->n_heads;
     long long splits = ctx->attn_splits;
     if (splits <= 0) {
-        long long want = (4LL * ctx->sm_count + base - 1) / base;
+        long long want = (long long)ctx->sm_count * per_sm / base;
         long long by_keys = (a->nk + SPLIT_MIN_KEYS - 1) / SPLIT_MIN_KEYS;
         splits = want < by_keys ? want : by_keys;
     }
@@ -538,7 +848,6 @@ static int split_attention(cuda_ctx *ctx, const sr_attn_args *a)
     if (splits < 1)
         splits = 1;
 
-    split_params p;
     p.q = a->q, p.k = a->k, p.v = a->v, p.q_pos = a->q_pos, p.k_pos = a->k_pos;
     p.nq = a->nq, p.nk = a->nk, p.n_heads = a->n_heads, p.n_kv = a->n_kv, p.hd = hd;
     p.group = group, p.q_stride = a->q_stride, p.kv_stride = a->kv_stride;
@@ -547,17 +856,13 @@ static int split_attention(cuda_ctx *ctx, const sr_attn_args *a)
     p.out = a->out, p.lse = a->lse;
     p.ws_o = ctx->attn_ws;
     p.ws_lse = ctx->attn_ws + (size_t)splits * rows * hd;
-    dim3 grid((unsigned)base, (unsigned)splits);
-    const int v = ctx->split_variant;
-    switch (hdp) {
-    case 16: split_launch_q<16>(v, qpb, grid, ctx->stream, p); break;
-    case 32: split_launch_q<32>(v, qpb, grid, ctx->stream, p); break;
-    case 64: split_launch_q<64>(v, qpb, grid, ctx->stream, p); break;
-    case 128: split_launch_q<128>(v, qpb, grid, ctx->stream, p); break;
-    default: split_launch_q<256>(v, qpb, grid, ctx->stream, p); break;
-    }
-    CUDA_CHECK_LAUNCH("attn_split_kernel");
-    if (splits > 1)
+    /* The merge runs inside the kernel while this call's (kv head, query
+     * tile) pairs fit a counter slice; beyond that, as its own launch. */
+    const int fused = splits > 1 && base <= SPLIT_CNT_PER_SLOT;
+    p.cnt_base = fused ? split_counter_slot(ctx) * SPLIT_CNT_PER_SLOT : -1;
+    if (split_run(ctx, hdp, qpb, 1, &per_sm, dim3((unsigned)base, (unsigned)splits), p) != 0)
+        return -1;
+    if (splits > 1 && !fused)
         return cuda_merge_strided(ctx, (int)splits, p.ws_o, rows * hd, p.ws_lse, rows, (int)rows,
                                   hd, a->out, a->lse);
     return 0;

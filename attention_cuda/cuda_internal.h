@@ -32,6 +32,8 @@ typedef struct {
     sr_cuda_gemm_path gemm_path;
     int attn_splits;            /* 0 = automatic */
     int split_variant;          /* split-key kernel shape, see cuda_attention.cu */
+    int split_cnt_slot;         /* 1 + this backend's slice of the split kernel's merge
+                                   counters, 0 until its first split call */
     cuda_prepared *prepared;
     int n_prepared, cap_prepared;
     int pdl;                    /* programmatic dependent launches (cuda_ops.cu) */

@@ -8,7 +8,8 @@
  *           GB/s of weights read;
  * decode:   split-key decode attention, Llama-3-8B heads (32 q, 8 kv,
  *           head_dim 128, fp32 KV), one query against 4K..256K keys: GB/s
- *           of K, V and positions read, and that over the copy bandwidth;
+ *           of K, V and positions read, and that over the copy bandwidth,
+ *           for both kernel shapes; then forced split counts at 4K-16K;
  * prefill:  tensor-core causal prefill attention, same heads, 4K..64K
  *           tokens: TFLOP/s counting the causal half (2 * n^2 * d * heads);
  * relay:    the relay kernel (B jobs' rows against one shared prefix of
@@ -230,10 +231,39 @@ static void bench_gemv(void)
     }
 }
 
+/* The floor for decode attention's reads: a plain streaming read of the
+ * same K and V buffers (four float4 loads of each in flight per thread),
+ * so that a fixed cost of reading a fresh 33 MB per call (one wave's
+ * start and end, address translation of buffers not touched since the
+ * last rotation) is told apart from the attention kernel's own. */
+__global__ void read_floor(const float4 *a, const float4 *b, size_t n4, float *sink)
+{
+    float s = 0.0f;
+    const size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += 4 * stride) {
+        float4 x[4], y[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const size_t e = i + u * stride;
+            x[u] = e < n4 ? __ldcs(a + e) : make_float4(0.f, 0.f, 0.f, 0.f);
+            y[u] = e < n4 ? __ldcs(b + e) : make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            s += x[u].x + x[u].y + x[u].z + x[u].w + y[u].x + y[u].y + y[u].z + y[u].w;
+    }
+    if (s == 1234.5f) /* never: keeps the loads */
+        sink[0] = s;
+}
+
 static void bench_decode(void)
 {
     const int H = 32, KV = 8, D = 128;
-    const int ctxs[] = {4096, 16384, 65536, 131072, 262144};
+    const int ctxs[] = {4096, 8192, 16384, 32768, 65536, 131072, 262144};
+    /* forced split counts tried at the small contexts, beside the automatic one */
+    const int sweep[] = {8, 16, 24, 32, 48, 64, 96};
+    struct sweep_row { int ctx, variant, splits; double ms; };
+    std::vector<sweep_row> swept;
     printf("\n| decode attention (1 query, 32/8 heads, d 128, fp32 KV) | context | us | GB/s | / copy |\n");
     printf("|---|---|---|---|---|\n");
     for (int ctx : ctxs) {
@@ -250,17 +280,46 @@ static void bench_decode(void)
         CK(cudaMalloc(&lse, (size_t)H * 4));
         int32_t *kp = dev_iota(ctx, 0), *qp = dev_iota(1, ctx);
         CK(cudaDeviceSynchronize());
-        for (int variant = 0; variant < 2; variant++) {
-            backend_cuda_set_attention_variant(be, variant);
-            double ms = time_ms(5, 15, 10, [&](int r) {
-                sr_attn_args a = {q, k[r % sets], v[r % sets], qp, kp, 1, ctx, H, KV, D, H * D,
+        auto run_sets = [&](int nsets) {
+            return time_ms(5, 15, 10, [&](int r) {
+                sr_attn_args a = {q, k[r % nsets], v[r % nsets], qp, kp, 1, ctx, H, KV, D, H * D,
                                   KV * D, 1.0f / sqrtf((float)D), out, lse};
                 CKR(be->ops->attention(be, &a));
             });
-            double gbs = bytes / (ms * 1e-3) / 1e9;
+        };
+        auto run = [&]() { return run_sets(sets); };
+        auto row = [&](const char *what, double ms) {
+            const double gbs = bytes / (ms * 1e-3) / 1e9;
+            printf("| %s | %dK | %.1f | %.0f | %.2f |\n", what, ctx / 1024, ms * 1e3, gbs,
+                   gbs / copy_gbs);
+        };
+        {
+            int dev = 0, sms = 0;
+            CK(cudaGetDevice(&dev));
+            CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+            const double ms = time_ms(5, 15, 10, [&](int r) {
+                read_floor<<<sms * 8, 256, 0, st>>>((const float4 *)k[r % sets],
+                                                    (const float4 *)v[r % sets], kvn / 4, out);
+                CK(cudaGetLastError());
+            });
+            row("plain read of the same K, V (floor)", ms);
+        }
+        if (sets > 2)
+            row("split-key v0, 2 input sets (67 MB+, past the L2)", run_sets(2));
+        for (int variant = 0; variant < 2; variant++) {
+            backend_cuda_set_attention_variant(be, variant);
+            const double ms = run();
+            const double gbs = bytes / (ms * 1e-3) / 1e9;
             printf("| split-key v%d (%s) | %dK | %.1f | %.0f | %.2f |\n", variant,
-                   variant ? "8 dims/lane, 4 keys in flight" : "16 dims/lane, 2 keys in flight",
-                   ctx / 1024, ms * 1e3, gbs, gbs / copy_gbs);
+                   variant ? "cp.async ring, 4 stages, fused merge" : "register loads, fused merge", ctx / 1024,
+                   ms * 1e3, gbs, gbs / copy_gbs);
+            fflush(stdout);
+            if (ctx <= 16384)
+                for (int sp : sweep) {
+                    backend_cuda_set_attention_splits(be, sp);
+                    swept.push_back({ctx, variant, sp, run()});
+                }
+            backend_cuda_set_attention_splits(be, 0);
         }
         backend_cuda_set_attention_variant(be, 0);
         for (int i = 0; i < sets; i++) {
@@ -272,6 +331,14 @@ static void bench_decode(void)
         CK(cudaFree(lse));
         CK(cudaFree(kp));
         CK(cudaFree(qp));
+    }
+    /* What the automatic split count is chosen against. */
+    printf("\n| decode attention, forced split count | context | variant | splits | us | / copy |\n");
+    printf("|---|---|---|---|---|---|\n");
+    for (const sweep_row &r : swept) {
+        const double bytes = (double)r.ctx * KV * D * 8 + (double)r.ctx * 4;
+        printf("| split sweep | %dK | v%d | %d | %.1f | %.2f |\n", r.ctx / 1024, r.variant,
+               r.splits, r.ms * 1e3, bytes / (r.ms * 1e-3) / 1e9 / copy_gbs);
     }
 }
 

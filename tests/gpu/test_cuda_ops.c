@@ -280,6 +280,71 @@ static void test_attention(sr_cuda_attn_path path, int splits, int nq, int nk, i
     free(q), free(k), free(v), free(qp), free(kp), free(ref), free(rlse), free(out), free(lse);
 }
 
+/* The split kernel's fused merge leaves its arrival counters at zero for
+ * the next launch: several calls queued back to back (no wait between
+ * them), each into its own poisoned output, with automatic and forced
+ * split counts and two shapes that share counter indices, must all equal
+ * the cpu's. A counter left nonzero would make a later call skip its merge
+ * and leave NaN. */
+static void test_attention_back_to_back(void)
+{
+    enum { REPS = 4 };
+    const int nq = 1, nk = 3001, h = 8, kv = 2, hd = 128, qs = h * hd, ks = kv * hd;
+    float *q = gpu_rand_host((size_t)nq * qs, 1.0f), *k = gpu_rand_host((size_t)nk * ks, 1.0f);
+    float *v = gpu_rand_host((size_t)nk * ks, 1.0f);
+    float *ref = malloc((size_t)nq * qs * 4), *rlse = malloc((size_t)nq * h * 4);
+    sr_attn_args a = {.q = q, .k = k, .v = v, .nq = nq, .nk = nk, .n_heads = h, .n_kv = kv,
+                      .head_dim = hd, .q_stride = qs, .kv_stride = ks, .scale = 0.088f,
+                      .out = ref, .lse = rlse};
+    CHECK(cpu->ops->attention(cpu, &a) == 0, "cpu attention");
+    sr_attn_args d = a;
+    d.q = gpu_put(gpu, q, (size_t)nq * qs * 4);
+    d.k = gpu_put(gpu, k, (size_t)nk * ks * 4);
+    d.v = gpu_put(gpu, v, (size_t)nk * ks * 4);
+    float *douts[2 * REPS], *dlses[2 * REPS];
+    const int splits[2 * REPS] = {0, 7, 0, 1, 40, 0, 2, 0};
+    backend_cuda_set_attention_path(gpu, SR_CUDA_ATTN_SPLIT);
+    for (int r = 0; r < 2 * REPS; r++) {
+        douts[r] = gpu_poisoned(gpu, (size_t)nq * qs);
+        dlses[r] = gpu_poisoned(gpu, (size_t)nq * h);
+    }
+    int rc = 0;
+    for (int r = 0; r < 2 * REPS && rc == 0; r++) {
+        sr_attn_args dr = d;
+        dr.out = douts[r], dr.lse = dlses[r];
+        /* odd calls: two heads without GQA, another instance of the
+         * kernel (one query vector per block) over the same counters */
+        if (r % 2)
+            dr.n_heads = kv, dr.q_stride = qs;
+        backend_cuda_set_attention_splits(gpu, splits[r]);
+        rc = gpu->ops->attention(gpu, &dr);
+    }
+    backend_cuda_set_attention_splits(gpu, 0);
+    backend_cuda_set_attention_path(gpu, SR_CUDA_ATTN_AUTO);
+    CHECK(rc == 0, "back-to-back attention: %s", sr_error_get());
+    /* the 2-head calls' reference: attention of heads 0 and 1 of q against
+     * the same keys (query head i reads kv head i with n_heads == n_kv) */
+    float *ref2 = malloc((size_t)kv * hd * 4), *rlse2 = malloc((size_t)kv * 4);
+    sr_attn_args a2 = a;
+    a2.n_heads = kv, a2.out = ref2, a2.lse = rlse2;
+    CHECK(cpu->ops->attention(cpu, &a2) == 0, "cpu attention");
+    for (int r = 0; r < 2 * REPS; r++) {
+        const int heads = r % 2 ? kv : h;
+        float *out = gpu_get(gpu, douts[r], (size_t)heads * hd);
+        float *lse = gpu_get(gpu, dlses[r], (size_t)heads);
+        const float *want = r % 2 ? ref2 : ref, *wlse = r % 2 ? rlse2 : rlse;
+        double e = gpu_rel_err(out, want, (size_t)heads * hd);
+        double el = gpu_rel_err(lse, wlse, (size_t)heads);
+        CHECK(e < 1e-5 && el < 1e-5, "back-to-back split attention call %d (splits %d, %d heads): "
+              "rel err %g, lse %g", r, splits[r], heads, e, el);
+        free(out), free(lse);
+        gpu->ops->free(gpu, douts[r]), gpu->ops->free(gpu, dlses[r]);
+    }
+    gpu->ops->free(gpu, (void *)d.q), gpu->ops->free(gpu, (void *)d.k);
+    gpu->ops->free(gpu, (void *)d.v);
+    free(q), free(k), free(v), free(ref), free(rlse), free(ref2), free(rlse2);
+}
+
 /* lse = NULL is allowed: only out is written (3 rows, GQA 4: AUTO takes
  * the relay kernel). */
 static void test_attention_no_lse(sr_cuda_attn_path path)
@@ -460,7 +525,7 @@ int main(void)
     test_attention(S, 0, 2, 3001, 6, 3, 96, MASK_STAR, 1.0f);    /* padded head_dim */
     test_attention(S, 0, 3, 777, 4, 1, 256, MASK_SHUFFLED, 1.0f);
     test_attention(S, 0, 5, 2000, 7, 7, 64, MASK_SHUFFLED, 2.0f); /* MHA, odd heads */
-    /* the other shape of the split kernel (8 dims per lane) */
+    /* the other shape of the split kernel (register loads, no ring) */
     backend_cuda_set_attention_variant(gpu, 1);
     test_attention(S, 0, 7, 23, 4, 2, 16, MASK_STAR, 1.0f);
     test_attention(S, 0, 1, 4097, 32, 8, 128, MASK_STAR, 1.0f);
@@ -472,6 +537,25 @@ int main(void)
     test_attention(S, 7, 4, 333, 8, 2, 128, MASK_STAR, 1.0f);
     test_attention(S, 64, 1, 100, 4, 2, 64, MASK_CAUSAL, 1.0f);
     test_attention(S, 3, 2, 5000, 16, 2, 32, MASK_SHUFFLED, 1.0f);
+    /* The merge fused into the split kernel (the last block of a kv head
+     * merges): one range (no merge), two, the automatic count, many more
+     * than 32 ranges, a range per key and more ranges than keys, in both
+     * kernel shapes; then more (kv head, tile) pairs than the counters
+     * cover, where the merge kernel runs instead. */
+    for (int variant = 0; variant < 2; variant++) {
+        backend_cuda_set_attention_variant(gpu, variant);
+        test_attention(S, 1, 1, 4097, 32, 8, 128, MASK_STAR, 1.0f);
+        test_attention(S, 2, 1, 4097, 32, 8, 128, MASK_STAR, 1.0f);
+        test_attention(S, 0, 1, 1000, 32, 8, 128, MASK_SHUFFLED, 2.0f);
+        test_attention(S, 300, 1, 4097, 32, 8, 128, MASK_SHUFFLED, 1.0f);
+        test_attention(S, 37, 1, 37, 8, 1, 64, MASK_CAUSAL, 1.0f);
+        test_attention(S, 500, 3, 200, 12, 4, 96, MASK_STAR, 1.0f);
+        test_attention(S, 9, 2, 900, 4, 4, 256, MASK_NONE, 1.0f);
+    }
+    backend_cuda_set_attention_variant(gpu, 0);
+    test_attention(S, 3, 600, 100, 16, 2, 32, MASK_STAR, 1.0f); /* 2400 pairs: merge kernel */
+    test_attention(S, 0, 600, 100, 16, 2, 32, MASK_STAR, 1.0f);
+    test_attention_back_to_back();
 
     /* The tensor-core kernel: head_dim 64 and 128, odd lengths, masks. */
     test_attention(T, 0, 64, 64, 2, 2, 64, MASK_CAUSAL, 1.0f);
