@@ -34,7 +34,28 @@ typedef struct {
     cudaStream_t stream;  /* the collective's own */
     cudaEvent_t ready;    /* on compute: the inputs are written */
     cudaEvent_t done;     /* on stream: the all-gather finished */
+    cudaEvent_t t0, t1;   /* timing: the collective's start and end on stream */
+    bool timing;          /* t0/t1 hold an all-gather not yet counted */
+    double seconds;       /* counted all-gathers' device time */
 } nccl_ctx;
+
+/* Adds the last all-gather's device time once it has ended. */
+static int nccl_count_last(nccl_ctx *c, bool wait)
+{
+    if (!c->timing)
+        return 0;
+    if (wait)
+        CUDA_TRY(cudaEventSynchronize(c->t1));
+    else if (cudaEventQuery(c->t1) != cudaSuccess) {
+        (void)cudaGetLastError(); /* cudaErrorNotReady is not an error here */
+        return 0;
+    }
+    float ms = 0;
+    CUDA_TRY(cudaEventElapsedTime(&ms, c->t0, c->t1));
+    c->seconds += ms * 1e-3;
+    c->timing = false;
+    return 0;
+}
 
 int devcomm_nccl_gpu_uuid(const sr_backend *be, unsigned char uuid[16])
 {
@@ -50,10 +71,19 @@ static int nccl_allgather(sr_devcomm *dc, const void *send, void *recv, size_t b
     /* The current device is per thread, and the engine's thread need not
      * be the one that made the backend. */
     CUDA_TRY(cudaSetDevice(c->device));
+    /* One timing pair in flight: the previous all-gather has ended by now
+     * when the caller read its results (the usual case); otherwise it goes
+     * uncounted rather than stalling the queue. */
+    if (nccl_count_last(c, false) != 0)
+        return -1;
+    c->timing = false;
     CUDA_TRY(cudaEventRecord(c->ready, c->compute));
     CUDA_TRY(cudaStreamWaitEvent(c->stream, c->ready, 0));
+    CUDA_TRY(cudaEventRecord(c->t0, c->stream));
     /* recv holds every rank's `bytes` in rank order, as the transport's. */
     NCCL_TRY(ncclAllGather(send, recv, bytes, ncclUint8, c->comm, c->stream));
+    CUDA_TRY(cudaEventRecord(c->t1, c->stream));
+    c->timing = true;
     CUDA_TRY(cudaEventRecord(c->done, c->stream));
     CUDA_TRY(cudaStreamWaitEvent(c->compute, c->done, 0));
     return 0;
@@ -72,10 +102,22 @@ static void nccl_ctx_free(nccl_ctx *c, bool abort)
         (void)cudaEventDestroy(c->ready);
     if (c->done)
         (void)cudaEventDestroy(c->done);
+    if (c->t0)
+        (void)cudaEventDestroy(c->t0);
+    if (c->t1)
+        (void)cudaEventDestroy(c->t1);
     if (c->stream)
         (void)cudaStreamDestroy(c->stream);
     (void)cudaGetLastError(); /* a teardown error is nothing the caller can act on */
     free(c);
+}
+
+static double nccl_seconds(sr_devcomm *dc)
+{
+    nccl_ctx *c = (nccl_ctx *)dc->ctx;
+    if (cudaSetDevice(c->device) != cudaSuccess || nccl_count_last(c, true) != 0)
+        (void)cudaGetLastError(); /* a metric: keep what was counted */
+    return c->seconds;
 }
 
 static void nccl_destroy(sr_devcomm *dc)
@@ -88,6 +130,7 @@ static const sr_devcomm_ops nccl_ops = {
     .name = "nccl",
     .destroy = nccl_destroy,
     .allgather = nccl_allgather,
+    .seconds = nccl_seconds,
 };
 
 /* The stream and events, on the backend's device; before the communicator
@@ -101,6 +144,8 @@ static int nccl_ctx_prepare(nccl_ctx *c, sr_backend *be)
     CUDA_TRY(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     CUDA_TRY(cudaEventCreateWithFlags(&c->ready, cudaEventDisableTiming));
     CUDA_TRY(cudaEventCreateWithFlags(&c->done, cudaEventDisableTiming));
+    CUDA_TRY(cudaEventCreate(&c->t0));
+    CUDA_TRY(cudaEventCreate(&c->t1));
     return 0;
 }
 

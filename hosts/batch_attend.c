@@ -366,24 +366,24 @@ static int exchange(sr_batch_attend *A, int layer, int n, bool call_ok, const bo
     for (int i = 0; i < S; i++)
         flags[i] = A->segs[i].failed ? 1.0f : 0.0f;
     flags[S] = call_ok ? 0.0f : 1.0f;
-    /* The metric: from the start of the all-gather until this rank holds
-     * every rank's flags (on the device plane, the flags' download; it
-     * also waits out this rank's own attention still queued on the
-     * device, which the host-staged path waited for in its download). */
-    const double t0 = sr_mono_s();
+    /* The metric: the all-gather itself. Host-staged: from its start until
+     * this rank holds every rank's record. Device plane: its own clock
+     * (devcomm.h), as a host clock here would also count this rank's
+     * attention still queued on the device. */
+    const double t0 = sr_mono_s(), d0 = devcomm_seconds(A->dc);
     if (A->dc ? gather_device(A, rec, flags_off, &call_ok, err, sizeof err) != 0
               : tr->ops->allgather(tr, A->send, A->recv, rec * sizeof(float)) != 0)
         return -1;
     A->layers_synced++;
     if (!call_ok) {
-        A->allgather_s += sr_mono_s() - t0;
+        A->allgather_s += d0 >= 0 ? devcomm_seconds(A->dc) - d0 : sr_mono_s() - t0;
         A->allgathers++;
         A->failed_here = true;
         return sr_error_set("%s", err);
     }
     if (A->dc && fetch_flags(A, n, rec) != 0)
         return -1;
-    A->allgather_s += sr_mono_s() - t0;
+    A->allgather_s += d0 >= 0 ? devcomm_seconds(A->dc) - d0 : sr_mono_s() - t0;
     A->allgathers++;
     for (int r = 0; r < tr->size; r++) {
         const float *fr = A->recv + (size_t)r * rec + flags_off;

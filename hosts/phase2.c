@@ -161,7 +161,9 @@ static int exchange(sr_phase2 *P, int layer, int n, int ok, float *out)
     snprintf(err, sizeof err, "%s", ok ? "" : sr_error_get());
     const size_t rec = record_floats(P, n);
     P->send[rec - 1] = ok ? 0.0f : 1.0f;
-    const double t0 = sr_mono_s();
+    /* The all-gather's time: on the device plane by its own clock
+     * (devcomm.h), which leaves out this rank's queued attention. */
+    const double t0 = sr_mono_s(), d0 = devcomm_seconds(P->dc);
     if (P->dc ? gather_device(P, rec, &ok, err, sizeof err) != 0
               : tr->ops->allgather(tr, P->send, P->recv, rec * sizeof(float)) != 0)
         return -1;
@@ -172,7 +174,7 @@ static int exchange(sr_phase2 *P, int layer, int n, int ok, float *out)
     }
     if (P->dc && fetch_statuses(P, rec) != 0)
         return -1;
-    P->allgather_s += sr_mono_s() - t0;
+    P->allgather_s += d0 >= 0 ? devcomm_seconds(P->dc) - d0 : sr_mono_s() - t0;
     P->allgathers++;
     for (int r = 0; r < tr->size; r++)
         if (P->recv[(size_t)r * rec + rec - 1] != 0.0f) {

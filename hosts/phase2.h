@@ -40,8 +40,8 @@ typedef struct {
     int32_t *step_msg;      /* [2 * max_step_rows] ids then positions */
     int layers_synced;      /* all-gathers done in the current forward call */
     int failed_here, failed_elsewhere;
-    /* Cumulative, for --json: time in the all-gathers (enqueue to the
-     * statuses on the host, waiting for the slowest rank included) and how
+    /* Cumulative, for --json: time in the all-gathers (waiting for the
+     * slowest rank included; on the device plane by its clock) and how
      * many there were. */
     double allgather_s;
     int64_t allgathers;

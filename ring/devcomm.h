@@ -36,6 +36,12 @@ typedef struct {
      * from send (backend memory) in rank order. Returns 0 once queued, or
      * -1 with sr_error set. Every rank must call it with the same bytes. */
     int (*allgather)(sr_devcomm *dc, const void *send, void *recv, size_t bytes);
+    /* Seconds the all-gathers so far took on the device, each from the
+     * moment its inputs were ready on this rank to its end (waiting for
+     * the slowest rank included), not the compute queued before it; waits
+     * for the last one. For metrics: a host clock around allgather() would
+     * count the whole layer's queued work. */
+    double (*seconds)(sr_devcomm *dc);
 } sr_devcomm_ops;
 
 struct sr_devcomm {
@@ -43,6 +49,12 @@ struct sr_devcomm {
     int rank, size; /* the same as the transport's it was built over */
     void *ctx;
 };
+
+/* ops->seconds, or -1 for a plane without a device clock (or NULL). */
+static inline double devcomm_seconds(sr_devcomm *dc)
+{
+    return dc && dc->ops->seconds ? dc->ops->seconds(dc) : -1.0;
+}
 
 /* NULL-safe. Every rank destroys its own; no collective. */
 static inline void devcomm_destroy(sr_devcomm *dc)
