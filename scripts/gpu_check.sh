@@ -50,7 +50,8 @@ dir=build-gpu
 if want build; then
   t0=$SECONDS
   { [ -d "$dir" ] || meson setup "$dir" -Dcuda=enabled -Dgrpc=disabled; } > "$out/build.log" 2>&1 &&
-    ninja -C "$dir" tests/gpu/test_cuda_ops tests/gpu/test_cuda_forward tests/gpu/gpu_bench \
+    ninja -C "$dir" tests/gpu/test_cuda_ops tests/gpu/test_cuda_forward tests/gpu/test_cuda_sample \
+      tests/gpu/gpu_bench \
       tests/gpu/gpu_decode_step daemon/starrelayd >> "$out/build.log" 2>&1
   rc=$?
   echo "build: rc=$rc in $((SECONDS - t0)) s" | tee -a "$summary"
