@@ -34,15 +34,23 @@ static int cuda_device_for_process(void)
 }
 #endif
 
+const char *backend_resolve_name(const char *name)
+{
+    if (strcmp(name, "auto") != 0)
+        return name;
+    const char *env = getenv("STARRELAY_BACKEND");
+    if (env && *env && strcmp(env, "auto") != 0)
+        return env;
+#ifdef SR_HAVE_CUDA
+    if (backend_cuda_device_count() > 0)
+        return "cuda";
+#endif
+    return "cpu";
+}
+
 sr_backend *backend_create_named(const char *name)
 {
-    if (!strcmp(name, "auto")) {
-#ifdef SR_HAVE_CUDA
-        if (backend_cuda_device_count() > 0)
-            return backend_cuda_create(cuda_device_for_process());
-#endif
-        return backend_cpu_create();
-    }
+    name = backend_resolve_name(name);
     if (!strcmp(name, "cpu"))
         return backend_cpu_create();
     if (!strcmp(name, "cuda")) {
@@ -54,7 +62,8 @@ sr_backend *backend_create_named(const char *name)
         return NULL;
 #endif
     }
-    sr_error_set("unknown backend '%s' (available: %s, auto)", name, backend_available_names());
+    sr_error_set("unknown backend '%s' (available: %s, auto)%s", name, backend_available_names(),
+                 getenv("STARRELAY_BACKEND") ? " (from STARRELAY_BACKEND)" : "");
     return NULL;
 }
 

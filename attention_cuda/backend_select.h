@@ -5,11 +5,17 @@
 
 #include "backend/backend.h"
 
-/* "cpu", "cuda" or "auto" (cuda when this build has it and a GPU is
- * visible, else cpu: the programs' default). The cuda backend takes device STARRELAY_CUDA_DEVICE if
+/* "cpu", "cuda" or "auto" (the programs' default: backend_resolve_name).
+ * The cuda backend takes device STARRELAY_CUDA_DEVICE if
  * set, else the process's local rank under mpirun/srun (modulo the number
  * of devices), else 0. NULL + sr_error on failure. */
 sr_backend *backend_create_named(const char *name);
+
+/* The backend "auto" stands for: STARRELAY_BACKEND if set (the test suites
+ * pin cpu with it, so their tolerances hold on a GPU machine too), else
+ * "cuda" when this build has it and a GPU is visible, else "cpu". Other
+ * names are returned as given. */
+const char *backend_resolve_name(const char *name);
 
 /* The backends this build has, e.g. "cpu, cuda", for messages. */
 const char *backend_available_names(void);

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attention_cuda/backend_select.h"
 #include "common/error.h"
 #include "common/log.h"
 
@@ -32,6 +33,7 @@ int dataplane_check_request(sr_dataplane want, const char *backend, int n_ranks)
 {
     if (want != SR_DATAPLANE_NCCL)
         return 0;
+    backend = backend_resolve_name(backend);
     if (strcmp(backend, "cuda") != 0)
         return sr_error_set("--dataplane nccl needs --backend cuda (NCCL moves GPU memory; the "
                             "%s backend's buffers are host memory): use --backend cuda, or "

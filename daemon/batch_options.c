@@ -15,7 +15,7 @@ void batch_options_usage(void)
           "Runs every job of FILE through the serving engine at once (continuous batching,\n"
           "prefixes, the paged KV pool) and prints one JSON line per line of FILE, then the\n"
           "pool's free/total pages per rank. Under mpirun every rank runs it.\n"
-          "  --load-format safetensors|dummy  --dummy-seed S  --backend cpu|cuda\n"
+          "  --load-format safetensors|dummy  --dummy-seed S  --backend auto|cpu|cuda\n"
           "  --dataplane auto|nccl|mpi  phase 2's all-gather: nccl device to device (one GPU\n"
           "                         per rank), mpi host-staged, auto nccl where it can run\n"
           "  --kv-budget-tokens N   KV tokens per rank        --kv-budget BYTES[K|M|G]\n"
@@ -75,7 +75,7 @@ int batch_options_parse(sr_batch_options *o, int argc, char **argv)
     o->load.format = SR_LOAD_SAFETENSORS;
     o->load.dummy_dtype = SR_DTYPE_BF16;
     o->relay = true;
-    o->backend = "cpu";
+    o->backend = "auto";
     o->dataplane = "auto";
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -91,8 +91,8 @@ int batch_options_parse(sr_batch_options *o, int argc, char **argv)
         if (!strcmp(a, "--model")) {
             o->model_dir = v;
         } else if (!strcmp(a, "--backend")) {
-            if (strcmp(v, "cpu") && strcmp(v, "cuda"))
-                return sr_error_set("--backend: '%s' is unknown (cpu or cuda)", v);
+            if (strcmp(v, "auto") && strcmp(v, "cpu") && strcmp(v, "cuda"))
+                return sr_error_set("--backend: '%s' is unknown (auto, cpu or cuda)", v);
             o->backend = v;
         } else if (!strcmp(a, "--dataplane")) {
             if (strcmp(v, "auto") && strcmp(v, "nccl") && strcmp(v, "mpi"))

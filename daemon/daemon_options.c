@@ -21,8 +21,9 @@ static const sr_option table[] = {
     {"load-format", SR_OPT_CHOICE, OFF(load_format), 0, 0, "safetensors|dummy", NULL,
      "dummy: seeded random weights from config.json (benchmarks)"},
     {"dummy-seed", SR_OPT_INT64, OFF(dummy_seed), 0, BIG, NULL, "S", "seed of dummy weights"},
-    {"backend", SR_OPT_CHOICE, OFF(backend), 0, 0, "cpu|cuda", NULL,
-     "compute backend (cuda: one GPU per rank, by local rank)"},
+    {"backend", SR_OPT_CHOICE, OFF(backend), 0, 0, "auto|cpu|cuda", NULL,
+     "compute backend (auto: cuda when a GPU is visible, else cpu; cuda: one GPU per rank, "
+     "by local rank)"},
     {"dataplane", SR_OPT_CHOICE, OFF(dataplane), 0, 0, "auto|nccl|mpi", NULL,
      "phase 2's per-layer all-gather: nccl (device to device; --backend cuda, one GPU per "
      "rank), mpi (host-staged), auto (default: nccl where it can run, else mpi)"},
@@ -143,7 +144,7 @@ int daemon_options_parse(sr_daemon_options *o, int argc, char **argv)
     if (o->help)
         return 0;
     if (set_default_string(&o->load_format, "safetensors") ||
-        set_default_string(&o->backend, "cpu") || set_default_string(&o->dataplane, "auto") ||
+        set_default_string(&o->backend, "auto") || set_default_string(&o->dataplane, "auto") ||
         set_default_string(&o->listen, "127.0.0.1:50051") ||
         set_default_string(&o->log_level, "info") || set_default_string(&o->mode, "star"))
         return -1;

@@ -240,7 +240,8 @@ static int run_on_rank(sr_transport *tr, int argc, char **argv)
 
     s.be = backend_create_named(s.o.backend);
     /* One process has nothing to gather; "mpi" names the host path. */
-    sr_run_report rep = {.mode = s.o.mode, .dataplane = devcomm_plane_name(NULL)};
+    sr_run_report rep = {.mode = s.o.mode, .dataplane = devcomm_plane_name(NULL),
+                         .backend = s.be ? s.be->ops->name : NULL};
     if (!strcmp(s.o.mode, "global")) {
         if (!s.be || run_global(&s, &gres, &rep) != 0)
             goto fail;

@@ -17,7 +17,7 @@ void run_options_usage(void)
           "           [--temperature T] [--top-p P] [--top-k K] [--min-p P]\n"
           "           [--repetition-penalty R] [--seed S] [--stop TEXT]... [--stop-id N]...\n"
           "           [--ignore-eos] [--json] [--logits-out FILE]\n"
-          "           [--load-format safetensors|dummy] [--dummy-seed S] [--backend cpu|cuda]\n"
+          "           [--load-format safetensors|dummy] [--dummy-seed S] [--backend auto|cpu|cuda]\n"
           "           [--dataplane auto|nccl|mpi]\n"
           "           [--query-ids 1,2,3] [--system-ids 1,2] [--context-ids 4,5,6]\n"
           "           [--context-random N] [--chunk-rows N]\n"
@@ -32,6 +32,7 @@ void run_options_usage(void)
           "  --anchor-size N anchor = first N tokens of block 0 (default: block size; 0 = none)\n"
           "  --query-rank R  the rank that samples and prints (default 0)\n"
           "  --kv-budget-tokens N  KV rows each rank may hold; larger jobs are refused\n"
+          "  --backend B     auto (default: cuda when a GPU is visible, else cpu), cpu or cuda\n"
           "  --dataplane P   phase 2's per-layer all-gather: nccl (device to device, one GPU per\n"
           "                  rank, --backend cuda), mpi (host-staged) or auto (default: nccl\n"
           "                  where it can run, else mpi)\n"
@@ -93,7 +94,7 @@ static int parse_id_list(const char *opt, const char *s, int32_t **ids, int *n)
 int run_options_parse(sr_run_options *o, int argc, char **argv)
 {
     memset(o, 0, sizeof *o);
-    o->backend = "cpu";
+    o->backend = "auto";
     o->dataplane = "auto";
     o->max_tokens = 64;
     o->chunk_rows = 256;
@@ -279,8 +280,9 @@ int run_options_parse(sr_run_options *o, int argc, char **argv)
                             "--context-random");
     if (o->system_text && o->has_system_ids)
         return sr_error_set("give --system/--system-file or --system-ids, not both");
-    if (strcmp(o->backend, "cpu") != 0 && strcmp(o->backend, "cuda") != 0)
-        return sr_error_set("--backend: '%s' is unknown (cpu or cuda)", o->backend);
+    if (strcmp(o->backend, "auto") != 0 && strcmp(o->backend, "cpu") != 0 &&
+        strcmp(o->backend, "cuda") != 0)
+        return sr_error_set("--backend: '%s' is unknown (auto, cpu or cuda)", o->backend);
     return 0;
 }
 

@@ -26,6 +26,17 @@ refused() {
         "$name: expected exit 2 and '$pattern', got $rc: $(grep -v ' INFO ' $SR_TMP/$name.err | head -2)"
     echo "ok   $name: $(grep 'starrelayd run' $SR_TMP/$name.err | head -1)"
 }
+# --backend auto (the default) names the backend it took in --json: cpu
+# where no GPU is visible (the suites pin auto to cpu with STARRELAY_BACKEND;
+# here it is unset), and an unknown STARRELAY_BACKEND is an error.
+if ! nvidia-smi -L >/dev/null 2>&1; then
+    STARRELAY_BACKEND= sr_run backend_auto 0 "${A[@]}"
+    sr_check "grep -q '\"backend\":\"cpu\"' $SR_TMP/backend_auto.json" \
+        "--backend auto without a GPU: --json must say backend cpu: $(head -c 300 $SR_TMP/backend_auto.json)"
+fi
+STARRELAY_BACKEND=tpu SR_EXPECT_FAIL=1 sr_run backend_env 0 "${A[@]}"
+sr_check "grep -q \"unknown backend 'tpu'.*STARRELAY_BACKEND\" $SR_TMP/backend_env.err" \
+    "STARRELAY_BACKEND=tpu must be refused, naming the variable: $(grep -v ' INFO ' $SR_TMP/backend_env.err | head -2)"
 refused nccl_cpu 2 "--dataplane nccl needs --backend cuda" "${A[@]}" --dataplane nccl
 refused nccl_one_rank 0 "--dataplane nccl needs 2 or more ranks" "${A[@]}" --dataplane nccl \
     --backend cuda
