@@ -18,6 +18,7 @@
 #include <math.h>
 
 #include "attention_cuda/cuda_internal.h"
+#include "attention_cuda/ptx.cuh"
 
 #define LOG2E_F 1.4426950408889634f
 #define LN2_F 0.6931471805599453f
@@ -58,33 +59,6 @@ typedef struct {
 __device__ __forceinline__ float fold_weight(float m, float mn)
 {
     return m == mn ? 1.0f : exp2f(m - mn);
-}
-
-/* Asynchronous global -> shared copies (bytes 0: the destination is
- * zero-filled and nothing is read), their groups and the wait. */
-__device__ __forceinline__ void sk_cp16(void *smem, const void *gmem, int bytes)
-{
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem), "r"(bytes)
-                 : "memory");
-}
-
-__device__ __forceinline__ void sk_cp4(void *smem, const void *gmem, int bytes)
-{
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(a), "l"(gmem), "r"(bytes)
-                 : "memory");
-}
-
-__device__ __forceinline__ void sk_commit()
-{
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-template <int N>
-__device__ __forceinline__ void sk_wait()
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 /* Shared memory of one block: per warp, NST stages of KPW keys' K and V
@@ -152,11 +126,11 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(spli
         for (int v = 0; v < NV; v++) {
             const int d4 = v * LPK + l4;
             const bool ok = active && 4 * d4 < p.hd;
-            sk_cp16(sk + d4, p.k + (ok ? row + 4 * d4 : 0), ok ? 16 : 0);
-            sk_cp16(sk + STAGE4 + d4, p.v + (ok ? row + 4 * d4 : 0), ok ? 16 : 0);
+            cp_async16(sk + d4, p.k + (ok ? row + 4 * d4 : 0), ok ? 16 : 0);
+            cp_async16(sk + STAGE4 + d4, p.v + (ok ? row + 4 * d4 : 0), ok ? 16 : 0);
         }
         if (p.k_pos)
-            sk_cp4(spos + slot * 32 + lane, p.k_pos + (active ? j : k_begin), active ? 4 : 0);
+            cp_async4(spos + slot * 32 + lane, p.k_pos + (active ? j : k_begin), active ? 4 : 0);
     };
     /* The first stages go out before anything else waits on memory. */
     if constexpr (NST > 0) {
@@ -164,7 +138,7 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(spli
         for (int i = 0; i < NST - 1; i++) {
             if (i < nsteps)
                 issue(i, i);
-            sk_commit(); /* empty groups too: the wait below counts groups */
+            cp_async_commit(); /* empty groups too: the wait below counts groups */
         }
     }
 
@@ -280,8 +254,8 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(spli
         const int ahead = i + NST - 1;
         if (ahead < nsteps)
             issue(ahead, slot == 0 ? NST - 1 : slot - 1);
-        sk_commit();
-        sk_wait<NST - 1>();
+        cp_async_commit();
+        cp_async_wait<NST - 1>();
         const int j = k_begin + (warp + i * SPLIT_WARPS) * KPW + sub;
         const bool active = j < k_end;
         const int kp = p.k_pos ? spos[slot * 32 + lane] : 0;
@@ -334,7 +308,7 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(spli
         }
         slot = slot == NST - 1 ? 0 : slot + 1;
     }
-    sk_wait<0>(); /* only empty groups can be left; nothing may land after exit */
+    cp_async_wait<0>(); /* only empty groups can be left; nothing may land after exit */
     }
 
     /* Fold the warp's key subgroups together (lanes l4 of every subgroup). */

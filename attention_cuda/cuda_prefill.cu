@@ -22,6 +22,7 @@
 #include <limits.h>
 
 #include "attention_cuda/cuda_internal.h"
+#include "attention_cuda/ptx.cuh"
 
 #define LOG2E_F 1.4426950408889634f
 #define LN2_F 0.6931471805599453f
@@ -39,67 +40,6 @@ typedef struct {
     int n_qtiles;
     float *out, *lse;
 } prefill_params;
-
-__device__ __forceinline__ void ldsm_x4(uint32_t r[4], const __nv_bfloat16 *p)
-{
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a)
-                 : "memory");
-}
-
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const __nv_bfloat16 *p)
-{
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a)
-                 : "memory");
-}
-
-/* c += a (16x16, row) * b (16x8, col), bf16 in, fp32 accumulate. */
-__device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint32_t b0,
-                                          uint32_t b1)
-{
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-/* Asynchronous global -> shared copy of `bytes` (16, or 0 to zero-fill). */
-__device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int bytes)
-{
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem), "r"(bytes)
-                 : "memory");
-}
-
-__device__ __forceinline__ void cp_async4(void *smem, const void *gmem, int bytes)
-{
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(a), "l"(gmem), "r"(bytes)
-                 : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit()
-{
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-/* Waits until at most `n` of this thread's copy groups are in flight. */
-template <int n>
-__device__ __forceinline__ void cp_async_wait()
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(n) : "memory");
-}
-
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
-{
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* lo in the low half */
-    return *reinterpret_cast<uint32_t *>(&v);
-}
 
 /* K and V (fp32, [nk, kv_stride], kv head g at g*D) to bf16 [n_kv][nk][D]. */
 __global__ void kv_to_bf16_kernel(const float *__restrict__ k, const float *__restrict__ v,

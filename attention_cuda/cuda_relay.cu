@@ -33,6 +33,7 @@
 #include <limits.h>
 
 #include "attention_cuda/cuda_internal.h"
+#include "attention_cuda/ptx.cuh"
 
 #define LOG2E_F 1.4426950408889634f
 #define LN2_F 0.6931471805599453f
@@ -51,73 +52,6 @@ typedef struct {
     float *out, *lse;     /* one split: the final result */
     float *ws_o, *ws_lse; /* several: [split][rows][hd], [split][rows] */
 } relay_params;
-
-namespace {
-
-__device__ __forceinline__ void rl_ldsm_x4(uint32_t r[4], const __nv_bfloat16 *p)
-{
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a)
-                 : "memory");
-}
-
-__device__ __forceinline__ void rl_ldsm_x4_trans(uint32_t r[4], const __nv_bfloat16 *p)
-{
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a)
-                 : "memory");
-}
-
-/* Two 8x8 matrices (addresses from lanes 0-15): V for a warp whose slice
- * of the dims is 8 wide. */
-__device__ __forceinline__ void rl_ldsm_x2_trans(uint32_t r[2], const __nv_bfloat16 *p)
-{
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
-                 : "=r"(r[0]), "=r"(r[1])
-                 : "r"(a)
-                 : "memory");
-}
-
-/* c += a (16x16, row) * b (16x8, col), bf16 in, fp32 accumulate. */
-__device__ __forceinline__ void rl_mma(float c[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
-{
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-/* 16 bytes global -> shared without a register stop; `bytes` 0 zero-fills. */
-__device__ __forceinline__ void rl_cp16(void *smem, const void *gmem, int bytes)
-{
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem), "r"(bytes)
-                 : "memory");
-}
-
-__device__ __forceinline__ void rl_commit()
-{
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-template <int n>
-__device__ __forceinline__ void rl_wait()
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(n) : "memory");
-}
-
-__device__ __forceinline__ uint32_t rl_pack(float lo, float hi)
-{
-    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* lo in the low half */
-    return *reinterpret_cast<uint32_t *>(&v);
-}
-
-} // namespace
 
 /* Shared memory: two raw fp32 stages of K and V, then the bf16 K and V
  * tiles, one set (pipe 0) or two (pipe 1). */
@@ -146,10 +80,10 @@ __device__ __forceinline__ void relay_tile(const uint32_t (&qf)[D / 16][4], floa
 #pragma unroll
         for (int np = 0; np < RL_BK / 16; np++) {
             uint32_t b[4];
-            rl_ldsm_x4(b, ks + (np * 16 + (lane & 7) + (lane >> 4) * 8) * LDB + kk * 16 +
+            ldsm_x4(b, ks + (np * 16 + (lane & 7) + (lane >> 4) * 8) * LDB + kk * 16 +
                               ((lane >> 3) & 1) * 8);
-            rl_mma(s[2 * np], qf[kk], b[0], b[1]);
-            rl_mma(s[2 * np + 1], qf[kk], b[2], b[3]);
+            mma_16816(s[2 * np], qf[kk], b[0], b[1]);
+            mma_16816(s[2 * np + 1], qf[kk], b[2], b[3]);
         }
     }
     if (j0 + RL_BK > k_end) { /* the split's last, partial tile */
@@ -203,22 +137,22 @@ __device__ __forceinline__ void relay_tile(const uint32_t (&qf)[D / 16][4], floa
 #pragma unroll
     for (int kb = 0; kb < RL_BK / 16; kb++) {
         uint32_t pa[4];
-        pa[0] = rl_pack(s[2 * kb][0], s[2 * kb][1]);
-        pa[1] = rl_pack(s[2 * kb][2], s[2 * kb][3]);
-        pa[2] = rl_pack(s[2 * kb + 1][0], s[2 * kb + 1][1]);
-        pa[3] = rl_pack(s[2 * kb + 1][2], s[2 * kb + 1][3]);
+        pa[0] = pack_bf16(s[2 * kb][0], s[2 * kb][1]);
+        pa[1] = pack_bf16(s[2 * kb][2], s[2 * kb][3]);
+        pa[2] = pack_bf16(s[2 * kb + 1][0], s[2 * kb + 1][1]);
+        pa[3] = pack_bf16(s[2 * kb + 1][2], s[2 * kb + 1][3]);
         const __nv_bfloat16 *vrow = vw + (kb * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDB;
 #pragma unroll
         for (int dp = 0; dp < DW / 16; dp++) {
             uint32_t b[4];
-            rl_ldsm_x4_trans(b, vrow + dp * 16 + (lane >> 4) * 8);
-            rl_mma(o[2 * dp], pa, b[0], b[1]);
-            rl_mma(o[2 * dp + 1], pa, b[2], b[3]);
+            ldsm_x4_trans(b, vrow + dp * 16 + (lane >> 4) * 8);
+            mma_16816(o[2 * dp], pa, b[0], b[1]);
+            mma_16816(o[2 * dp + 1], pa, b[2], b[3]);
         }
         if (DW % 16) {
             uint32_t b[2];
-            rl_ldsm_x2_trans(b, vrow + (DW - 8));
-            rl_mma(o[DW / 8 - 1], pa, b[0], b[1]);
+            ldsm_x2_trans(b, vrow + (DW - 8));
+            mma_16816(o[DW / 8 - 1], pa, b[0], b[1]);
         }
     }
 }
@@ -264,8 +198,8 @@ __global__ void __launch_bounds__(RL_THREADS, MINB) attn_relay_kernel(relay_para
             const int j = j0 + r;
             const bool ok = j < k_end;
             const size_t off = (size_t)(ok ? j : k_begin) * p.kv_stride + 4 * c;
-            rl_cp16(kf + r * D + 4 * c, kg + off, ok ? 16 : 0);
-            rl_cp16(vf + r * D + 4 * c, vg + off, ok ? 16 : 0);
+            cp_async16(kf + r * D + 4 * c, kg + off, ok ? 16 : 0);
+            cp_async16(vf + r * D + 4 * c, vg + off, ok ? 16 : 0);
         }
     };
     /* Stage `stg` rounded into bf16 tile `dst`; the same chunks as issue()
@@ -278,9 +212,9 @@ __global__ void __launch_bounds__(RL_THREADS, MINB) attn_relay_kernel(relay_para
             const float4 x = *reinterpret_cast<const float4 *>(kf + r * D + 4 * c);
             const float4 y = *reinterpret_cast<const float4 *>(vf + r * D + 4 * c);
             *reinterpret_cast<uint2 *>(kd + r * LDB + 4 * c) =
-                make_uint2(rl_pack(x.x, x.y), rl_pack(x.z, x.w));
+                make_uint2(pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
             *reinterpret_cast<uint2 *>(vd + r * LDB + 4 * c) =
-                make_uint2(rl_pack(y.x, y.y), rl_pack(y.z, y.w));
+                make_uint2(pack_bf16(y.x, y.y), pack_bf16(y.z, y.w));
         }
     };
     /* Two tiles in flight before Q is even read: the copies are what the
@@ -288,10 +222,10 @@ __global__ void __launch_bounds__(RL_THREADS, MINB) attn_relay_kernel(relay_para
      * that "all but the newest group" always names the same tile. */
     if (ntiles > 0)
         issue(0, 0);
-    rl_commit();
+    cp_async_commit();
     if (ntiles > 1)
         issue(1, 1);
-    rl_commit();
+    cp_async_commit();
 
     /* Q of this block's packed rows, scaled and rounded, staged through
      * the last bf16 tile (not in use yet) on the way to registers. */
@@ -306,21 +240,21 @@ __global__ void __launch_bounds__(RL_THREADS, MINB) attn_relay_kernel(relay_para
         }
         const float m = p.scale_log2;
         *reinterpret_cast<uint2 *>(qs + r * LDB + 4 * c) =
-            make_uint2(rl_pack(x.x * m, x.y * m), rl_pack(x.z * m, x.w * m));
+            make_uint2(pack_bf16(x.x * m, x.y * m), pack_bf16(x.z * m, x.w * m));
     }
     if (PIPE) {
-        rl_wait<1>(); /* this thread's chunks of tile 0 */
+        cp_async_wait<1>(); /* this thread's chunks of tile 0 */
         if (ntiles > 0)
             round_tile(0, bf);
         if (ntiles > 2)
             issue(2, 0);
-        rl_commit();
+        cp_async_commit();
     }
     __syncthreads();
     uint32_t qf[D / 16][4];
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++)
-        rl_ldsm_x4(qf[kk], qs + (wr * 16 + (lane & 15)) * LDB + kk * 16 + (lane >> 4) * 8);
+        ldsm_x4(qf[kk], qs + (wr * 16 + (lane & 15)) * LDB + kk * 16 + (lane >> 4) * 8);
     /* The loop's first barrier keeps the rounding from overwriting qs
      * before every warp has its fragments. */
 
@@ -334,28 +268,28 @@ __global__ void __launch_bounds__(RL_THREADS, MINB) attn_relay_kernel(relay_para
         const __nv_bfloat16 *cur;
         if (PIPE) {
             /* groups so far: tiles 0 .. t+2; all but the newest: t+1 is here */
-            rl_wait<1>();
+            cp_async_wait<1>();
             __syncthreads(); /* tile t's bf16 is complete, tile t-1's is read */
             cur = bf + (t & 1) * BUF;
             if (t + 1 < ntiles)
                 round_tile((t + 1) & 1, bf + ((t + 1) & 1) * BUF);
             if (t + 3 < ntiles) /* the stage tile t+1 just left */
                 issue(t + 3, (t + 1) & 1);
-            rl_commit();
+            cp_async_commit();
         } else {
-            rl_wait<1>();    /* this thread's copies of tile t have landed */
+            cp_async_wait<1>();    /* this thread's copies of tile t have landed */
             __syncthreads(); /* ... everyone's; and the last tile's bf16 reads are done */
             round_tile(t & 1, bf);
             __syncthreads(); /* the bf16 tile is complete; its stage is free */
             if (t + 2 < ntiles)
                 issue(t + 2, t & 1);
-            rl_commit();
+            cp_async_commit();
             cur = bf;
         }
         relay_tile<D, DW>(qf, o, m0, m1, l0, l1, cur, cur + RL_BK * LDB + wk * DW,
                           k_begin + t * RL_BK, k_end, lane);
     }
-    rl_wait<0>(); /* only empty groups can remain; leave none behind */
+    cp_async_wait<0>(); /* only empty groups can remain; leave none behind */
 
 #pragma unroll
     for (int off = 1; off < 4; off <<= 1) {

@@ -1,0 +1,87 @@
+/* Inline PTX the tensor-core and pipelined attention kernels share
+ * (cuda_prefill.cu, cuda_relay.cu, cuda_attention.cu): ldmatrix,
+ * mma.sync m16n8k16 bf16 with fp32 accumulation, cp.async and bf16 pairs.
+ * Each wraps one instruction, so a kernel reads as its data movement. */
+#ifndef SR_ATTENTION_CUDA_PTX_CUH
+#define SR_ATTENTION_CUDA_PTX_CUH
+
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+/* Four 8x8 bf16 matrices from shared memory (addresses from lanes 0-31). */
+static __device__ __forceinline__ void ldsm_x4(uint32_t r[4], const __nv_bfloat16 *p)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a)
+                 : "memory");
+}
+
+/* The same, transposed (V tiles as the B operand). */
+static __device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const __nv_bfloat16 *p)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a)
+                 : "memory");
+}
+
+/* Two 8x8 matrices, transposed (addresses from lanes 0-15): V for a warp
+ * whose slice of the dims is 8 wide. */
+static __device__ __forceinline__ void ldsm_x2_trans(uint32_t r[2], const __nv_bfloat16 *p)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(a)
+                 : "memory");
+}
+
+/* c += a (16x16, row) * b (16x8, col), bf16 in, fp32 accumulate. */
+static __device__ __forceinline__ void mma_16816(float c[4], const uint32_t a[4], uint32_t b0,
+                                                 uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Asynchronous global -> shared copy of 16 (or 4) bytes without a stop in
+ * registers; bytes 0 zero-fills the destination and reads nothing. */
+static __device__ __forceinline__ void cp_async16(void *smem, const void *gmem, int bytes)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem), "r"(bytes)
+                 : "memory");
+}
+
+static __device__ __forceinline__ void cp_async4(void *smem, const void *gmem, int bytes)
+{
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(a), "l"(gmem), "r"(bytes)
+                 : "memory");
+}
+
+static __device__ __forceinline__ void cp_async_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+/* Waits until at most `n` of this thread's copy groups are in flight. */
+template <int n>
+static __device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(n) : "memory");
+}
+
+/* Two floats as a bf16 pair, lo in the low half (round to nearest even). */
+static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t *>(&v);
+}
+
+#endif
