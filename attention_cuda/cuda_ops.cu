@@ -169,16 +169,14 @@ int cuda_rmsnorm(sr_backend *be, const float *x, const sr_weight *w, int n, int 
 
 /* ---- RoPE ------------------------------------------------------------- */
 
-/* One block per row. The angle is the fp32 product pos * inv_freq, as HF
- * forms it; cos and sin of it are taken in double and rounded, as the cpu
- * does, so both backends rotate by the same fp32 values. */
-__global__ void rope_kernel(float *x, const int32_t *__restrict__ pos, int n_heads, int head_dim,
-                            int stride, const float *__restrict__ inv_freq)
+/* Rotates `heads` heads of one row by position p; the block's threads share
+ * the row. The angle is the fp32 product p * inv_freq, as HF forms it; cos
+ * and sin of it are taken in double and rounded, as the cpu does, so both
+ * backends rotate by the same fp32 values. cs: shared [head_dim] floats. */
+__device__ __forceinline__ void rope_row(float *row, int heads, int head_dim, float p,
+                                         const float *__restrict__ inv_freq, float *cs)
 {
-    extern __shared__ float cs[]; /* [half] cos, then [half] sin */
-    const int half = head_dim / 2;
-    const int i = blockIdx.x;
-    const float p = (float)pos[i];
+    const int half = head_dim / 2; /* cs: [half] cos, then [half] sin */
     for (int f = threadIdx.x; f < half; f += blockDim.x) {
         float angle = __fmul_rn(p, inv_freq[f]);
         double s, c;
@@ -187,14 +185,22 @@ __global__ void rope_kernel(float *x, const int32_t *__restrict__ pos, int n_hea
         cs[half + f] = (float)s;
     }
     __syncthreads();
-    float *row = x + (size_t)i * stride;
-    for (int t = threadIdx.x; t < n_heads * half; t += blockDim.x) {
+    for (int t = threadIdx.x; t < heads * half; t += blockDim.x) {
         const int h = t / half, f = t - h * half;
         float *v = row + (size_t)h * head_dim;
         const float a = v[f], b = v[f + half], c = cs[f], s = cs[half + f];
         v[f] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
         v[f + half] = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
     }
+}
+
+/* One block per row. */
+__global__ void rope_kernel(float *x, const int32_t *__restrict__ pos, int n_heads, int head_dim,
+                            int stride, const float *__restrict__ inv_freq)
+{
+    extern __shared__ float cs[];
+    const int i = blockIdx.x;
+    rope_row(x + (size_t)i * stride, n_heads, head_dim, (float)pos[i], inv_freq, cs);
 }
 
 int cuda_rope(sr_backend *be, float *x, const int32_t *pos, int n, int n_heads, int head_dim,
@@ -727,29 +733,12 @@ __global__ void rope_qk_kernel(float *q, float *k, const int32_t *__restrict__ p
                                int n_kv, int head_dim, int q_stride, int k_stride,
                                const float *__restrict__ inv_freq)
 {
-    extern __shared__ float cs[]; /* [half] cos, then [half] sin */
+    extern __shared__ float cs[];
     pdl_launch_dependents();
     pdl_wait();
-    const int half = head_dim / 2;
     const int i = blockIdx.x;
-    const float p = (float)pos[i];
-    for (int f = threadIdx.x; f < half; f += blockDim.x) {
-        float angle = __fmul_rn(p, inv_freq[f]);
-        double s, c;
-        sincos((double)angle, &s, &c);
-        cs[f] = (float)c;
-        cs[half + f] = (float)s;
-    }
-    __syncthreads();
-    const int heads = blockIdx.y ? n_kv : n_heads;
     float *row = blockIdx.y ? k + (size_t)i * k_stride : q + (size_t)i * q_stride;
-    for (int t = threadIdx.x; t < heads * half; t += blockDim.x) {
-        const int h = t / half, f = t - h * half;
-        float *v = row + (size_t)h * head_dim;
-        const float a = v[f], b = v[f + half], c = cs[f], s = cs[half + f];
-        v[f] = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
-        v[f + half] = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
-    }
+    rope_row(row, blockIdx.y ? n_kv : n_heads, head_dim, (float)pos[i], inv_freq, cs);
 }
 
 int cuda_rope_qk(sr_backend *be, float *q, float *k, const int32_t *pos, int n, int n_heads,
