@@ -14,24 +14,14 @@
 # GPU machine lacks are unpacked first. Exit status: non-zero if the build
 # or a test failed, or NCCL was not found (the test would only skip).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 out=${OUT:-build-gpu/logs}
 mkdir -p "$out"
 summary=$out/nccl_summary.md
 status=0
 
-if [ -f .devdeps/unpack.sh ]; then
-  # shellcheck disable=SC1091
-  source .devdeps/unpack.sh
-  # OpenBLAS's Debian package keeps its files under openblas-pthread/ and
-  # its .pc file names absolute /usr paths: point them at the unpacked copy.
-  ob=/opt/devdeps/usr/lib/x86_64-linux-gnu/openblas-pthread
-  if ! pkg-config --exists openblas cblas 2>/dev/null && [ -f "$ob/pkgconfig/openblas.pc" ]; then
-    sed -i "s|=/usr/|=/opt/devdeps/usr/|" "$ob/pkgconfig/openblas.pc"
-    export PKG_CONFIG_PATH=$ob/pkgconfig:$PKG_CONFIG_PATH LD_LIBRARY_PATH=$ob:${LD_LIBRARY_PATH:-}
-  fi
-fi
-export PATH=$PATH:/usr/local/cuda/bin
+# shellcheck source=scripts/gpu_env.sh
+source scripts/gpu_env.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-4}
 
 {
