@@ -96,44 +96,9 @@ __device__ __forceinline__ void relay_tile(const uint32_t (&qf)[D / 16][4], floa
                 s[nt][1] = s[nt][3] = -INFINITY;
         }
     }
-    /* Online softmax; the quad of lanes sharing a row exchanges maxima,
-     * sums stay per lane until the end. Every warp of a row group computes
-     * the same statistics, so their dim slices agree. */
-    float mx0 = -INFINITY, mx1 = -INFINITY;
-#pragma unroll
-    for (int nt = 0; nt < RL_BK / 8; nt++) {
-        mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
-        mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
-    }
-#pragma unroll
-    for (int off = 1; off < 4; off <<= 1) {
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
-    }
-    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
-    /* -inf stays -inf only if no key was seen; subtracting 0 then makes
-     * every p 0 without NaN (cannot happen for a non-empty tile, kept so
-     * the arithmetic is safe on its own). */
-    const float u0 = mn0 == -INFINITY ? 0.0f : mn0, u1 = mn1 == -INFINITY ? 0.0f : mn1;
-    const float a0 = exp2f(m0 - u0), a1 = exp2f(m1 - u1);
-    m0 = mn0, m1 = mn1;
-    float ps0 = 0.0f, ps1 = 0.0f;
-#pragma unroll
-    for (int nt = 0; nt < RL_BK / 8; nt++) {
-        s[nt][0] = exp2f(s[nt][0] - u0);
-        s[nt][1] = exp2f(s[nt][1] - u0);
-        s[nt][2] = exp2f(s[nt][2] - u1);
-        s[nt][3] = exp2f(s[nt][3] - u1);
-        ps0 += s[nt][0] + s[nt][1];
-        ps1 += s[nt][2] + s[nt][3];
-    }
-    l0 = l0 * a0 + ps0;
-    l1 = l1 * a1 + ps1;
-#pragma unroll
-    for (int dt = 0; dt < DW / 8; dt++) {
-        o[dt][0] *= a0, o[dt][1] *= a0;
-        o[dt][2] *= a1, o[dt][3] *= a1;
-    }
+    /* Every warp of a row group computes the same statistics, so their dim
+     * slices agree. */
+    mma_softmax_step(s, o, m0, m1, l0, l1);
 #pragma unroll
     for (int kb = 0; kb < RL_BK / 16; kb++) {
         uint32_t pa[4];

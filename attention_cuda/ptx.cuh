@@ -1,11 +1,13 @@
 /* Inline PTX the tensor-core and pipelined attention kernels share
  * (cuda_prefill.cu, cuda_relay.cu, cuda_attention.cu): ldmatrix,
- * mma.sync m16n8k16 bf16 with fp32 accumulation, cp.async and bf16 pairs.
- * Each wraps one instruction, so a kernel reads as its data movement. */
+ * mma.sync m16n8k16 bf16 with fp32 accumulation, cp.async and bf16 pairs
+ * (each wraps one instruction, so a kernel reads as its data movement),
+ * and the online-softmax step on mma fragments of the two flash kernels. */
 #ifndef SR_ATTENTION_CUDA_PTX_CUH
 #define SR_ATTENTION_CUDA_PTX_CUH
 
 #include <cuda_bf16.h>
+#include <math.h>
 #include <stdint.h>
 
 /* Four 8x8 bf16 matrices from shared memory (addresses from lanes 0-31). */
@@ -82,6 +84,53 @@ static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
 {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *reinterpret_cast<uint32_t *>(&v);
+}
+
+/* One key tile's online-softmax step on mma accumulator fragments: a lane
+ * holds scores of two rows (s[nt][0..1]: row 0, s[nt][2..3]: row 1) in
+ * base-2 units, -inf where masked. The scores become unnormalized
+ * probabilities against the new running maxima m0/m1; the per-lane sums
+ * l0/l1 and the output fragments o[ND][4] are rescaled to them. The quad
+ * of lanes sharing a row exchanges maxima; sums stay per lane until the
+ * end. A row that has seen nothing yet keeps -inf; subtracting 0 then
+ * turns every -inf score into p = 0 without NaN. */
+template <int NT, int ND>
+static __device__ __forceinline__ void mma_softmax_step(float (&s)[NT][4], float (&o)[ND][4],
+                                                        float &m0, float &m1, float &l0,
+                                                        float &l1)
+{
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+    }
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+    }
+    const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
+    const float u0 = mn0 == -INFINITY ? 0.0f : mn0, u1 = mn1 == -INFINITY ? 0.0f : mn1;
+    const float a0 = exp2f(m0 - u0), a1 = exp2f(m1 - u1);
+    m0 = mn0, m1 = mn1;
+    float ps0 = 0.0f, ps1 = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        s[nt][0] = exp2f(s[nt][0] - u0);
+        s[nt][1] = exp2f(s[nt][1] - u0);
+        s[nt][2] = exp2f(s[nt][2] - u1);
+        s[nt][3] = exp2f(s[nt][3] - u1);
+        ps0 += s[nt][0] + s[nt][1];
+        ps1 += s[nt][2] + s[nt][3];
+    }
+    l0 = l0 * a0 + ps0;
+    l1 = l1 * a1 + ps1;
+#pragma unroll
+    for (int dt = 0; dt < ND; dt++) {
+        o[dt][0] *= a0, o[dt][1] *= a0;
+        o[dt][2] *= a1, o[dt][3] *= a1;
+    }
 }
 
 #endif
