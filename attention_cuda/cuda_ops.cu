@@ -124,31 +124,40 @@ __device__ __forceinline__ float warp_sum(float v)
     return v;
 }
 
-/* One block per row: the sum of squares (fp32 per thread, double across
- * the block, like the cpu's double sum), then out = w * (x * inv) in the
- * cpu's order. x == out is allowed. */
-__global__ void rmsnorm_kernel(const float *__restrict__ x, const float *__restrict__ w, int dim,
-                               float eps, float *out)
+/* 1 / rms of a row from each thread's fp32 sum of squares: summed per
+ * warp in fp32, across the block's `warps` warps in double (like the cpu's
+ * double sum). Every thread of the block gets the value. */
+template <int warps>
+__device__ __forceinline__ float block_inv_rms(float ss, int dim, float eps)
 {
-    __shared__ double partial[OPS_THREADS / 32];
+    __shared__ double partial[warps];
     __shared__ float inv_s;
-    const float *xr = x + (size_t)blockIdx.x * dim;
-    float *yr = out + (size_t)blockIdx.x * dim;
-    float ss = 0.0f;
-    for (int j = threadIdx.x; j < dim; j += blockDim.x)
-        ss = fmaf(xr[j], xr[j], ss);
     ss = warp_sum(ss);
     if ((threadIdx.x & 31) == 0)
         partial[threadIdx.x >> 5] = ss;
     __syncthreads();
     if (threadIdx.x == 0) {
         double t = 0.0;
-        for (int k = 0; k < (int)(blockDim.x >> 5); k++)
+        for (int k = 0; k < warps; k++)
             t += partial[k];
         inv_s = (float)(1.0 / sqrt(t / dim + (double)eps));
     }
     __syncthreads();
-    const float inv = inv_s;
+    return inv_s;
+}
+
+/* One block per row: the sum of squares (fp32 per thread, double across
+ * the block, like the cpu's double sum), then out = w * (x * inv) in the
+ * cpu's order. x == out is allowed. */
+__global__ void rmsnorm_kernel(const float *__restrict__ x, const float *__restrict__ w, int dim,
+                               float eps, float *out)
+{
+    const float *xr = x + (size_t)blockIdx.x * dim;
+    float *yr = out + (size_t)blockIdx.x * dim;
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x)
+        ss = fmaf(xr[j], xr[j], ss);
+    const float inv = block_inv_rms<OPS_THREADS / 32>(ss, dim, eps);
     for (int j = threadIdx.x; j < dim; j += blockDim.x)
         yr[j] = w[j] * (xr[j] * inv);
 }
@@ -664,8 +673,6 @@ __global__ void __launch_bounds__(ADD_NORM_THREADS)
     add_rmsnorm_kernel(float *x, const float *y, const float *__restrict__ w, int dim, float eps,
                        float *out)
 {
-    __shared__ double partial[ADD_NORM_THREADS / 32];
-    __shared__ float inv_s;
     pdl_launch_dependents();
     pdl_wait();
     float *xr = x + (size_t)blockIdx.x * dim;
@@ -691,18 +698,7 @@ __global__ void __launch_bounds__(ADD_NORM_THREADS)
         xr[j] = a;
         ss = fmaf(a, a, ss);
     }
-    ss = warp_sum(ss);
-    if ((threadIdx.x & 31) == 0)
-        partial[threadIdx.x >> 5] = ss;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        double t = 0.0;
-        for (int k = 0; k < ADD_NORM_THREADS / 32; k++)
-            t += partial[k];
-        inv_s = (float)(1.0 / sqrt(t / dim + (double)eps));
-    }
-    __syncthreads();
-    const float inv = inv_s;
+    const float inv = block_inv_rms<ADD_NORM_THREADS / 32>(ss, dim, eps);
 #pragma unroll
     for (int k = 0; k < ADD_NORM_VALS; k++) {
         const int j = threadIdx.x + k * ADD_NORM_THREADS;
