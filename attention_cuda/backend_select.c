@@ -32,6 +32,29 @@ static int cuda_device_for_process(void)
     }
     return 0;
 }
+
+/* How many processes of this host take `device` by the rule above (local
+ * rank modulo the devices), so ranks that share a GPU share its memory
+ * too; 1 when the device was named (STARRELAY_CUDA_DEVICE) or the launcher
+ * says nothing. */
+static int cuda_ranks_sharing(int device)
+{
+    const char *named = getenv("STARRELAY_CUDA_DEVICE");
+    if (named && *named)
+        return 1;
+    const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS_PER_NODE"};
+    int local = 0;
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0] && local <= 0; i++) {
+        const char *v = getenv(vars[i]);
+        local = v && *v ? atoi(v) : 0;
+    }
+    int n = backend_cuda_device_count(), sharing = 0;
+    if (local <= 1 || n <= 0)
+        return 1;
+    for (int r = 0; r < local; r++)
+        sharing += r % n == device;
+    return sharing > 0 ? sharing : 1;
+}
 #endif
 
 const char *backend_resolve_name(const char *name)
@@ -71,8 +94,14 @@ int backend_memory_info(const sr_backend *be, size_t *free_bytes, size_t *total_
 {
     *free_bytes = *total_bytes = 0;
 #ifdef SR_HAVE_CUDA
-    if (!strcmp(be->ops->name, "cuda"))
-        return backend_cuda_memory_info(be, free_bytes, total_bytes) == 0 ? 1 : -1;
+    if (!strcmp(be->ops->name, "cuda")) {
+        if (backend_cuda_memory_info(be, free_bytes, total_bytes) != 0)
+            return -1;
+        int sharing = cuda_ranks_sharing(cuda_device_for_process());
+        *free_bytes /= (size_t)sharing;
+        *total_bytes /= (size_t)sharing;
+        return 1;
+    }
 #else
     (void)be;
 #endif

@@ -21,7 +21,9 @@ const char *backend_resolve_name(const char *name);
 const char *backend_available_names(void);
 
 /* Free and total bytes of the memory a device backend allocates from (its
- * GPU's). Returns 1 when known, 0 for a backend of host memory (the cpu's,
+ * GPU's), divided among the processes of this host that the device rule
+ * above puts on the same GPU (several ranks on one GPU split it). Returns
+ * 1 when known, 0 for a backend of host memory (the cpu's,
  * whose budget is set by options), -1 + sr_error when the query failed. */
 int backend_memory_info(const sr_backend *be, size_t *free_bytes, size_t *total_bytes);
 

@@ -144,7 +144,11 @@ sr_engine *engine_create(const sr_engine_options *o, sr_transport *tr, sr_backen
     /* The pool after the weights, which are on the device by now. The query
      * host admits against one pool size for every rank: the smallest
      * (device memory may differ from rank to rank). Every rank takes part
-     * in the reduction, failed or not. */
+     * in the barrier and the reduction, failed or not; the barrier makes
+     * ranks that share a GPU measure it after all of their weights are on
+     * it. */
+    if (tr->ops->barrier(tr) != 0 && rc == 0)
+        rc = -1;
     int64_t tokens = rc == 0 ? budget_tokens(o, &m->cfg, be) : 0, neg_min = 0;
     if (tr->ops->allreduce_max(tr, -tokens, &neg_min) != 0 && rc == 0)
         rc = -1;
