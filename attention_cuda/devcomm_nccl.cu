@@ -27,6 +27,9 @@ extern "C" {
 #include "common/log.h"
 }
 
+/* All-gathers whose timing can be pending at once: a step's layers. */
+enum { NCCL_TIMING_SLOTS = 256 };
+
 typedef struct {
     ncclComm_t comm;
     int device;
@@ -34,26 +37,35 @@ typedef struct {
     cudaStream_t stream;  /* the collective's own */
     cudaEvent_t ready;    /* on compute: the inputs are written */
     cudaEvent_t done;     /* on stream: the all-gather finished */
-    cudaEvent_t t0, t1;   /* timing: the collective's start and end on stream */
-    bool timing;          /* t0/t1 hold an all-gather not yet counted */
-    double seconds;       /* counted all-gathers' device time */
+    /* Timing: each all-gather's start and end on `stream`, in a ring, so
+     * the all-gathers of a whole step can be queued without the host
+     * waiting; they are counted once ended (oldest first). */
+    cudaEvent_t t0[NCCL_TIMING_SLOTS], t1[NCCL_TIMING_SLOTS];
+    int timing_head, timing_pending; /* next slot to record; recorded, not counted */
+    double seconds;                  /* counted all-gathers' device time */
 } nccl_ctx;
 
-/* Adds the last all-gather's device time once it has ended. */
-static int nccl_count_last(nccl_ctx *c, bool wait)
+/* Counts the oldest pending all-gathers that have ended; with `wait`, all
+ * of them, waiting for each. */
+static int nccl_count_ended(nccl_ctx *c, bool wait)
 {
-    if (!c->timing)
-        return 0;
-    if (wait)
-        CUDA_TRY(cudaEventSynchronize(c->t1));
-    else if (cudaEventQuery(c->t1) != cudaSuccess) {
-        (void)cudaGetLastError(); /* cudaErrorNotReady is not an error here */
-        return 0;
+    while (c->timing_pending > 0) {
+        const int i = (c->timing_head - c->timing_pending + NCCL_TIMING_SLOTS) % NCCL_TIMING_SLOTS;
+        if (wait) {
+            CUDA_TRY(cudaEventSynchronize(c->t1[i]));
+        } else {
+            const cudaError_t q = cudaEventQuery(c->t1[i]);
+            if (q == cudaErrorNotReady) {
+                (void)cudaGetLastError(); /* not an error: still running */
+                return 0;
+            }
+            CUDA_TRY(q);
+        }
+        float ms = 0;
+        CUDA_TRY(cudaEventElapsedTime(&ms, c->t0[i], c->t1[i]));
+        c->seconds += ms * 1e-3;
+        c->timing_pending--;
     }
-    float ms = 0;
-    CUDA_TRY(cudaEventElapsedTime(&ms, c->t0, c->t1));
-    c->seconds += ms * 1e-3;
-    c->timing = false;
     return 0;
 }
 
@@ -71,19 +83,20 @@ static int nccl_allgather(sr_devcomm *dc, const void *send, void *recv, size_t b
     /* The current device is per thread, and the engine's thread need not
      * be the one that made the backend. */
     CUDA_TRY(cudaSetDevice(c->device));
-    /* One timing pair in flight: the previous all-gather has ended by now
-     * when the caller read its results (the usual case); otherwise it goes
-     * uncounted rather than stalling the queue. */
-    if (nccl_count_last(c, false) != 0)
+    /* Count what has ended; a full ring (more all-gathers queued than
+     * slots, never within one step) waits for its oldest. */
+    if (nccl_count_ended(c, false) != 0 ||
+        (c->timing_pending == NCCL_TIMING_SLOTS && nccl_count_ended(c, true) != 0))
         return -1;
-    c->timing = false;
+    const int slot = c->timing_head;
     CUDA_TRY(cudaEventRecord(c->ready, c->compute));
     CUDA_TRY(cudaStreamWaitEvent(c->stream, c->ready, 0));
-    CUDA_TRY(cudaEventRecord(c->t0, c->stream));
+    CUDA_TRY(cudaEventRecord(c->t0[slot], c->stream));
     /* recv holds every rank's `bytes` in rank order, as the transport's. */
     NCCL_TRY(ncclAllGather(send, recv, bytes, ncclUint8, c->comm, c->stream));
-    CUDA_TRY(cudaEventRecord(c->t1, c->stream));
-    c->timing = true;
+    CUDA_TRY(cudaEventRecord(c->t1[slot], c->stream));
+    c->timing_head = (slot + 1) % NCCL_TIMING_SLOTS;
+    c->timing_pending++;
     CUDA_TRY(cudaEventRecord(c->done, c->stream));
     CUDA_TRY(cudaStreamWaitEvent(c->compute, c->done, 0));
     return 0;
@@ -102,10 +115,12 @@ static void nccl_ctx_free(nccl_ctx *c, bool abort)
         (void)cudaEventDestroy(c->ready);
     if (c->done)
         (void)cudaEventDestroy(c->done);
-    if (c->t0)
-        (void)cudaEventDestroy(c->t0);
-    if (c->t1)
-        (void)cudaEventDestroy(c->t1);
+    for (int i = 0; i < NCCL_TIMING_SLOTS; i++) {
+        if (c->t0[i])
+            (void)cudaEventDestroy(c->t0[i]);
+        if (c->t1[i])
+            (void)cudaEventDestroy(c->t1[i]);
+    }
     if (c->stream)
         (void)cudaStreamDestroy(c->stream);
     (void)cudaGetLastError(); /* a teardown error is nothing the caller can act on */
@@ -115,7 +130,7 @@ static void nccl_ctx_free(nccl_ctx *c, bool abort)
 static double nccl_seconds(sr_devcomm *dc)
 {
     nccl_ctx *c = (nccl_ctx *)dc->ctx;
-    if (cudaSetDevice(c->device) != cudaSuccess || nccl_count_last(c, true) != 0)
+    if (cudaSetDevice(c->device) != cudaSuccess || nccl_count_ended(c, true) != 0)
         (void)cudaGetLastError(); /* a metric: keep what was counted */
     return c->seconds;
 }
@@ -144,8 +159,10 @@ static int nccl_ctx_prepare(nccl_ctx *c, sr_backend *be)
     CUDA_TRY(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
     CUDA_TRY(cudaEventCreateWithFlags(&c->ready, cudaEventDisableTiming));
     CUDA_TRY(cudaEventCreateWithFlags(&c->done, cudaEventDisableTiming));
-    CUDA_TRY(cudaEventCreate(&c->t0));
-    CUDA_TRY(cudaEventCreate(&c->t1));
+    for (int i = 0; i < NCCL_TIMING_SLOTS; i++) {
+        CUDA_TRY(cudaEventCreate(&c->t0[i]));
+        CUDA_TRY(cudaEventCreate(&c->t1[i]));
+    }
     return 0;
 }
 

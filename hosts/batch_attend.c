@@ -1,6 +1,7 @@
 #include "hosts/batch_attend.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,11 +79,12 @@ void batch_attend_free(sr_batch_attend *A)
         if (A->lse[i])
             be->ops->free(be, A->lse[i]);
     }
-    float *dev[] = {A->o_local, A->lse_local, A->dev_all, A->dev_send};
+    float *dev[] = {A->o_local, A->lse_local, A->dev_all, A->dev_send, A->dev_empty, A->dev_flags};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i])
             be->ops->free(be, dev[i]);
-    free(A->empty_rows);
+    free(A->host_flags);
+    free(A->flags_sent);
     free(A->send);
     free(A->recv);
     free(A->o_ptr);
@@ -99,15 +101,30 @@ int batch_attend_set_devcomm(sr_batch_attend *A, sr_devcomm *dc)
         return sr_error_set("batch attention: the device data plane has rank %d of %d, the "
                             "transport rank %d of %d",
                             dc->rank, dc->size, A->tr->rank, A->tr->size);
+    sr_backend *be = A->be;
     const size_t R = (size_t)A->max_rows, qd = (size_t)A->q_dim, nh = (size_t)A->n_heads;
-    A->dev_send = A->be->ops->alloc(A->be, record_floats(A, A->max_rows, A->max_segs) *
-                                               sizeof(float));
-    A->empty_rows = malloc(R * (qd + nh) * sizeof(float));
-    if (!A->dev_send || !A->empty_rows)
+    const size_t flags = (size_t)A->n_layers * (size_t)dc->size * (size_t)(A->max_segs + 1);
+    A->dev_send = be->ops->alloc(be, record_floats(A, A->max_rows, A->max_segs) * sizeof(float));
+    A->dev_empty = be->ops->alloc(be, R * (qd + nh) * sizeof(float));
+    A->dev_flags = be->ops->alloc(be, flags * sizeof(float));
+    A->host_flags = malloc(flags * sizeof(float));
+    A->flags_sent = malloc((size_t)(A->max_segs + 1) * sizeof(float));
+    float *empty = malloc(R * (qd + nh) * sizeof(float));
+    int rc = A->dev_send && A->dev_empty && A->dev_flags && A->host_flags && A->flags_sent && empty
+                 ? 0
+                 : -1;
+    if (rc == 0) {
+        memset(empty, 0, R * qd * sizeof(float));
+        for (size_t i = 0; i < R * nh; i++)
+            empty[R * qd + i] = -INFINITY;
+        rc = be->ops->upload(be, A->dev_empty, empty, R * (qd + nh) * sizeof(float));
+        if (rc == 0)
+            rc = be->ops->sync(be); /* `empty` is freed next */
+    }
+    free(empty);
+    if (rc != 0)
         return sr_error_prefix("batch attention: the device record for %d rows: ", A->max_rows);
-    memset(A->empty_rows, 0, R * qd * sizeof(float));
-    for (size_t i = 0; i < R * nh; i++)
-        A->empty_rows[R * qd + i] = -INFINITY;
+    A->flags_sent_off = SIZE_MAX;
     A->dc = dc;
     return 0;
 }
@@ -117,6 +134,7 @@ void batch_attend_begin(sr_batch_attend *A, sr_batch_seg *segs, int n_segs)
     A->segs = segs;
     A->n_segs = n_segs;
     A->layers_synced = 0;
+    A->flags_sent_off = SIZE_MAX; /* the record's layout may change with the call */
     A->failed_here = A->failed_elsewhere = false;
     for (int i = 0; i < n_segs; i++) {
         segs[i].failed = segs[i].failed_here = false;
@@ -142,6 +160,20 @@ static int hook_check(const sr_batch_attend *A, uint64_t job_id)
     if (j && *j && strtoull(j, NULL, 10) != job_id)
         return 0;
     return fail_hook_check(A->hook_stage, A->rank);
+}
+
+/* The test hook for a failure outside the attention in phase 2 (as if a
+ * kernel of the layer failed on this rank): stage "forward", in layer 1
+ * of a step that holds job STARRELAY_TEST_FAIL_JOB (any step if unset). */
+static int forward_hook(const sr_batch_attend *A, int layer)
+{
+    if (!exchanging(A) || layer != (A->n_layers > 1 ? 1 : 0))
+        return 0;
+    const char *j = getenv("STARRELAY_TEST_FAIL_JOB");
+    bool holds = !j || !*j;
+    for (int i = 0; !holds && i < A->n_segs; i++)
+        holds = A->segs[i].job_id == strtoull(j, NULL, 10);
+    return holds ? fail_hook_check("forward", A->rank) : 0;
 }
 
 static bool seg_has_prefix(const sr_batch_seg *s)
@@ -284,16 +316,16 @@ static bool stage_host(sr_batch_attend *A, int n, bool call_ok, const bool *has_
 }
 
 /* Device plane: the attention wrote o, lse into dev_send already; rows
- * with no part here get o = 0, lse = -inf uploaded from the host template,
- * one upload per run of neighbouring segments (their rows are
- * consecutive). Returns call_ok, false (err set) when an upload failed. */
+ * with no part here get o = 0, lse = -inf copied from the device template,
+ * one copy per run of neighbouring segments (their rows are consecutive).
+ * Returns call_ok, false (err set) when a copy failed. */
 static bool stage_device(sr_batch_attend *A, int n, bool call_ok, const bool *has_parts,
                          char *err, size_t cap)
 {
     sr_backend *be = A->be;
     const sr_batch_seg *s = A->segs;
     const size_t qd = (size_t)A->q_dim, nh = (size_t)A->n_heads;
-    const float *zeros = A->empty_rows, *neg_inf = A->empty_rows + (size_t)A->max_rows * qd;
+    const float *zeros = A->dev_empty, *neg_inf = A->dev_empty + (size_t)A->max_rows * qd;
     for (int i = 0; i < A->n_segs;) {
         if (!row_is_empty(A, i, call_ok, has_parts)) {
             i++;
@@ -303,11 +335,11 @@ static bool stage_device(sr_batch_attend *A, int n, bool call_ok, const bool *ha
         while (j < A->n_segs && row_is_empty(A, j, call_ok, has_parts))
             j++;
         const size_t r0 = (size_t)s[i].row0, rows = (size_t)(s[j - 1].row0 + s[j - 1].n) - r0;
-        if (be->ops->upload(be, A->dev_send + r0 * qd, zeros, rows * qd * sizeof(float)) != 0 ||
-            be->ops->upload(be, A->dev_send + (size_t)n * qd + r0 * nh, neg_inf,
-                            rows * nh * sizeof(float)) != 0) {
-            /* The call fails here; the others stop at its flag, so the
-             * rest of the record no longer matters. */
+        if (be->ops->copy(be, A->dev_send + r0 * qd, zeros, rows * qd * sizeof(float)) != 0 ||
+            be->ops->copy(be, A->dev_send + (size_t)n * qd + r0 * nh, neg_inf,
+                          rows * nh * sizeof(float)) != 0) {
+            /* The call fails here; the others drop it at its flag, so
+             * the rest of the record no longer matters. */
             if (call_ok)
                 snprintf(err, cap, "%s", sr_error_get());
             return false;
@@ -318,33 +350,83 @@ static bool stage_device(sr_batch_attend *A, int n, bool call_ok, const bool *ha
 }
 
 /* Device plane: the flags (host, at flags_off in send) go up into the
- * record, and the record to every rank, queued on the device. If even this
- * upload fails the device is gone (and NCCL with it); the all-gather is
- * still joined, so no peer waits for this rank. */
+ * record when they differ from what is there (usually once per call: the
+ * attention never writes over them), and the record to every rank, queued
+ * on the device. If even this upload fails the device is gone (and NCCL
+ * with it); the all-gather is still joined, so no peer waits for this
+ * rank. */
 static int gather_device(sr_batch_attend *A, size_t rec, size_t flags_off, bool *call_ok,
                          char *err, size_t cap)
 {
-    if (A->be->ops->upload(A->be, A->dev_send + flags_off, A->send + flags_off,
-                           (size_t)(A->n_segs + 1) * sizeof(float)) != 0 &&
-        *call_ok) {
-        *call_ok = false;
-        snprintf(err, cap, "%s", sr_error_get());
+    const size_t bytes = (size_t)(A->n_segs + 1) * sizeof(float);
+    const float *flags = A->send + flags_off;
+    if (A->flags_sent_off != flags_off || memcmp(A->flags_sent, flags, bytes) != 0) {
+        if (A->be->ops->upload(A->be, A->dev_send + flags_off, flags, bytes) != 0) {
+            A->flags_sent_off = SIZE_MAX;
+            if (*call_ok) {
+                *call_ok = false;
+                snprintf(err, cap, "%s", sr_error_get());
+            }
+        } else {
+            memcpy(A->flags_sent, flags, bytes);
+            A->flags_sent_off = flags_off;
+        }
     }
     return A->dc->ops->allgather(A->dc, A->dev_send, A->dev_all, rec * sizeof(float));
 }
 
-/* Device plane, after the all-gather: every rank's flags come to the host,
- * at the place the host-staged path has them in recv, so one check serves
- * both. The first download waits for the all-gather: the host syncs with
- * the device once per layer here (acceptable for now; deciding failures
- * on the device would let the merge be queued before the flags arrive). */
-static int fetch_flags(sr_batch_attend *A, int n, size_t rec)
+/* Device plane, after a layer's all-gather: every rank's flags are copied
+ * aside on the device ([layer][rank] in dev_flags), queued like the rest. */
+static int keep_flags(sr_batch_attend *A, int layer, int n, size_t rec)
 {
-    const size_t off = (size_t)n * (A->q_dim + A->n_heads), bytes = (A->n_segs + 1) * sizeof(float);
+    const size_t off = (size_t)n * (A->q_dim + A->n_heads), stride = (size_t)A->max_segs + 1;
     for (int r = 0; r < A->tr->size; r++)
-        if (A->be->ops->download(A->be, A->recv + (size_t)r * rec + off,
-                                 A->dev_all + (size_t)r * rec + off, bytes) != 0)
-            return sr_error_prefix("reading the ranks' flags after the device all-gather: ");
+        if (A->be->ops->copy(A->be, A->dev_flags + ((size_t)layer * A->tr->size + r) * stride,
+                             A->dev_all + (size_t)r * rec + off,
+                             (A->n_segs + 1) * sizeof(float)) != 0)
+            return sr_error_prefix("keeping the ranks' flags of layer %d: ", layer);
+    return 0;
+}
+
+/* The flags of one layer and rank: host_flags after read_flags, or recv on
+ * the host-staged path. */
+static const float *layer_flags(const sr_batch_attend *A, int layer, int r, int n, size_t rec)
+{
+    if (A->dc)
+        return A->host_flags + ((size_t)layer * A->tr->size + r) * ((size_t)A->max_segs + 1);
+    return A->recv + (size_t)r * rec + (size_t)n * (A->q_dim + A->n_heads);
+}
+
+/* Applies the gathered flags of layers [first, last]: a rank's call flag
+ * ends the call (-1, the first such layer and rank named); segment flags
+ * fail their segments on every rank alike. */
+static int check_flags(sr_batch_attend *A, int first, int last, int n, size_t rec)
+{
+    const int S = A->n_segs;
+    for (int l = first; l <= last; l++)
+        for (int r = 0; r < A->tr->size; r++) {
+            const float *fr = layer_flags(A, l, r, n, rec);
+            if (fr[S] != 0.0f) {
+                A->failed_elsewhere = true;
+                return sr_error_set("rank %d failed in layer %d of a batched step", r, l);
+            }
+            for (int i = 0; i < S; i++)
+                if (fr[i] != 0.0f && !A->segs[i].failed) {
+                    A->segs[i].failed = true; /* its message is on the rank that failed */
+                    snprintf(A->segs[i].error, sizeof A->segs[i].error, "failed on rank %d", r);
+                }
+        }
+    return 0;
+}
+
+/* Device plane, after the call's last layer: every layer's flags come to
+ * the host in one download, the call's only wait for the device. */
+static int read_flags(sr_batch_attend *A)
+{
+    const size_t floats =
+        (size_t)A->n_layers * (size_t)A->tr->size * ((size_t)A->max_segs + 1);
+    if (A->be->ops->download(A->be, A->host_flags, A->dev_flags, floats * sizeof(float)) != 0)
+        return sr_error_prefix("reading the ranks' flags after the device all-gathers: ");
     return 0;
 }
 
@@ -367,35 +449,40 @@ static int exchange(sr_batch_attend *A, int layer, int n, bool call_ok, const bo
         flags[i] = A->segs[i].failed ? 1.0f : 0.0f;
     flags[S] = call_ok ? 0.0f : 1.0f;
     /* The metric: the all-gather itself. Host-staged: from its start until
-     * this rank holds every rank's record. Device plane: its own clock
-     * (devcomm.h), as a host clock here would also count this rank's
-     * attention still queued on the device. */
-    const double t0 = sr_mono_s(), d0 = devcomm_seconds(A->dc);
+     * this rank holds every rank's record, per layer. Device plane: its own
+     * clock (devcomm.h) over the whole call, read once the flags are down,
+     * as a host clock would also count the compute queued before. */
+    const double t0 = sr_mono_s();
+    if (A->dc && layer == 0)
+        A->dc_seconds0 = devcomm_seconds(A->dc);
     if (A->dc ? gather_device(A, rec, flags_off, &call_ok, err, sizeof err) != 0
               : tr->ops->allgather(tr, A->send, A->recv, rec * sizeof(float)) != 0)
         return -1;
     A->layers_synced++;
+    A->allgathers++;
+    if (!A->dc || A->dc_seconds0 < 0) /* a plane without a clock of its own: the host's */
+        A->allgather_s += sr_mono_s() - t0;
     if (!call_ok) {
-        A->allgather_s += d0 >= 0 ? devcomm_seconds(A->dc) - d0 : sr_mono_s() - t0;
-        A->allgathers++;
         A->failed_here = true;
         return sr_error_set("%s", err);
     }
-    if (A->dc && fetch_flags(A, n, rec) != 0)
-        return -1;
-    A->allgather_s += d0 >= 0 ? devcomm_seconds(A->dc) - d0 : sr_mono_s() - t0;
-    A->allgathers++;
-    for (int r = 0; r < tr->size; r++) {
-        const float *fr = A->recv + (size_t)r * rec + flags_off;
-        if (fr[S] != 0.0f) {
-            A->failed_elsewhere = true;
-            return sr_error_set("rank %d failed in layer %d of a batched step", r, layer);
+    if (A->dc) {
+        /* Failures are read after the last layer: until then the merge
+         * goes on over the records as sent (failed rows are empty, so
+         * finite), and a rank that failed keeps joining the all-gathers
+         * (batch_attend_drain). */
+        if (keep_flags(A, layer, n, rec) != 0)
+            return -1;
+        if (layer == A->n_layers - 1) {
+            if (read_flags(A) != 0)
+                return -1;
+            if (A->dc_seconds0 >= 0)
+                A->allgather_s += devcomm_seconds(A->dc) - A->dc_seconds0;
+            if (check_flags(A, 0, layer, n, rec) != 0)
+                return -1;
         }
-        for (int i = 0; i < S; i++)
-            if (fr[i] != 0.0f && !A->segs[i].failed) {
-                A->segs[i].failed = true; /* its message is on the rank that failed */
-                snprintf(A->segs[i].error, sizeof A->segs[i].error, "failed on rank %d", r);
-            }
+    } else if (check_flags(A, layer, layer, n, rec) != 0) {
+        return -1;
     }
     /* The device plane gathered straight into dev_all. */
     if (!A->dc &&
@@ -416,6 +503,8 @@ int batch_attend(void *user, int layer, const float *q, const float *k, const fl
     sr_batch_attend *A = user;
     if (layer == 0)
         A->layers_synced = 0;
+    if (forward_hook(A, layer) != 0)
+        return -1;
     bool *has = A->has_parts;
     if (!exchanging(A)) {
         attend_local(A, layer, q, k, v, pos, out, NULL, has);
@@ -444,9 +533,22 @@ int batch_attend(void *user, int layer, const float *q, const float *k, const fl
 
 void batch_attend_drain(sr_batch_attend *A, int n)
 {
-    if (!exchanging(A) || A->failed_here || A->failed_elsewhere || A->layers_synced >= A->n_layers)
+    if (!exchanging(A) || A->failed_elsewhere)
         return;
     for (int i = 0; i < A->n_segs; i++)
         A->has_parts[i] = false;
-    exchange(A, A->layers_synced, n, false, A->has_parts, NULL);
+    /* Host-staged, the others stop at this rank's flag: one exchange. On
+     * the device plane they read it after the last layer, so this rank
+     * joins every all-gather left (unless the transport itself broke). */
+    if (!A->dc) {
+        if (!A->failed_here && A->layers_synced < A->n_layers)
+            exchange(A, A->layers_synced, n, false, A->has_parts, NULL);
+        return;
+    }
+    while (A->layers_synced < A->n_layers) {
+        const int before = A->layers_synced;
+        exchange(A, A->layers_synced, n, false, A->has_parts, NULL);
+        if (A->layers_synced == before)
+            break;
+    }
 }

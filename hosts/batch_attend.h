@@ -65,8 +65,16 @@ typedef struct {
     float *dev_all;         /* backend: every rank's record, what the merge reads */
     sr_devcomm *dc;         /* NULL: host-staged over tr; else the device data plane */
     float *dev_send;        /* dc: this rank's record, written in place (backend) */
-    float *empty_rows;      /* dc, host: max_rows x q_dim zeros, then max_rows x n_heads
-                             * -inf, uploaded over rows that have no part here */
+    float *dev_empty;       /* dc, backend: max_rows x q_dim zeros, then max_rows x n_heads
+                             * -inf, copied over rows that have no part here */
+    /* dc: the flags are read once per forward call, not per layer (so the
+     * host never waits for the device mid-call): every layer's gathered
+     * flags are copied aside on the device, [n_layers][ranks][max_segs + 1],
+     * and come down after the last layer. */
+    float *dev_flags, *host_flags;
+    float *flags_sent;      /* dc, host: the flags now in dev_send (max_segs + 1) */
+    size_t flags_sent_off;  /* their place in dev_send; SIZE_MAX: none there */
+    double dc_seconds0;     /* dc: the plane's clock at the call's first layer */
     const float **o_ptr, **lse_ptr;
     int layers_synced;      /* exchanges done in the current forward call */
     bool failed_here, failed_elsewhere;  /* the whole call */

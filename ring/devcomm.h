@@ -39,8 +39,8 @@ typedef struct {
     /* Seconds the all-gathers so far took on the device, each from the
      * moment its inputs were ready on this rank to its end (waiting for
      * the slowest rank included), not the compute queued before it; waits
-     * for the last one. For metrics: a host clock around allgather() would
-     * count the whole layer's queued work. */
+     * for those still running. For metrics: a host clock around
+     * allgather() would count the whole layer's queued work. */
     double (*seconds)(sr_devcomm *dc);
 } sr_devcomm_ops;
 

@@ -125,6 +125,30 @@ for name, env in (("host", fail), ("device", dict(fail, STARRELAY_TEST_DEVCOMM="
 c.check(len(seen) == 2 and seen["host"] == seen["device"],
         "failure: both planes must end the same way: %s" % seen)
 print("ok   batch, rank 1 fails job 2 in phase 2: the same outcome on both planes", flush=True)
+# rank 1 fails a whole step outside the attention (layer 1 of the steps
+# holding job 2): those steps' jobs end naming rank 1 on both planes (the
+# device plane reads the failure after the last layer, the failed rank
+# joining the all-gathers left), and a job submitted after them finishes
+after = {"request_id": "after", "context_ids": random_ids(50, 50), "query_ids": [5, 6],
+         "max_tokens": 4, "ignore_eos": True, "block_size": 16, "anchor_size": 8}
+lines = plain + [{"wait": True}, after]
+fail = {"STARRELAY_TEST_FAIL_RANK": "1", "STARRELAY_TEST_FAIL_STAGE": "forward",
+        "STARRELAY_TEST_FAIL_JOB": "2"}
+for name, env in (("host", fail), ("device", dict(fail, STARRELAY_TEST_DEVCOMM="1"))):
+    out, _, err, rc = batch(exe, 3, lines, "--model", M, env=env)
+    if c.check(rc == 0 and len(out) == len(lines) + 1, "%s plane, step failure: rc %d: %s" %
+               (name, rc, err[-300:])):
+        c.check(pool_ok(out)[0], "%s plane, step failure: every page free" % name)
+        st = {o["request_id"]: (o["status"], o.get("message", ""))
+              for o in out if "request_id" in o and "status" in o}
+        c.check(st.get("j2", ("",))[0] == "INTERNAL" and "rank 1" in st["j2"][1],
+                "%s plane, step failure: job j2 must end naming rank 1: %s" % (name, st))
+        c.check(all(s == "OK" or (s == "INTERNAL" and "rank 1" in m) for s, m in st.values()),
+                "%s plane, step failure: the others finish or end naming rank 1: %s" % (name, st))
+        c.check(st.get("after", ("",))[0] == "OK",
+                "%s plane, step failure: the job after it must finish: %s" % (name, st))
+print("ok   batch, rank 1 fails a step outside the attention: its jobs end, later ones finish",
+      flush=True)
 c.finish()
 EOF
     SR_PASS=$((SR_PASS + 1))
