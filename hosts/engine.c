@@ -201,6 +201,14 @@ void engine_set_relay(sr_engine *e, bool relay)
 /* The FINAL event of a job the engine will not run. */
 static void final_unavailable(sr_engine *e, sr_sched_job *j, const char *why)
 {
+    /* Released before the final event, as in job_finish(). */
+    pthread_mutex_lock(&e->mu);
+    if (j->prefix)
+        j->prefix->refcount--;
+    e->n_waiting--;
+    if (!j->admitted)
+        e->n_queued--;
+    pthread_mutex_unlock(&e->mu);
     sr_job_event *ev = calloc(1, sizeof *ev);
     if (ev) {
         ev->kind = SR_EVENT_FINAL;
@@ -210,13 +218,6 @@ static void final_unavailable(sr_engine *e, sr_sched_job *j, const char *why)
         snprintf(ev->message, sizeof ev->message, "%s", why);
         event_queue_push(j->q, ev);
     }
-    pthread_mutex_lock(&e->mu);
-    if (j->prefix)
-        j->prefix->refcount--;
-    e->n_waiting--;
-    if (!j->admitted)
-        e->n_queued--;
-    pthread_mutex_unlock(&e->mu);
     sched_job_free(j);
 }
 
