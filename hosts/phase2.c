@@ -58,11 +58,12 @@ void phase2_free(sr_phase2 *P)
         return;
     sr_backend *be = P->fwd->be;
     attn_parts_free(&P->parts);
-    float *dev[] = {P->dev_all, P->o_local, P->lse_local, P->dev_send};
+    float *dev[] = {P->dev_all, P->o_local, P->lse_local, P->dev_send, P->dev_status};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i])
             be->ops->free(be, dev[i]);
     free(P->step_msg);
+    free(P->host_status);
     free(P->send);
     free(P->recv);
     free(P->o_ptr);
@@ -79,9 +80,13 @@ int phase2_set_devcomm(sr_phase2 *P, sr_devcomm *dc)
                             "rank %d of %d",
                             dc->rank, dc->size, P->tr->rank, P->tr->size);
     sr_backend *be = P->fwd->be;
+    const size_t statuses = (size_t)P->fwd->host->cfg.n_layers * (size_t)dc->size;
     P->dev_send = be->ops->alloc(be, record_floats(P, P->fwd->max_rows) * sizeof(float));
-    if (!P->dev_send)
+    P->dev_status = be->ops->alloc(be, statuses * sizeof(float));
+    P->host_status = malloc(statuses * sizeof(float));
+    if (!P->dev_send || !P->dev_status || !P->host_status)
         return sr_error_prefix("phase 2: the device record for %d rows: ", P->fwd->max_rows);
+    P->status_sent = -1.0f;
     P->dc = dc;
     return 0;
 }
@@ -123,32 +128,56 @@ static int attend_local(sr_phase2 *P, int layer, const float *q, const float *k,
     return 0;
 }
 
-/* Device plane: this rank's status goes up into its record, and the
- * record to every rank, queued on the device (the host does not wait). A
- * failed upload means the device is gone (and NCCL with it); the
- * all-gather is still joined, so no peer waits for this rank. */
+/* Device plane: this rank's status goes up into its record when it
+ * differs from what is there (once per call: the attention never writes
+ * over it), and the record to every rank, queued on the device (the host
+ * does not wait). A failed upload means the device is gone (and NCCL with
+ * it); the all-gather is still joined, so no peer waits for this rank. */
 static int gather_device(sr_phase2 *P, size_t rec, int *ok, char *err, size_t cap)
 {
     sr_backend *be = P->fwd->be;
-    if (be->ops->upload(be, P->dev_send + rec - 1, &P->send[rec - 1], sizeof(float)) != 0 &&
-        *ok) {
-        *ok = 0;
-        snprintf(err, cap, "%s", sr_error_get());
+    if (P->status_sent != P->send[rec - 1]) {
+        if (be->ops->upload(be, P->dev_send + rec - 1, &P->send[rec - 1], sizeof(float)) != 0) {
+            P->status_sent = -1.0f;
+            if (*ok) {
+                *ok = 0;
+                snprintf(err, cap, "%s", sr_error_get());
+            }
+        } else {
+            P->status_sent = P->send[rec - 1];
+        }
     }
     return P->dc->ops->allgather(P->dc, P->dev_send, P->dev_all, rec * sizeof(float));
 }
 
-/* Device plane, after the all-gather: every rank's status to the host, at
- * the place the host-staged path has it in recv. The first download waits
- * for the all-gather: one host sync per layer (acceptable for now). */
-static int fetch_statuses(sr_phase2 *P, size_t rec)
+/* Device plane, after a layer's all-gather: every rank's status copied
+ * aside on the device ([layer][rank] in dev_status), queued like the rest. */
+static int keep_statuses(sr_phase2 *P, int layer, size_t rec)
 {
     sr_backend *be = P->fwd->be;
-    for (int r = 0; r < P->tr->size; r++) {
-        size_t at = (size_t)r * rec + rec - 1;
-        if (be->ops->download(be, P->recv + at, P->dev_all + at, sizeof(float)) != 0)
-            return sr_error_prefix("reading the ranks' status after the device all-gather: ");
-    }
+    for (int r = 0; r < P->tr->size; r++)
+        if (be->ops->copy(be, P->dev_status + (size_t)layer * P->tr->size + r,
+                          P->dev_all + (size_t)r * rec + rec - 1, sizeof(float)) != 0)
+            return sr_error_prefix("keeping the ranks' status of layer %d: ", layer);
+    return 0;
+}
+
+/* Device plane, after the call's last layer: every layer's statuses come
+ * to the host in one download, the call's only wait for the device; the
+ * first failed rank (lowest layer) ends the call. */
+static int check_statuses(sr_phase2 *P, int n_layers)
+{
+    sr_backend *be = P->fwd->be;
+    const int R = P->tr->size;
+    if (be->ops->download(be, P->host_status, P->dev_status,
+                          (size_t)n_layers * R * sizeof(float)) != 0)
+        return sr_error_prefix("reading the ranks' status after the device all-gathers: ");
+    for (int l = 0; l < n_layers; l++)
+        for (int r = 0; r < R; r++)
+            if (P->host_status[(size_t)l * R + r] != 0.0f) {
+                P->failed_elsewhere = 1;
+                return sr_error_set("rank %d failed in layer %d of phase 2", r, l);
+            }
     return 0;
 }
 
@@ -161,26 +190,46 @@ static int exchange(sr_phase2 *P, int layer, int n, int ok, float *out)
     snprintf(err, sizeof err, "%s", ok ? "" : sr_error_get());
     const size_t rec = record_floats(P, n);
     P->send[rec - 1] = ok ? 0.0f : 1.0f;
-    /* The all-gather's time: on the device plane by its own clock
-     * (devcomm.h), which leaves out this rank's queued attention. */
-    const double t0 = sr_mono_s(), d0 = devcomm_seconds(P->dc);
+    /* The all-gather's time. Host-staged: per layer, from its start
+     * until this rank holds every record. Device plane: its own clock
+     * (devcomm.h) over the call, read once the statuses are down, as a
+     * host clock would also count the compute queued before. */
+    const int n_layers = P->fwd->host->cfg.n_layers;
+    const double t0 = sr_mono_s();
+    if (P->dc && layer == 0) {
+        P->dc_seconds0 = devcomm_seconds(P->dc);
+        P->status_sent = -1.0f; /* the record's layout may change with the call */
+    }
     if (P->dc ? gather_device(P, rec, &ok, err, sizeof err) != 0
               : tr->ops->allgather(tr, P->send, P->recv, rec * sizeof(float)) != 0)
         return -1;
     P->layers_synced++;
+    P->allgathers++;
+    if (!P->dc || P->dc_seconds0 < 0) /* a plane without a clock of its own: the host's */
+        P->allgather_s += sr_mono_s() - t0;
     if (!ok) {
         P->failed_here = 1;
         return sr_error_set("%s", err);
     }
-    if (P->dc && fetch_statuses(P, rec) != 0)
-        return -1;
-    P->allgather_s += d0 >= 0 ? devcomm_seconds(P->dc) - d0 : sr_mono_s() - t0;
-    P->allgathers++;
-    for (int r = 0; r < tr->size; r++)
-        if (P->recv[(size_t)r * rec + rec - 1] != 0.0f) {
-            P->failed_elsewhere = 1;
-            return sr_error_set("rank %d failed in layer %d of phase 2", r, layer);
+    if (P->dc) {
+        /* Failures are read after the last layer: until then the merge
+         * goes on (a failed call's output is dropped), and a rank that
+         * failed keeps joining the all-gathers (drain). */
+        if (keep_statuses(P, layer, rec) != 0)
+            return -1;
+        if (layer == n_layers - 1) {
+            if (check_statuses(P, n_layers) != 0)
+                return -1;
+            if (P->dc_seconds0 >= 0)
+                P->allgather_s += devcomm_seconds(P->dc) - P->dc_seconds0;
         }
+    } else {
+        for (int r = 0; r < tr->size; r++)
+            if (P->recv[(size_t)r * rec + rec - 1] != 0.0f) {
+                P->failed_elsewhere = 1;
+                return sr_error_set("rank %d failed in layer %d of phase 2", r, layer);
+            }
+    }
     /* The device plane gathered straight into dev_all. */
     if (!P->dc &&
         be->ops->upload(be, P->dev_all, P->recv, rec * (size_t)tr->size * sizeof(float)) != 0)
@@ -204,12 +253,26 @@ static int phase2_attend(void *user, int layer, const float *q, const float *k, 
     return exchange(P, layer, n, ok, out);
 }
 
-/* After a failure outside the attention: owe the pending all-gather. */
+/* After a failure: owe the all-gathers the others still wait in.
+ * Host-staged, they stop at this rank's flag: one. On the device plane they
+ * read it after the last layer: every one left (unless the transport
+ * itself broke). */
 static void drain(sr_phase2 *P, int n)
 {
-    if (P->failed_here || P->failed_elsewhere || P->layers_synced >= P->fwd->host->cfg.n_layers)
+    const int n_layers = P->fwd->host->cfg.n_layers;
+    if (P->failed_elsewhere)
         return;
-    exchange(P, P->layers_synced, n, 0, NULL);
+    if (!P->dc) {
+        if (!P->failed_here && P->layers_synced < n_layers)
+            exchange(P, P->layers_synced, n, 0, NULL);
+        return;
+    }
+    while (P->layers_synced < n_layers) {
+        const int before = P->layers_synced;
+        exchange(P, P->layers_synced, n, 0, NULL);
+        if (P->layers_synced == before)
+            break;
+    }
 }
 
 /* Runs n rows in chunks of the forward's max_rows (the same chunks on

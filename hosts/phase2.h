@@ -34,6 +34,13 @@ typedef struct {
     float *dev_all;         /* backend: every rank's record, what the merge reads */
     sr_devcomm *dc;         /* NULL: host-staged over tr; else the device data plane */
     float *dev_send;        /* dc: this rank's record, written in place (backend) */
+    /* dc: the statuses are read once per forward call, not per layer (so
+     * the host never waits for the device mid-call): every layer's are
+     * copied aside on the device, [n_layers][ranks], and come down after
+     * the last layer. */
+    float *dev_status, *host_status;
+    float status_sent;      /* dc: the status now in dev_send; -1: none there */
+    double dc_seconds0;     /* dc: the plane's clock at the call's first layer */
     float *o_local, *lse_local;
     const float **o_ptr, **lse_ptr;
     int max_step_rows;      /* the largest step (the query's rows) */
