@@ -198,10 +198,8 @@ void engine_set_relay(sr_engine *e, bool relay)
     e->rs.relay = relay;
 }
 
-/* The FINAL event of a job the engine will not run. */
-static void final_unavailable(sr_engine *e, sr_sched_job *j, const char *why)
+void engine_job_release(sr_engine *e, sr_sched_job *j)
 {
-    /* Released before the final event, as in job_finish(). */
     pthread_mutex_lock(&e->mu);
     if (j->prefix)
         j->prefix->refcount--;
@@ -209,6 +207,12 @@ static void final_unavailable(sr_engine *e, sr_sched_job *j, const char *why)
     if (!j->admitted)
         e->n_queued--;
     pthread_mutex_unlock(&e->mu);
+}
+
+/* The FINAL event of a job the engine will not run. */
+static void final_unavailable(sr_engine *e, sr_sched_job *j, const char *why)
+{
+    engine_job_release(e, j);
     sr_job_event *ev = calloc(1, sizeof *ev);
     if (ev) {
         ev->kind = SR_EVENT_FINAL;

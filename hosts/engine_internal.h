@@ -135,6 +135,10 @@ double engine_now(void);
 int engine_build_job(sr_engine *e, sr_job_request *req, sr_sched_job **out, sr_status *st,
                      char *msg, size_t msg_len);
 void sched_job_free(sr_sched_job *j);
+/* Lets go of an ended job's prefix and its place in the queue counts;
+ * called before its final event goes out, so a client that deletes the
+ * prefix once its jobs have ended never finds it still in use. */
+void engine_job_release(sr_engine *e, sr_sched_job *j);
 /* Pages the job holds on each rank, and whether it can never fit beside
  * the prefixes (message with the numbers). Caller holds mu or is the
  * engine thread. */

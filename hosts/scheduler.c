@@ -143,22 +143,14 @@ static void job_finish(sr_engine *e, sr_sched_job *j, sr_status st, const char *
                                      : 0;
         t->total_s = now - j->t_submit;
     }
-    /* The job lets go of its prefix and pages before its final event goes
-     * out: a client that deletes the prefix once its jobs have ended must
-     * not find it still in use. */
+    /* Pages and prefix go back before the final event goes out. */
     if (j->admitted) {
         if (!ranks_dropped)
             step_put_end_job(&e->msg, j->id);
         for (int r = 0; r < e->n_ranks; r++)
             e->avail[r] += j->pages[r];
     }
-    pthread_mutex_lock(&e->mu);
-    if (j->prefix)
-        j->prefix->refcount--;
-    e->n_waiting--;
-    if (!j->admitted)
-        e->n_queued--;
-    pthread_mutex_unlock(&e->mu);
+    engine_job_release(e, j);
     emit(j, ev);
     sr_log(SR_LOG_DEBUG, "job %llu finished: %s (%s) %s", (unsigned long long)j->id,
            sr_status_name(st), reason, message ? message : "");
@@ -237,12 +229,7 @@ static void take_commands(sr_engine *e)
                 ev->finish_reason = "error";
                 snprintf(ev->message, sizeof ev->message, "out of memory for the job table");
             }
-            pthread_mutex_lock(&e->mu);
-            if (j->prefix)
-                j->prefix->refcount--;
-            e->n_waiting--;
-            e->n_queued--;
-            pthread_mutex_unlock(&e->mu);
+            engine_job_release(e, j); /* not admitted: it counts as queued */
             emit(j, ev);
             sched_job_free(j);
         }
