@@ -822,7 +822,8 @@ static int split_attention(cuda_ctx *ctx, const sr_attn_args *a)
     if (splits < 1)
         splits = 1;
 
-    p.q = a->q, p.k = a->k, p.v = a->v, p.q_pos = a->q_pos, p.k_pos = a->k_pos;
+    p.q = a->q, p.k = (const float *)a->k, p.v = (const float *)a->v;
+    p.q_pos = a->q_pos, p.k_pos = a->k_pos;
     p.nq = a->nq, p.nk = a->nk, p.n_heads = a->n_heads, p.n_kv = a->n_kv, p.hd = hd;
     p.group = group, p.q_stride = a->q_stride, p.kv_stride = a->kv_stride;
     p.scale_log2 = a->scale * LOG2E_F;
@@ -862,6 +863,8 @@ int cuda_attention(sr_backend *be, const sr_attn_args *a)
         (a->nk > 0 && (!aligned16(a->k) || !aligned16(a->v))))
         return sr_error_set("cuda attention: q/k/v rows must be 16-byte aligned (strides %d, %d)",
                             a->q_stride, a->kv_stride);
+    if (a->kv_dtype != SR_KV_F32 || a->pages)
+        return sr_error_set("cuda attention: bf16 or paged KV is not implemented yet");
     if (a->nq <= 0)
         return 0;
     const int tc_ok = cuda_prefill_supported(a);

@@ -304,7 +304,8 @@ int cuda_prefill_attention(cuda_ctx *ctx, const sr_attn_args *a)
         long long grid = (long long)((n4 + 255) / 256);
         if (grid > 16LL * ctx->sm_count)
             grid = 16LL * ctx->sm_count;
-        kv_to_bf16_kernel<<<(unsigned)grid, 256, 0, ctx->stream>>>(a->k, a->v, a->nk, a->n_kv, D,
+        kv_to_bf16_kernel<<<(unsigned)grid, 256, 0, ctx->stream>>>(
+            (const float *)a->k, (const float *)a->v, a->nk, a->n_kv, D,
                                                                    a->kv_stride, kb, vb);
         CUDA_CHECK_LAUNCH("kv_to_bf16_kernel");
         if (a->k_pos) {

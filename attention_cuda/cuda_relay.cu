@@ -398,7 +398,7 @@ int cuda_relay_attention(cuda_ctx *ctx, const sr_attn_args *a)
         return sr_error_set("cuda relay attention: %d query rows x %d heads is too many for one "
                             "call", a->nq, a->n_heads);
     relay_params p;
-    p.q = a->q, p.k = a->k, p.v = a->v;
+    p.q = a->q, p.k = (const float *)a->k, p.v = (const float *)a->v;
     p.nk = a->nk, p.n_heads = a->n_heads, p.group = group;
     p.q_stride = a->q_stride, p.kv_stride = a->kv_stride;
     p.nvec = (int)nvec, p.n_rtiles = (int)n_rtiles;

@@ -16,6 +16,16 @@
 
 typedef struct sr_backend sr_backend;
 
+/* How KV rows are stored (sr_kvcache, sr_kv_pool): fp32, or bf16 (half the
+ * bytes, so twice the tokens per byte of pool and half the bytes decode
+ * attention reads; written rounded to nearest even, read back exactly). */
+typedef enum { SR_KV_F32 = 0, SR_KV_BF16 = 1 } sr_kv_dtype;
+
+static inline size_t sr_kv_dtype_size(sr_kv_dtype t)
+{
+    return t == SR_KV_BF16 ? 2 : 4;
+}
+
 /* Attention of nq query rows against nk key/value rows, with GQA
  * (n_heads % n_kv == 0; query head h reads kv head h / (n_heads / n_kv)).
  * Key j is visible to query i iff k_pos == NULL or k_pos[j] <= q_pos[i]:
@@ -24,9 +34,17 @@ typedef struct sr_backend sr_backend;
  * sees no key gets out = 0 and lse = -inf (an empty shard, DESIGN.md §1). */
 typedef struct {
     const float *q;        /* [nq, q_stride] head h at q + i*q_stride + h*hd */
-    const float *k, *v;    /* [nk, kv_stride] kv head g at k + j*kv_stride + g*hd */
+    /* Key rows of kv_dtype elements: row r's kv head g at element
+     * r*kv_stride + g*hd of k (and of v). Key j is row j, or, with a page
+     * table, row pages[t / page_rows] * page_rows + t % page_rows where
+     * t = page_row0 + j (pages: backend memory; the KV pool's pages read in
+     * place, in any order). k_pos is indexed by the same row. */
+    const void *k, *v;
+    sr_kv_dtype kv_dtype;  /* SR_KV_F32 (0) unless said */
+    const int32_t *pages;  /* NULL = no page table */
+    int page_rows, page_row0;
     const int32_t *q_pos;  /* [nq] backend memory; may be NULL iff k_pos is */
-    const int32_t *k_pos;  /* [nk] backend memory; NULL = no mask */
+    const int32_t *k_pos;  /* key rows' positions, backend memory; NULL = no mask */
     int nq, nk, n_heads, n_kv, head_dim;
     int q_stride, kv_stride;
     float scale;           /* usually 1/sqrt(head_dim) */
@@ -85,6 +103,9 @@ typedef struct {
     int (*swiglu)(sr_backend *be, const float *gate, const float *up, size_t n, float *out);
     /* x[i] += y[i]. */
     int (*add)(sr_backend *be, float *x, const float *y, size_t n);
+    /* dst[i] = src[i] as `dtype` for n elements: the KV cache's writes
+     * (a copy for fp32, bf16 rounded to nearest even). */
+    int (*kv_store)(sr_backend *be, void *dst, sr_kv_dtype dtype, const float *src, size_t n);
 
     /* ---- Optional operations: NULL where a backend has none (cpu); the
      * forward pass then runs the plain operations above instead. ---- */
@@ -139,6 +160,9 @@ typedef struct {
 struct sr_backend {
     const sr_backend_ops *ops;
     void *ctx;
+    /* The dtype KV caches made on this backend store: the backend's default
+     * (cpu: fp32, the reference; cuda: bf16), or --kv-dtype's. */
+    sr_kv_dtype kv_dtype;
 };
 
 /* Creates the CPU backend (backend_cpu/). */

@@ -81,6 +81,7 @@ static const sr_backend_ops cpu_ops = {
     .merge = cpu_merge,
     .swiglu = cpu_swiglu,
     .add = cpu_add,
+    .kv_store = cpu_kv_store,
 };
 
 void openblas_set_num_threads(int num_threads); /* OpenBLAS extension, not in cblas.h */

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "backend_cpu/cpu_internal.h"
+#include "common/bf16.h"
 #include "common/error.h"
 
 void cpu_weight_rows_to_f32(const sr_weight *w, int64_t r0, int64_t nr, float *dst)
@@ -144,5 +145,20 @@ int cpu_merge(sr_backend *be, int nparts, const float *const *o_parts,
         if (lse_out)
             lse_out[r] = (float)l;
     }
+    return 0;
+}
+
+int cpu_kv_store(sr_backend *be, void *dst, sr_kv_dtype dtype, const float *src, size_t n)
+{
+    (void)be;
+    if (dtype == SR_KV_F32) {
+        memmove(dst, src, n * sizeof(float));
+        return 0;
+    }
+    if (dtype != SR_KV_BF16)
+        return sr_error_set("kv store: unknown kv dtype %d", (int)dtype);
+    uint16_t *d = dst;
+    for (size_t i = 0; i < n; i++)
+        d[i] = bf16_from_f32(src[i]);
     return 0;
 }

@@ -64,6 +64,19 @@ extern "C" {
         }                                                                                      \
     } while (0)
 
+
+/* fp32 keys in consecutive rows, q and kv rows packed (strides H*D, KV*D). */
+static sr_attn_args attn_args(const float *q, const void *k, const void *v, const int32_t *q_pos,
+                              const int32_t *k_pos, int nq, int nk, int H, int KV, int D,
+                              float scale, float *out, float *lse)
+{
+    sr_attn_args a = {};
+    a.q = q, a.k = k, a.v = v, a.q_pos = q_pos, a.k_pos = k_pos;
+    a.nq = nq, a.nk = nk, a.n_heads = H, a.n_kv = KV, a.head_dim = D;
+    a.q_stride = H * D, a.kv_stride = KV * D, a.scale = scale, a.out = out, a.lse = lse;
+    return a;
+}
+
 static sr_backend *be;
 static cudaStream_t st; /* the backend's stream: all timed work goes there */
 static double copy_gbs, gemm_tflops;
@@ -282,8 +295,8 @@ static void bench_decode(void)
         CK(cudaDeviceSynchronize());
         auto run_sets = [&](int nsets) {
             return time_ms(5, 15, 10, [&](int r) {
-                sr_attn_args a = {q, k[r % nsets], v[r % nsets], qp, kp, 1, ctx, H, KV, D, H * D,
-                                  KV * D, 1.0f / sqrtf((float)D), out, lse};
+                sr_attn_args a = attn_args(q, k[r % nsets], v[r % nsets], qp, kp, 1, ctx, H, KV, D,
+                                           1.0f / sqrtf((float)D), out, lse);
                 CKR(be->ops->attention(be, &a));
             });
         };
@@ -358,8 +371,8 @@ static void bench_prefill(void)
         backend_cuda_set_attention_path(be, SR_CUDA_ATTN_TC);
         int reps = n >= 32768 ? 3 : 10;
         double ms = time_ms(1, reps, 1, [&](int) {
-            sr_attn_args a = {q, k, v, pos, pos, n, n, H, KV, D, H * D, KV * D,
-                              1.0f / sqrtf((float)D), out, lse};
+            sr_attn_args a = attn_args(q, k, v, pos, pos, n, n, H, KV, D, 1.0f / sqrtf((float)D),
+                                       out, lse);
             CKR(be->ops->attention(be, &a));
         });
         backend_cuda_set_attention_path(be, SR_CUDA_ATTN_AUTO);
@@ -411,9 +424,9 @@ static void bench_relay(void)
         CK(cudaDeviceSynchronize());
         for (int B : batches) {
             auto args = [&](int set, int row0, int rows) {
-                sr_attn_args a = {q + (size_t)row0 * H * D, k[set % sets], v[set % sets], NULL,
-                                  NULL, rows, nk, H, KV, D, H * D, KV * D, scale,
-                                  out + (size_t)row0 * H * D, lse + (size_t)row0 * H};
+                sr_attn_args a = attn_args(q + (size_t)row0 * H * D, k[set % sets], v[set % sets],
+                                           NULL, NULL, rows, nk, H, KV, D, scale,
+                                           out + (size_t)row0 * H * D, lse + (size_t)row0 * H);
                 return a;
             };
             backend_cuda_set_attention_path(be, SR_CUDA_ATTN_RELAY);

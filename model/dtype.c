@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "model/model.h"
+#include "common/bf16.h"
 #include "model/model_internal.h"
 
 size_t sr_dtype_size(sr_dtype t)
@@ -28,11 +29,7 @@ const char *sr_dtype_name(sr_dtype t)
 
 float sr_bf16_to_f32(uint16_t h)
 {
-    /* bf16 is the top half of an IEEE float, so widening is a shift. */
-    uint32_t bits = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &bits, sizeof f);
-    return f;
+    return bf16_to_f32(h);
 }
 
 float sr_f16_to_f32(uint16_t h)
@@ -59,13 +56,7 @@ float sr_f16_to_f32(uint16_t h)
 
 uint16_t sr_f32_to_bf16(float f)
 {
-    uint32_t x;
-    memcpy(&x, &f, sizeof x);
-    if ((x & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((x >> 16) | 0x40u); /* keep nan a (quiet) nan */
-    /* round to nearest, ties to even */
-    x += 0x7fffu + ((x >> 16) & 1u);
-    return (uint16_t)(x >> 16);
+    return bf16_from_f32(f);
 }
 
 uint16_t sr_f32_to_f16(float f)

@@ -12,6 +12,7 @@
  * Skips (exit 77) when no GPU is visible. SR_TEST_SEED picks the data. */
 #include <stdint.h>
 
+#include "common/bf16.h"
 #include "tests/gpu/gpu_test_util.h"
 
 static sr_backend *cpu, *gpu;
@@ -193,6 +194,76 @@ static const char *attention_kernel(sr_cuda_attn_path path, int nq, int nk, int 
     return hd_tc && nq >= 64 && nk >= 64 ? "tc" : "split";
 }
 
+/* The KV layout test_attention stores its keys in (main runs the cases
+ * again for each): fp32 or bf16 rows, consecutive or through a page table
+ * of kv_page_rows-row pages in shuffled order, the first key kv_row0 rows
+ * into its page. Rows no key maps to hold NaN, so a kernel that reads
+ * through the table wrongly fails. */
+static sr_kv_dtype kv_dtype = SR_KV_F32;
+static int kv_page_rows = 0; /* 0 = no page table */
+
+typedef struct {
+    void *k, *v;      /* host rows of kv_dtype */
+    int32_t *pos;     /* host, per row */
+    int32_t *pages;   /* host page table, or NULL */
+    int rows, row0, n_pages;
+} kv_layout;
+
+static void kv_layout_build(kv_layout *L, const float *k, const float *v, const int32_t *kp,
+                            int nk, int ks)
+{
+    memset(L, 0, sizeof *L);
+    int pr = kv_page_rows;
+    L->row0 = pr > 1 ? 3 % pr : 0;
+    L->n_pages = pr ? (L->row0 + nk + pr - 1) / pr : 0;
+    int phys_pages = L->n_pages + 2; /* spare pages no key maps to */
+    L->rows = pr ? phys_pages * pr : nk;
+    if (pr) {
+        L->pages = malloc((size_t)(L->n_pages ? L->n_pages : 1) * 4);
+        int32_t *perm = malloc((size_t)phys_pages * 4);
+        for (int i = 0; i < phys_pages; i++)
+            perm[i] = i;
+        for (int i = phys_pages - 1; i > 0; i--) {
+            int r = (int)((gpu_frand() + 1.0f) * 0.5f * i);
+            int32_t t = perm[i];
+            perm[i] = perm[r], perm[r] = t;
+        }
+        memcpy(L->pages, perm, (size_t)L->n_pages * 4);
+        free(perm);
+    }
+    size_t es = sr_kv_dtype_size(kv_dtype), n = (size_t)(L->rows ? L->rows : 1) * ks;
+    L->k = malloc(n * es), L->v = malloc(n * es);
+    L->pos = malloc((size_t)(L->rows ? L->rows : 1) * 4);
+    for (size_t i = 0; i < n; i++) { /* NaN everywhere no key is */
+        if (kv_dtype == SR_KV_BF16)
+            ((uint16_t *)L->k)[i] = ((uint16_t *)L->v)[i] = 0x7fc0;
+        else
+            ((float *)L->k)[i] = ((float *)L->v)[i] = NAN;
+    }
+    for (int r = 0; r < L->rows; r++)
+        L->pos[r] = -1000000;
+    for (int j = 0; j < nk; j++) {
+        int t = L->row0 + j;
+        size_t r = pr ? (size_t)L->pages[t / pr] * pr + t % pr : (size_t)j;
+        for (int c = 0; c < ks; c++) {
+            size_t src = (size_t)j * ks + c, dst = r * ks + c;
+            if (kv_dtype == SR_KV_BF16) {
+                ((uint16_t *)L->k)[dst] = bf16_from_f32(k[src]);
+                ((uint16_t *)L->v)[dst] = bf16_from_f32(v[src]);
+            } else {
+                ((float *)L->k)[dst] = k[src];
+                ((float *)L->v)[dst] = v[src];
+            }
+        }
+        L->pos[r] = kp[j];
+    }
+}
+
+static void kv_layout_free(kv_layout *L)
+{
+    free(L->k), free(L->v), free(L->pos), free(L->pages);
+}
+
 /* Runs one attention shape on both backends and compares out and lse.
  * MASK_STAR: keys with a position gap (Star's anchor layout), queries end
  * at the last key and the first query precedes every key (sees nothing).
@@ -221,17 +292,22 @@ static void test_attention(sr_cuda_attn_path path, int splits, int nq, int nk, i
         qp[i] = mask == MASK_CAUSAL ? i + (nk - nq) : last - (nq - 1 - i) - (i == 0 ? 100 : 0);
     const int masked = mask != MASK_NONE;
     float *ref = malloc((size_t)nq * qs * 4), *rlse = malloc((size_t)nq * n_heads * 4);
-    sr_attn_args a = {.q = q, .k = k, .v = v, .q_pos = qp, .k_pos = masked ? kp : NULL,
-                      .nq = nq, .nk = nk, .n_heads = n_heads, .n_kv = n_kv, .head_dim = hd,
-                      .q_stride = qs, .kv_stride = ks, .scale = 1.0f / sqrtf((float)hd),
-                      .out = ref, .lse = rlse};
-    CHECK(cpu->ops->attention(cpu, &a) == 0, "cpu attention");
+    kv_layout L;
+    kv_layout_build(&L, k, v, kp, nk, ks);
+    sr_attn_args a = {.q = q, .k = L.k, .v = L.v, .kv_dtype = kv_dtype, .pages = L.pages,
+                      .page_rows = kv_page_rows, .page_row0 = L.row0, .q_pos = qp,
+                      .k_pos = masked ? L.pos : NULL, .nq = nq, .nk = nk, .n_heads = n_heads,
+                      .n_kv = n_kv, .head_dim = hd, .q_stride = qs, .kv_stride = ks,
+                      .scale = 1.0f / sqrtf((float)hd), .out = ref, .lse = rlse};
+    CHECK(cpu->ops->attention(cpu, &a) == 0, "cpu attention: %s", sr_error_get());
     sr_attn_args d = a;
+    size_t kv_bytes = (size_t)L.rows * ks * sr_kv_dtype_size(kv_dtype);
     d.q = gpu_put(gpu, q, (size_t)nq * qs * 4);
-    d.k = gpu_put(gpu, k, (size_t)nk * ks * 4);
-    d.v = gpu_put(gpu, v, (size_t)nk * ks * 4);
+    d.k = gpu_put(gpu, L.k, kv_bytes);
+    d.v = gpu_put(gpu, L.v, kv_bytes);
+    d.pages = L.pages ? gpu_put(gpu, L.pages, (size_t)L.n_pages * 4) : NULL;
     d.q_pos = gpu_put(gpu, qp, (size_t)nq * 4);
-    d.k_pos = masked ? gpu_put(gpu, kp, (size_t)nk * 4) : NULL;
+    d.k_pos = masked ? gpu_put(gpu, L.pos, (size_t)L.rows * 4) : NULL;
     d.out = gpu_poisoned(gpu, (size_t)nq * qs);
     d.lse = gpu_poisoned(gpu, (size_t)nq * n_heads);
     backend_cuda_set_attention_path(gpu, path);
@@ -245,8 +321,9 @@ static void test_attention(sr_cuda_attn_path path, int splits, int nq, int nk, i
     const char *kernel = attention_kernel(path, nq, nk, n_heads, n_kv, hd, masked);
     const int tc = strcmp(kernel, "split") != 0; /* the bf16 tensor-core kernels */
     double tol = tc ? 1e-2 : 1e-5, ltol = tc ? 1e-2 : 1e-5;
-    CHECK(e < tol, "attention %s splits=%d nq=%d nk=%d h=%d kv=%d hd=%d mask=%s: rel err %g "
-          "(tol %g)", kernel, splits, nq, nk, n_heads, n_kv, hd, mask_name(mask), e, tol);
+    CHECK(e < tol, "attention %s splits=%d nq=%d nk=%d h=%d kv=%d hd=%d mask=%s kv=%s pages=%d: "
+          "rel err %g (tol %g)", kernel, splits, nq, nk, n_heads, n_kv, hd, mask_name(mask),
+          kv_dtype == SR_KV_BF16 ? "bf16" : "f32", kv_page_rows, e, tol);
     int bad = 0, empty_rows = 0;
     double worst = 0;
     for (int i = 0; i < nq * n_heads; i++) {
@@ -264,9 +341,9 @@ static void test_attention(sr_cuda_attn_path path, int splits, int nq, int nk, i
             worst = isnan(diff) ? INFINITY : fmax(worst, diff);
         }
     }
-    CHECK(bad == 0, "attention %s nq=%d nk=%d hd=%d mask=%s: %d lse/empty-row mismatches "
-          "(worst lse diff %g, %d empty rows)", kernel, nq, nk, hd, mask_name(mask), bad, worst,
-          empty_rows);
+    CHECK(bad == 0, "attention %s nq=%d nk=%d hd=%d mask=%s kv=%s pages=%d: %d lse/empty-row "
+          "mismatches (worst lse diff %g, %d empty rows)", kernel, nq, nk, hd, mask_name(mask),
+          kv_dtype == SR_KV_BF16 ? "bf16" : "f32", kv_page_rows, bad, worst, empty_rows);
     int32_t kmin = INT32_MAX;
     for (int j = 0; j < nk; j++)
         kmin = kp[j] < kmin ? kp[j] : kmin;
@@ -276,7 +353,10 @@ static void test_attention(sr_cuda_attn_path path, int splits, int nq, int nk, i
     gpu->ops->free(gpu, (void *)d.v), gpu->ops->free(gpu, (void *)d.q_pos);
     if (d.k_pos)
         gpu->ops->free(gpu, (void *)d.k_pos);
+    if (d.pages)
+        gpu->ops->free(gpu, (void *)d.pages);
     gpu->ops->free(gpu, d.out), gpu->ops->free(gpu, d.lse);
+    kv_layout_free(&L);
     free(q), free(k), free(v), free(qp), free(kp), free(ref), free(rlse), free(out), free(lse);
 }
 
@@ -476,6 +556,74 @@ static void test_merge_all_empty(void)
     free(mo), free(ml);
 }
 
+/* Every attention kernel again on bf16 and paged keys (the KV cache's
+ * layouts): the cpu reads the same stored bits, so the tolerances are the
+ * fp32 ones' (split kernel) and the bf16 ones' (tensor-core kernels). */
+static void test_attention_kv_layouts(void)
+{
+    const struct {
+        sr_kv_dtype dtype;
+        int page_rows;
+    } layouts[] = {{SR_KV_BF16, 0}, {SR_KV_F32, 16}, {SR_KV_BF16, 7}, {SR_KV_BF16, 256}};
+    const sr_cuda_attn_path S = SR_CUDA_ATTN_SPLIT, T = SR_CUDA_ATTN_TC, R = SR_CUDA_ATTN_RELAY;
+    for (size_t l = 0; l < sizeof layouts / sizeof layouts[0]; l++) {
+        kv_dtype = layouts[l].dtype;
+        kv_page_rows = layouts[l].page_rows;
+        for (int v = 0; v < 2; v++) { /* both shapes of the split kernel */
+            backend_cuda_set_attention_variant(gpu, v);
+            test_attention(S, 0, 7, 23, 4, 2, 16, MASK_STAR, 1.0f);
+            test_attention(S, 0, 1, 4097, 32, 8, 128, MASK_STAR, 1.0f);
+            test_attention(S, 0, 2, 3001, 6, 3, 96, MASK_STAR, 1.0f);
+            test_attention(S, 0, 3, 777, 4, 1, 256, MASK_SHUFFLED, 1.0f);
+            test_attention(S, 5, 5, 2000, 7, 7, 64, MASK_SHUFFLED, 2.0f);
+            test_attention(S, 0, 3, 0, 4, 2, 128, MASK_STAR, 1.0f);
+            test_attention(S, 3, 600, 100, 16, 2, 32, MASK_STAR, 1.0f);
+        }
+        backend_cuda_set_attention_variant(gpu, 0);
+        test_attention(T, 0, 64, 64, 2, 2, 64, MASK_CAUSAL, 1.0f);
+        test_attention(T, 0, 77, 333, 4, 1, 64, MASK_STAR, 1.0f);
+        test_attention(T, 0, 300, 1200, 4, 4, 128, MASK_SHUFFLED, 1.0f);
+        test_attention(T, 0, 3, 0, 2, 1, 128, MASK_STAR, 1.0f);
+        test_attention(R, 0, 3, 77, 8, 2, 128, MASK_NONE, 1.0f);
+        test_attention(R, 5, 9, 700, 8, 2, 64, MASK_NONE, 1.0f);
+        test_attention(R, 0, 33, 2049, 32, 8, 128, MASK_NONE, 1.0f);
+        test_attention(R, 0, 3, 0, 8, 2, 128, MASK_NONE, 1.0f);
+        if (!quick) {
+            test_attention(R, 0, 128, 4097, 32, 8, 128, MASK_NONE, 1.0f);
+            test_attention(SR_CUDA_ATTN_AUTO, 0, 512, 1536, 32, 8, 128, MASK_CAUSAL, 1.0f);
+            test_attention(S, 0, 1, 20011, 32, 8, 128, MASK_NONE, 1.0f);
+        }
+        test_attention(SR_CUDA_ATTN_AUTO, 0, 1, 1536, 32, 8, 128, MASK_CAUSAL, 1.0f);
+        test_attention(SR_CUDA_ATTN_AUTO, 0, 16, 1500, 32, 8, 128, MASK_NONE, 1.0f);
+    }
+    kv_dtype = SR_KV_F32;
+    kv_page_rows = 0;
+}
+
+/* kv_store: fp32 copied, bf16 rounded as the cpu rounds (bit for bit,
+ * ties to even, inf and nan kept), odd lengths. */
+static void test_kv_store(void)
+{
+    const size_t n = 100003;
+    float *x = gpu_rand_host(n, 1000.0f);
+    x[0] = INFINITY, x[1] = -INFINITY, x[2] = NAN, x[3] = 0x1.0101p0f /* a tie */;
+    x[4] = 0x1.0103p0f, x[5] = -0.0f, x[6] = 1e-40f /* subnormal */;
+    float *dx = gpu_put(gpu, x, n * 4);
+    for (int t = 0; t < 2; t++) {
+        sr_kv_dtype dt = t ? SR_KV_BF16 : SR_KV_F32;
+        size_t es = sr_kv_dtype_size(dt);
+        void *d = gpu->ops->alloc(gpu, n * es), *c = malloc(n * es), *h = malloc(n * es);
+        CHECK(gpu->ops->kv_store(gpu, d, dt, dx, n) == 0, "kv_store: %s", sr_error_get());
+        CHECK(cpu->ops->kv_store(cpu, c, dt, x, n) == 0, "cpu kv_store");
+        CHECK(gpu->ops->download(gpu, h, d, n * es) == 0, "download");
+        CHECK(memcmp(h, c, n * es) == 0, "kv_store %s: device bits differ from the cpu's",
+              t ? "bf16" : "f32");
+        gpu->ops->free(gpu, d), free(c), free(h);
+    }
+    gpu->ops->free(gpu, dx);
+    free(x);
+}
+
 int main(void)
 {
     gpu = gpu_backend_or_skip("cuda_ops");
@@ -607,6 +755,8 @@ int main(void)
     test_attention(SR_CUDA_ATTN_AUTO, 0, 16, 1500, 32, 8, 128, MASK_NONE, 1.0f);
     test_attention(SR_CUDA_ATTN_AUTO, 0, 100, 300, 4, 2, 64, MASK_NONE, 1.0f);
     test_attention_no_lse(SR_CUDA_ATTN_RELAY);
+    test_attention_kv_layouts();
+    test_kv_store();
 
     int c1[] = {5, 11};
     test_merge(20, c1, 2, 0, "three parts");
