@@ -260,6 +260,8 @@ __global__ void __launch_bounds__(PF_WARPS * 32, 3) attn_prefill_tc_kernel(prefi
 
 int cuda_prefill_supported(const sr_attn_args *a)
 {
+    if (a->kv_dtype != SR_KV_F32 || a->pages) /* not yet: bf16 or paged KV */
+        return 0;
     return a->head_dim == 64 || a->head_dim == 128;
 }
 

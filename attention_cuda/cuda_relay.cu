@@ -297,6 +297,8 @@ constexpr int relay_min_blocks(int d, int wr)
 
 int cuda_relay_supported(const sr_attn_args *a)
 {
+    if (a->kv_dtype != SR_KV_F32 || a->pages) /* not yet: bf16 or paged KV */
+        return 0;
     return !a->k_pos && (a->head_dim == 64 || a->head_dim == 128);
 }
 
