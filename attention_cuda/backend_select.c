@@ -71,7 +71,19 @@ const char *backend_resolve_name(const char *name)
     return "cpu";
 }
 
-sr_backend *backend_create_named(const char *name)
+static sr_backend *create_by_name(const char *name);
+
+sr_backend *backend_create_named(const char *name, const char *kv_dtype)
+{
+    sr_backend *be = create_by_name(name);
+    if (be && backend_set_kv_dtype(be, kv_dtype) != 0) {
+        backend_destroy(be);
+        return NULL;
+    }
+    return be;
+}
+
+static sr_backend *create_by_name(const char *name)
 {
     name = backend_resolve_name(name);
     if (!strcmp(name, "cpu"))
@@ -88,6 +100,24 @@ sr_backend *backend_create_named(const char *name)
     sr_error_set("unknown backend '%s' (available: %s, auto)%s", name, backend_available_names(),
                  getenv("STARRELAY_BACKEND") ? " (from STARRELAY_BACKEND)" : "");
     return NULL;
+}
+
+int backend_set_kv_dtype(sr_backend *be, const char *name)
+{
+    if (!name || !*name || !strcmp(name, "auto"))
+        return 0;
+    if (!strcmp(name, "f32") || !strcmp(name, "fp32") || !strcmp(name, "float32"))
+        be->kv_dtype = SR_KV_F32;
+    else if (!strcmp(name, "bf16") || !strcmp(name, "bfloat16"))
+        be->kv_dtype = SR_KV_BF16;
+    else
+        return sr_error_set("--kv-dtype: '%s' is unknown (auto, f32 or bf16)", name);
+    return 0;
+}
+
+const char *backend_kv_dtype_name(sr_kv_dtype dtype)
+{
+    return dtype == SR_KV_BF16 ? "bf16" : "f32";
 }
 
 int backend_memory_info(const sr_backend *be, size_t *free_bytes, size_t *total_bytes)

@@ -8,8 +8,16 @@
 /* "cpu", "cuda" or "auto" (the programs' default: backend_resolve_name).
  * The cuda backend takes device STARRELAY_CUDA_DEVICE if
  * set, else the process's local rank under mpirun/srun (modulo the number
- * of devices), else 0. NULL + sr_error on failure. */
-sr_backend *backend_create_named(const char *name);
+ * of devices), else 0. Its KV caches store kv_dtype (below). NULL +
+ * sr_error on failure. */
+sr_backend *backend_create_named(const char *name, const char *kv_dtype);
+
+/* kv_dtype (--kv-dtype): NULL or "auto" keeps the backend's default (cpu:
+ * f32, cuda: bf16), "f32" or "bf16" sets the dtype its KV caches store.
+ * -1 + sr_error naming the choices for another name. */
+int backend_set_kv_dtype(sr_backend *be, const char *kv_dtype);
+/* "f32" or "bf16". */
+const char *backend_kv_dtype_name(sr_kv_dtype dtype);
 
 /* The backend "auto" stands for: STARRELAY_BACKEND if set (the test suites
  * pin cpu with it, so their tolerances hold on a GPU machine too), else

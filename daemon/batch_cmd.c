@@ -382,7 +382,7 @@ static int batch_on_rank(sr_transport *tr, int argc, char **argv)
     if (rc == 0 && is_query && file_exists(o.model_dir, "tokenizer.json") &&
         !(tok = tokenizer_load(o.model_dir)))
         rc = -1;
-    if (rc == 0 && !(be = backend_create_named(o.backend)))
+    if (rc == 0 && !(be = backend_create_named(o.backend, o.kv_dtype)))
         rc = -1;
     if (transport_agree(tr, stage(rc), root) != 0) {
         sr_error_prefix("loading the model: ");

@@ -18,6 +18,7 @@ void batch_options_usage(void)
           "  --load-format safetensors|dummy  --dummy-seed S  --backend auto|cpu|cuda\n"
           "  --dataplane auto|nccl|mpi  phase 2's all-gather: nccl device to device (one GPU\n"
           "                         per rank), mpi host-staged, auto nccl where it can run\n"
+          "  --kv-dtype auto|f32|bf16  KV cache rows (auto: bf16 on cuda, f32 on cpu)\n"
           "  --kv-budget-tokens N   KV tokens per rank        --kv-budget BYTES[K|M|G]\n"
           "  --page-tokens N        tokens per page (16)      --max-batch N  jobs at once (64)\n"
           "  --max-phase1-tokens N  context rows per rank per step (512)\n"
@@ -77,6 +78,7 @@ int batch_options_parse(sr_batch_options *o, int argc, char **argv)
     o->relay = true;
     o->backend = "auto";
     o->dataplane = "auto";
+    o->kv_dtype = "auto";
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         long n;
@@ -94,6 +96,10 @@ int batch_options_parse(sr_batch_options *o, int argc, char **argv)
             if (strcmp(v, "auto") && strcmp(v, "cpu") && strcmp(v, "cuda"))
                 return sr_error_set("--backend: '%s' is unknown (auto, cpu or cuda)", v);
             o->backend = v;
+        } else if (!strcmp(a, "--kv-dtype")) {
+            if (strcmp(v, "auto") && strcmp(v, "f32") && strcmp(v, "bf16"))
+                return sr_error_set("--kv-dtype: '%s' is unknown (auto, f32 or bf16)", v);
+            o->kv_dtype = v;
         } else if (!strcmp(a, "--dataplane")) {
             if (strcmp(v, "auto") && strcmp(v, "nccl") && strcmp(v, "mpi"))
                 return sr_error_set("--dataplane: expected auto, nccl or mpi, got '%s'", v);

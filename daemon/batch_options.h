@@ -13,6 +13,7 @@ typedef struct {
     sr_load_options load;
     const char *backend;        /* --backend cpu|cuda */
     const char *dataplane;      /* --dataplane auto|nccl|mpi */
+    const char *kv_dtype;       /* --kv-dtype auto|f32|bf16 */
     const char *jobs_path;      /* --jobs FILE.jsonl ("-": stdin) */
     const char *logits_dir;     /* --logits-dir: first-token logits per job */
     sr_engine_options engine;

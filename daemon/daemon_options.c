@@ -24,6 +24,9 @@ static const sr_option table[] = {
     {"backend", SR_OPT_CHOICE, OFF(backend), 0, 0, "auto|cpu|cuda", NULL,
      "compute backend (auto: cuda when a GPU is visible, else cpu; cuda: one GPU per rank, "
      "by local rank)"},
+    {"kv-dtype", SR_OPT_CHOICE, OFF(kv_dtype), 0, 0, "auto|f32|bf16", NULL,
+     "how the KV cache stores keys and values (auto: bf16 on cuda, f32 on cpu; bf16 holds "
+     "twice the tokens)"},
     {"dataplane", SR_OPT_CHOICE, OFF(dataplane), 0, 0, "auto|nccl|mpi", NULL,
      "phase 2's per-layer all-gather: nccl (device to device; --backend cuda, one GPU per "
      "rank), mpi (host-staged), auto (default: nccl where it can run, else mpi)"},
@@ -145,6 +148,7 @@ int daemon_options_parse(sr_daemon_options *o, int argc, char **argv)
         return 0;
     if (set_default_string(&o->load_format, "safetensors") ||
         set_default_string(&o->backend, "auto") || set_default_string(&o->dataplane, "auto") ||
+        set_default_string(&o->kv_dtype, "auto") ||
         set_default_string(&o->listen, "127.0.0.1:50051") ||
         set_default_string(&o->log_level, "info") || set_default_string(&o->mode, "star"))
         return -1;

@@ -20,6 +20,7 @@ typedef struct {
     int64_t dummy_seed;
     char *backend;               /* "cpu" */
     char *dataplane;             /* "auto" | "nccl" | "mpi" */
+    char *kv_dtype;              /* "auto" | "f32" | "bf16" */
     /* front end */
     char *listen;                /* HOST:PORT; loopback by default */
     char *tls_cert, *tls_key;    /* PEM files; both or neither */

@@ -238,10 +238,11 @@ static int run_on_rank(sr_transport *tr, int argc, char **argv)
     if (transport_agree(tr, stage(rc), root) != 0)
         goto fail;
 
-    s.be = backend_create_named(s.o.backend);
+    s.be = backend_create_named(s.o.backend, s.o.kv_dtype);
     /* One process has nothing to gather; "mpi" names the host path. */
     sr_run_report rep = {.mode = s.o.mode, .dataplane = devcomm_plane_name(NULL),
-                         .backend = s.be ? s.be->ops->name : NULL};
+                         .backend = s.be ? s.be->ops->name : NULL,
+                         .kv_dtype = s.be ? backend_kv_dtype_name(s.be->kv_dtype) : NULL};
     if (!strcmp(s.o.mode, "global")) {
         if (!s.be || run_global(&s, &gres, &rep) != 0)
             goto fail;

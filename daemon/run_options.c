@@ -18,7 +18,7 @@ void run_options_usage(void)
           "           [--repetition-penalty R] [--seed S] [--stop TEXT]... [--stop-id N]...\n"
           "           [--ignore-eos] [--json] [--logits-out FILE]\n"
           "           [--load-format safetensors|dummy] [--dummy-seed S] [--backend auto|cpu|cuda]\n"
-          "           [--dataplane auto|nccl|mpi]\n"
+          "           [--dataplane auto|nccl|mpi] [--kv-dtype auto|f32|bf16]\n"
           "           [--query-ids 1,2,3] [--system-ids 1,2] [--context-ids 4,5,6]\n"
           "           [--context-random N] [--chunk-rows N]\n"
           "           [--mode star|ring|global] [--block-size N] [--anchor-size N]\n"
@@ -36,6 +36,8 @@ void run_options_usage(void)
           "  --dataplane P   phase 2's per-layer all-gather: nccl (device to device, one GPU per\n"
           "                  rank, --backend cuda), mpi (host-staged) or auto (default: nccl\n"
           "                  where it can run, else mpi)\n"
+          "  --kv-dtype T    how the KV cache stores rows: auto (default: bf16 on cuda, f32 on\n"
+          "                  cpu), f32 or bf16 (half the bytes)\n"
           "Id lists (--system-ids, --context-ids, --query-ids) are used as given (no BOS added).\n",
           stderr);
 }
@@ -95,6 +97,7 @@ int run_options_parse(sr_run_options *o, int argc, char **argv)
 {
     memset(o, 0, sizeof *o);
     o->backend = "auto";
+    o->kv_dtype = "auto";
     o->dataplane = "auto";
     o->max_tokens = 64;
     o->chunk_rows = 256;
@@ -127,6 +130,11 @@ int run_options_parse(sr_run_options *o, int argc, char **argv)
         } else if (!strcmp(a, "--backend")) {
             NEED_VALUE;
             o->backend = v;
+        } else if (!strcmp(a, "--kv-dtype")) {
+            NEED_VALUE;
+            if (strcmp(v, "auto") && strcmp(v, "f32") && strcmp(v, "bf16"))
+                return sr_error_set("--kv-dtype: '%s' is unknown (auto, f32 or bf16)", v);
+            o->kv_dtype = v;
         } else if (!strcmp(a, "--dataplane")) {
             NEED_VALUE;
             if (strcmp(v, "auto") && strcmp(v, "nccl") && strcmp(v, "mpi"))

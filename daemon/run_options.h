@@ -13,6 +13,7 @@ typedef struct {
     const char *model_dir;
     sr_load_options load;
     const char *backend;          /* "cpu" or "cuda" */
+    const char *kv_dtype;         /* "auto", "f32" or "bf16" */
     const char *dataplane;        /* "auto", "nccl" or "mpi": phase 2's all-gather */
     const char *system_text;      /* --system or the contents of --system-file */
     char *system_owned;

@@ -27,9 +27,10 @@ static json_t *plan_json(const sr_run_report *rep)
     const sr_plan *p = rep->plan;
     const char *plane = rep->dataplane ? rep->dataplane : "mpi";
     const char *backend = rep->backend ? rep->backend : "";
+    const char *kv = rep->kv_dtype ? rep->kv_dtype : "";
     if (!p)
-        return json_pack("{s:s, s:i, s:s, s:s}", "mode", rep->mode, "ranks", 1, "dataplane",
-                         plane, "backend", backend);
+        return json_pack("{s:s, s:i, s:s, s:s, s:s}", "mode", rep->mode, "ranks", 1, "dataplane",
+                         plane, "backend", backend, "kv_dtype", kv);
     double total, max_rank;
     plan_phase1_attn_pairs(p, &total, &max_rank);
     int64_t kv_max = 0;
@@ -39,9 +40,9 @@ static json_t *plan_json(const sr_run_report *rep)
     json_t *shards = json_array();
     for (int r = 0; r < p->n_ranks; r++)
         json_array_append_new(shards, json_integer(plan_rank_end(p, r) - plan_rank_begin(p, r)));
-    return json_pack("{s:s, s:i, s:s, s:s, s:i, s:i, s:i, s:i, s:o, s:f, s:f, s:I}", "mode",
-                     rep->mode, "ranks", p->n_ranks, "dataplane", plane, "backend", backend,
-                     "query_rank",
+    return json_pack("{s:s, s:i, s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:o, s:f, s:f, s:I}",
+                     "mode", rep->mode, "ranks", p->n_ranks, "dataplane", plane, "backend",
+                     backend, "kv_dtype", kv, "query_rank",
                      p->query_rank, "block_size", p->block_size, "anchor_size",
                      p->anchor_size, "blocks", p->n_blocks,
                      "shard_tokens", shards, "phase1_attn_pairs_total", total,

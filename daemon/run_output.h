@@ -13,6 +13,7 @@ typedef struct {
     const char *mode;          /* "global", "star" or "ring" */
     const char *dataplane;     /* phase 2's all-gather: "nccl" or "mpi" (host-staged) */
     const char *backend;       /* the backend --backend resolved to: "cpu" or "cuda" */
+    const char *kv_dtype;      /* what its KV caches store: "f32" or "bf16" */
     const sr_plan *plan;       /* NULL in global mode */
     double phase1_s, phase2_s; /* global mode: 0 and the whole generation */
     double phase2_allgather_s; /* of phase2_s: the per-layer all-gathers (0 in global mode) */

@@ -297,7 +297,7 @@ static int serve_on_rank(sr_transport *tr, signal_state *sig, int argc, char **a
     rc = model_load(&s.model, s.o.model_dir, &lo);
     s.model_loaded = rc == 0;
     if (rc == 0) {
-        s.be = backend_create_named(s.o.backend);
+        s.be = backend_create_named(s.o.backend, s.o.kv_dtype);
         if (!s.be)
             rc = sr_error_prefix("--backend %s: ", s.o.backend);
     }

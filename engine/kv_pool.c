@@ -1,15 +1,23 @@
 #include "engine/kv_pool.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/error.h"
 
-int64_t kv_pool_token_bytes(const sr_model_config *cfg)
+int64_t kv_pool_token_bytes(const sr_model_config *cfg, sr_kv_dtype dtype)
 {
-    return (int64_t)cfg->n_layers * cfg->n_kv_heads * cfg->head_dim * 2 * (int64_t)sizeof(float) +
+    return (int64_t)cfg->n_layers * cfg->n_kv_heads * cfg->head_dim * 2 *
+               (int64_t)sr_kv_dtype_size(dtype) +
            (int64_t)sizeof(int32_t);
+}
+
+/* Layer storage `base` advanced by `row` rows. */
+static void *pool_at(const sr_kv_pool *p, void *base, size_t row)
+{
+    return (char *)base + row * (size_t)p->kv_dim * sr_kv_dtype_size(p->dtype);
 }
 
 int kv_pool_init(sr_kv_pool *p, sr_backend *be, const sr_model_config *cfg, int page_tokens,
@@ -28,6 +36,7 @@ int kv_pool_init(sr_kv_pool *p, sr_backend *be, const sr_model_config *cfg, int 
     p->kv_dim = cfg->n_kv_heads * cfg->head_dim;
     p->page_tokens = page_tokens;
     p->n_pages = n_pages;
+    p->dtype = be->kv_dtype;
     size_t rows = (size_t)n_pages * (size_t)page_tokens;
     p->k = calloc((size_t)p->n_layers, sizeof *p->k);
     p->v = calloc((size_t)p->n_layers, sizeof *p->v);
@@ -37,8 +46,9 @@ int kv_pool_init(sr_kv_pool *p, sr_backend *be, const sr_model_config *cfg, int 
         return sr_error_set("kv pool: out of memory for the page table");
     }
     for (int l = 0; l < p->n_layers; l++) {
-        p->k[l] = be->ops->alloc(be, rows * (size_t)p->kv_dim * sizeof(float));
-        p->v[l] = be->ops->alloc(be, rows * (size_t)p->kv_dim * sizeof(float));
+        size_t bytes = rows * (size_t)p->kv_dim * sr_kv_dtype_size(p->dtype);
+        p->k[l] = be->ops->alloc(be, bytes);
+        p->v[l] = be->ops->alloc(be, bytes);
         if (!p->k[l] || !p->v[l]) {
             kv_pool_free(p);
             return sr_error_prefix("kv pool of %d pages x %d tokens x %d layers: ", n_pages,
@@ -64,10 +74,8 @@ void kv_pool_free(sr_kv_pool *p)
         if (p->v && p->v[l])
             be->ops->free(be, p->v[l]);
     }
-    void *dev[] = {p->pos, p->gk, p->gv, p->gpos};
-    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
-        if (dev[i])
-            be->ops->free(be, dev[i]);
+    if (p->pos)
+        be->ops->free(be, p->pos);
     free(p->k);
     free(p->v);
     free(p->used);
@@ -150,6 +158,19 @@ int kv_seq_reserve(sr_kv_seq *s, sr_kv_pool *p, sr_kv_quota *quota, int64_t toke
         quota->pages -= m;
         p->n_promised -= m;
     }
+    /* Pages not in one run: attention reads them through a page table in
+     * backend memory, made once here (the pages never change). */
+    if (m > 0 && !kv_seq_is_contiguous(s, 0, m * p->page_tokens)) {
+        sr_backend *be = p->be;
+        s->pages_be = be->ops->alloc(be, (size_t)m * sizeof(int32_t));
+        if (!s->pages_be ||
+            be->ops->upload(be, s->pages_be, s->pages, (size_t)m * sizeof(int32_t)) != 0) {
+            char why[512];
+            snprintf(why, sizeof why, "%s", sr_error_get());
+            kv_seq_release(s);
+            return sr_error_set("kv pool: page table of %d pages: %s", m, why);
+        }
+    }
     return 0;
 }
 
@@ -167,6 +188,8 @@ void kv_seq_release(sr_kv_seq *s)
             p->n_promised += s->n_pages;
         }
     }
+    if (s->pages_be)
+        p->be->ops->free(p->be, s->pages_be);
     free(s->pages);
     memset(s, 0, sizeof *s);
 }
@@ -194,8 +217,11 @@ static size_t pool_row(const sr_kv_seq *s, int r)
     return (size_t)s->pages[r / pt] * (size_t)pt + (size_t)(r % pt);
 }
 
-int kv_seq_write(sr_kv_seq *s, int layer, const float *k, const float *v, const int32_t *pos,
-                 int n)
+/* Stores n rows at rows [len, len + n), page by page (each piece is
+ * consecutive in the pool): fp32 rows converted to the pool's dtype, or
+ * stored rows copied. */
+static int seq_put(sr_kv_seq *s, int layer, const void *k, const void *v, const int32_t *pos,
+                   int n, int stored)
 {
     sr_kv_pool *p = s->pool;
     if (!p || s->len + n > kv_seq_capacity(s))
@@ -203,15 +229,21 @@ int kv_seq_write(sr_kv_seq *s, int layer, const float *k, const float *v, const 
                             kv_seq_capacity(s));
     sr_backend *be = p->be;
     const size_t kd = (size_t)p->kv_dim;
-    /* Page by page: each piece is consecutive in the pool. */
+    const size_t src_es = stored ? sr_kv_dtype_size(p->dtype) : sizeof(float);
     for (int done = 0; done < n;) {
         int r = s->len + done;
         int piece = p->page_tokens - r % p->page_tokens;
         if (piece > n - done)
             piece = n - done;
-        size_t dst = pool_row(s, r), bytes = (size_t)piece * kd * sizeof(float);
-        if (be->ops->copy(be, p->k[layer] + dst * kd, k + (size_t)done * kd, bytes) != 0 ||
-            be->ops->copy(be, p->v[layer] + dst * kd, v + (size_t)done * kd, bytes) != 0)
+        size_t dst = pool_row(s, r), count = (size_t)piece * kd;
+        const char *ks = (const char *)k + (size_t)done * kd * src_es;
+        const char *vs = (const char *)v + (size_t)done * kd * src_es;
+        void *kd_ = pool_at(p, p->k[layer], dst), *vd = pool_at(p, p->v[layer], dst);
+        int rc = stored ? (be->ops->copy(be, kd_, ks, count * src_es) != 0 ||
+                           be->ops->copy(be, vd, vs, count * src_es) != 0)
+                        : (be->ops->kv_store(be, kd_, p->dtype, (const float *)ks, count) != 0 ||
+                           be->ops->kv_store(be, vd, p->dtype, (const float *)vs, count) != 0);
+        if (rc)
             return -1;
         if (layer == 0 &&
             be->ops->copy(be, p->pos + dst, pos + done, (size_t)piece * sizeof(int32_t)) != 0)
@@ -219,6 +251,18 @@ int kv_seq_write(sr_kv_seq *s, int layer, const float *k, const float *v, const 
         done += piece;
     }
     return 0;
+}
+
+int kv_seq_write(sr_kv_seq *s, int layer, const float *k, const float *v, const int32_t *pos,
+                 int n)
+{
+    return seq_put(s, layer, k, v, pos, n, 0);
+}
+
+int kv_seq_append_stored(sr_kv_seq *s, int layer, const void *k, const void *v,
+                         const int32_t *pos, int n)
+{
+    return seq_put(s, layer, k, v, pos, n, 1);
 }
 
 int kv_seq_commit(sr_kv_seq *s, int n)
@@ -230,75 +274,63 @@ int kv_seq_commit(sr_kv_seq *s, int n)
     return 0;
 }
 
-static int gather_reserve(sr_kv_pool *p, int rows)
+static int range_check(const sr_kv_seq *s, int begin, int end)
 {
-    if (rows <= p->gather_rows)
-        return 0;
-    sr_backend *be = p->be;
-    void *old[] = {p->gk, p->gv, p->gpos};
-    for (size_t i = 0; i < 3; i++)
-        if (old[i])
-            be->ops->free(be, old[i]);
-    p->gather_rows = 0;
-    size_t kvb = (size_t)rows * (size_t)p->kv_dim * sizeof(float);
-    p->gk = be->ops->alloc(be, kvb);
-    p->gv = be->ops->alloc(be, kvb);
-    p->gpos = be->ops->alloc(be, (size_t)rows * sizeof(int32_t));
-    if (!p->gk || !p->gv || !p->gpos)
-        return sr_error_prefix("kv pool: gather scratch of %d rows: ", rows);
-    p->gather_rows = rows;
+    if (!s->pool || begin < 0 || end < begin || end > kv_seq_capacity(s))
+        return sr_error_set("kv sequence: rows [%d, %d) of a sequence of %d", begin, end,
+                            kv_seq_capacity(s));
     return 0;
 }
 
-int kv_seq_view(sr_kv_seq *s, int layer, int begin, int end, const float **k, const float **v,
-                const int32_t **pos)
+int kv_seq_read(const sr_kv_seq *s, int layer, int begin, int end, void *k, void *v,
+                int32_t *pos)
 {
-    sr_kv_pool *p = s->pool;
-    if (!p || begin < 0 || end < begin || end > kv_seq_capacity(s))
-        return sr_error_set("kv sequence: rows [%d, %d) of a sequence of %d", begin, end,
-                            kv_seq_capacity(s));
-    const size_t kd = (size_t)p->kv_dim;
-    if (end == begin || kv_seq_is_contiguous(s, begin, end)) {
-        size_t r0 = end > begin ? pool_row(s, begin) : 0;
-        *k = p->k[layer] + r0 * kd;
-        *v = p->v[layer] + r0 * kd;
-        *pos = p->pos + r0;
-        return 0;
-    }
-    if (gather_reserve(p, end - begin) != 0)
+    if (range_check(s, begin, end) != 0)
         return -1;
+    const sr_kv_pool *p = s->pool;
     sr_backend *be = p->be;
+    const size_t row_bytes = (size_t)p->kv_dim * sr_kv_dtype_size(p->dtype);
     for (int r = begin; r < end;) {
         int piece = p->page_tokens - r % p->page_tokens;
         if (piece > end - r)
             piece = end - r;
         size_t src = pool_row(s, r), dst = (size_t)(r - begin);
-        size_t bytes = (size_t)piece * kd * sizeof(float);
-        if (be->ops->copy(be, p->gk + dst * kd, p->k[layer] + src * kd, bytes) != 0 ||
-            be->ops->copy(be, p->gv + dst * kd, p->v[layer] + src * kd, bytes) != 0 ||
-            be->ops->copy(be, p->gpos + dst, p->pos + src, (size_t)piece * sizeof(int32_t)) != 0)
+        if (be->ops->copy(be, (char *)k + dst * row_bytes, pool_at(p, p->k[layer], src),
+                          (size_t)piece * row_bytes) != 0 ||
+            be->ops->copy(be, (char *)v + dst * row_bytes, pool_at(p, p->v[layer], src),
+                          (size_t)piece * row_bytes) != 0 ||
+            (pos && be->ops->copy(be, pos + dst, p->pos + src,
+                                  (size_t)piece * sizeof(int32_t)) != 0))
             return -1;
         r += piece;
     }
-    *k = p->gk;
-    *v = p->gv;
-    *pos = p->gpos;
     return 0;
 }
 
 int kv_seq_attend(sr_kv_seq *s, int layer, const float *q, const int32_t *q_pos, int nq, int begin,
                   int end, float *out, float *lse)
 {
-    sr_kv_pool *p = s->pool;
-    const float *k, *v;
-    const int32_t *pos;
-    if (kv_seq_view(s, layer, begin, end, &k, &v, &pos) != 0)
+    if (range_check(s, begin, end) != 0)
         return -1;
+    sr_kv_pool *p = s->pool;
     sr_attn_args a = {
-        .q = q, .k = k, .v = v, .q_pos = q_pos, .k_pos = q_pos ? pos : NULL, .nq = nq,
-        .nk = end - begin, .n_heads = p->n_heads, .n_kv = p->n_kv, .head_dim = p->head_dim,
+        .q = q, .kv_dtype = p->dtype, .q_pos = q_pos, .nq = nq, .nk = end - begin,
+        .n_heads = p->n_heads, .n_kv = p->n_kv, .head_dim = p->head_dim,
         .q_stride = p->n_heads * p->head_dim, .kv_stride = p->kv_dim,
         .scale = 1.0f / sqrtf((float)p->head_dim), .out = out, .lse = lse,
     };
+    if (end == begin || kv_seq_is_contiguous(s, begin, end)) {
+        size_t r0 = end > begin ? pool_row(s, begin) : 0;
+        a.k = pool_at(p, p->k[layer], r0);
+        a.v = pool_at(p, p->v[layer], r0);
+        a.k_pos = q_pos ? p->pos + r0 : NULL;
+    } else { /* through the page table: the pool's rows in place */
+        a.k = p->k[layer];
+        a.v = p->v[layer];
+        a.k_pos = q_pos ? p->pos : NULL;
+        a.pages = s->pages_be + begin / p->page_tokens;
+        a.page_rows = p->page_tokens;
+        a.page_row0 = begin % p->page_tokens;
+    }
     return p->be->ops->attention(p->be, &a);
 }

@@ -3,12 +3,12 @@
  * prefix, a job's context shard, its anchor, its query/generated tokens).
  *
  * Storage is one backend buffer per layer for K and one for V, [n_pages *
- * page_tokens, kv_dim], plus each row's position; page p holds rows
- * [p * page_tokens, (p + 1) * page_tokens). A sequence (sr_kv_seq) is a
- * page table. Attention over a sequence uses its pages in place when they
- * are consecutive (the allocator prefers runs, so that is the usual case)
- * and otherwise gathers them into a contiguous scratch first, so the
- * backend's attention op needs no page table.
+ * page_tokens, kv_dim] of the backend's KV dtype (fp32 or bf16), plus each
+ * row's position; page p holds rows [p * page_tokens, (p + 1) *
+ * page_tokens). A sequence (sr_kv_seq) is a page table. Attention reads a
+ * sequence's pages in place: a range in consecutive pages (the allocator
+ * prefers runs, so that is the usual case) as plain rows, any other through
+ * the sequence's page table in backend memory (sr_attn_args.pages).
  *
  * Admission works with promises: a job takes a quota (sr_kv_quota) of pages
  * for its peak on this rank when it is admitted, and its sequences draw
@@ -30,20 +30,17 @@ typedef struct {
     int n_layers, kv_dim, n_heads, n_kv, head_dim;
     int page_tokens;
     int n_pages;
-    float **k, **v;          /* [n_layers] -> [n_pages * page_tokens, kv_dim] */
+    sr_kv_dtype dtype;
+    void **k, **v;           /* [n_layers] -> [n_pages * page_tokens, kv_dim] of dtype */
     int32_t *pos;            /* [n_pages * page_tokens] backend memory */
     uint8_t *used;           /* [n_pages] host: 1 = held by a sequence */
     int n_used;              /* pages held by sequences */
     int n_promised;          /* pages promised to quotas but not yet drawn */
-    /* gather scratch for non-consecutive pages (grown on demand) */
-    float *gk, *gv;
-    int32_t *gpos;
-    int gather_rows;
 } sr_kv_pool;
 
-/* Bytes one token takes in the pool (K and V of every layer, fp32, and its
- * position), for budgets given in bytes. */
-int64_t kv_pool_token_bytes(const sr_model_config *cfg);
+/* Bytes one token takes in a pool of `dtype` (K and V of every layer and
+ * its position), for budgets given in bytes. */
+int64_t kv_pool_token_bytes(const sr_model_config *cfg, sr_kv_dtype dtype);
 /* n_pages pages of page_tokens tokens each. */
 int kv_pool_init(sr_kv_pool *p, sr_backend *be, const sr_model_config *cfg, int page_tokens,
                  int n_pages);
@@ -69,7 +66,8 @@ void kv_quota_release(sr_kv_quota *q);
 typedef struct {
     sr_kv_pool *pool;
     sr_kv_quota *quota;      /* where the pages came from; NULL = the pool itself */
-    int32_t *pages;
+    int32_t *pages;          /* host */
+    int32_t *pages_be;       /* the same in backend memory when they are not one run */
     int n_pages;
     int len;                 /* committed rows */
 } sr_kv_seq;
@@ -82,16 +80,19 @@ void kv_seq_release(sr_kv_seq *s);
 int kv_seq_capacity(const sr_kv_seq *s);
 /* Whether rows [begin, end) lie in consecutive pages (no gather needed). */
 bool kv_seq_is_contiguous(const sr_kv_seq *s, int begin, int end);
-/* Stores n rows of layer `layer` (backend memory, rows of kv_dim floats)
- * at rows [len, len + n); positions are stored with layer 0. */
+/* Stores n rows of layer `layer` (backend memory, rows of kv_dim floats,
+ * stored in the pool's dtype) at rows [len, len + n); positions are stored
+ * with layer 0. */
 int kv_seq_write(sr_kv_seq *s, int layer, const float *k, const float *v, const int32_t *pos,
                  int n);
+/* The same for rows already in the pool's dtype (a copy of stored rows). */
+int kv_seq_append_stored(sr_kv_seq *s, int layer, const void *k, const void *v,
+                         const int32_t *pos, int n);
 int kv_seq_commit(sr_kv_seq *s, int n);
-/* Contiguous K, V and positions of rows [begin, end) of a layer: pointers
- * into the pool, or into the pool's gather scratch (valid until the next
- * view of a non-consecutive range). */
-int kv_seq_view(sr_kv_seq *s, int layer, int begin, int end, const float **k, const float **v,
-                const int32_t **pos);
+/* Copies stored rows [begin, end) of a layer out into consecutive rows of
+ * k, v (the pool's dtype) and pos (NULL: not wanted), backend memory. */
+int kv_seq_read(const sr_kv_seq *s, int layer, int begin, int end, void *k, void *v,
+                int32_t *pos);
 /* Attention of nq query rows (q [nq, n_heads*hd], backend memory) to rows
  * [begin, end) of the sequence: out [nq, n_heads*hd] and lse [nq, n_heads].
  * q_pos == NULL: every row is visible (the rows precede all queries);

@@ -16,13 +16,14 @@ int kvcache_init(sr_kvcache *kv, sr_backend *be, const sr_model_config *cfg, int
     kv->head_dim = cfg->head_dim;
     kv->kv_dim = cfg->n_kv_heads * cfg->head_dim;
     kv->capacity = capacity;
+    kv->dtype = be->kv_dtype;
     kv->k = calloc((size_t)kv->n_layers, sizeof *kv->k);
     kv->v = calloc((size_t)kv->n_layers, sizeof *kv->v);
     if (!kv->k || !kv->v) {
         kvcache_free(kv);
         return sr_error_set("kv cache: out of memory");
     }
-    size_t bytes = (size_t)(capacity > 0 ? capacity : 1) * kv->kv_dim * sizeof(float);
+    size_t bytes = (size_t)(capacity > 0 ? capacity : 1) * kv->kv_dim * sr_kv_dtype_size(kv->dtype);
     for (int l = 0; l < kv->n_layers; l++) {
         kv->k[l] = be->ops->alloc(be, bytes);
         kv->v[l] = be->ops->alloc(be, bytes);
@@ -63,9 +64,9 @@ int kvcache_write(sr_kvcache *kv, int layer, const float *k, const float *v, con
     if (kv->len + n > kv->capacity)
         return sr_error_set("kv cache full: %d + %d tokens exceed its %d", kv->len, n,
                             kv->capacity);
-    size_t off = (size_t)kv->len * kv->kv_dim, bytes = (size_t)n * kv->kv_dim * sizeof(float);
-    if (be->ops->copy(be, kv->k[layer] + off, k, bytes) != 0 ||
-        be->ops->copy(be, kv->v[layer] + off, v, bytes) != 0)
+    size_t count = (size_t)n * kv->kv_dim;
+    if (be->ops->kv_store(be, kvcache_row(kv, kv->k[layer], kv->len), kv->dtype, k, count) != 0 ||
+        be->ops->kv_store(be, kvcache_row(kv, kv->v[layer], kv->len), kv->dtype, v, count) != 0)
         return -1;
     if (layer == 0)
         return be->ops->copy(be, kv->pos + kv->len, pos, (size_t)n * sizeof(int32_t));
@@ -84,7 +85,8 @@ int kvcache_attend_rows(sr_kvcache *kv, int layer, const float *q, const int32_t
                         int extra, float *out, float *lse)
 {
     sr_attn_args a = {
-        .q = q, .k = kv->k[layer], .v = kv->v[layer], .q_pos = q_pos, .k_pos = kv->pos,
+        .q = q, .k = kv->k[layer], .v = kv->v[layer], .kv_dtype = kv->dtype, .q_pos = q_pos,
+        .k_pos = kv->pos,
         .nq = nq, .nk = kv->len + extra, .n_heads = kv->n_heads, .n_kv = kv->n_kv,
         .head_dim = kv->head_dim, .q_stride = kv->n_heads * kv->head_dim,
         .kv_stride = kv->kv_dim, .scale = 1.0f / sqrtf((float)kv->head_dim), .out = out,
@@ -99,9 +101,10 @@ int kvcache_attend_range(sr_kvcache *kv, int layer, const float *q, const int32_
     if (row_begin < 0 || row_end < row_begin || row_end > kv->capacity)
         return sr_error_set("kv cache: attention over rows [%d, %d) of a cache of %d", row_begin,
                             row_end, kv->capacity);
-    size_t off = (size_t)row_begin * kv->kv_dim;
     sr_attn_args a = {
-        .q = q, .k = kv->k[layer] + off, .v = kv->v[layer] + off, .q_pos = q_pos,
+        .q = q, .k = kvcache_row(kv, kv->k[layer], (size_t)row_begin),
+        .v = kvcache_row(kv, kv->v[layer], (size_t)row_begin), .kv_dtype = kv->dtype,
+        .q_pos = q_pos,
         .k_pos = kv->pos + row_begin, .nq = nq, .nk = row_end - row_begin,
         .n_heads = kv->n_heads, .n_kv = kv->n_kv, .head_dim = kv->head_dim,
         .q_stride = kv->n_heads * kv->head_dim, .kv_stride = kv->kv_dim,

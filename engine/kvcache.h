@@ -1,6 +1,8 @@
 /* A contiguous per-sequence KV cache in backend memory: per layer K and V
- * [capacity, n_kv*head_dim] plus each row's position. Used by the single-
- * process path and as a rank's local shard store. */
+ * [capacity, n_kv*head_dim] of the backend's KV dtype (be->kv_dtype: fp32
+ * or bf16) plus each row's position. Used by the single-process path and as
+ * a rank's local shard store. Writes take fp32 rows (the forward pass's k
+ * and v) and store them in the cache's dtype. */
 #ifndef SR_ENGINE_KVCACHE_H
 #define SR_ENGINE_KVCACHE_H
 
@@ -13,7 +15,8 @@ typedef struct {
     sr_backend *be;
     int n_layers, kv_dim, n_kv, head_dim, n_heads;
     int capacity, len;
-    float **k, **v;      /* [n_layers] -> [capacity, kv_dim] */
+    sr_kv_dtype dtype;
+    void **k, **v;       /* [n_layers] -> [capacity, kv_dim] of dtype */
     int32_t *pos;        /* [capacity] backend memory */
 } sr_kvcache;
 
@@ -22,6 +25,11 @@ void kvcache_free(sr_kvcache *kv);
 /* Stores n rows of layer `layer` at rows [len, len+n) (positions too). */
 int kvcache_write(sr_kvcache *kv, int layer, const float *k, const float *v, const int32_t *pos,
                   int n);
+/* Element offset `row` rows into layer storage p (bytes by the dtype). */
+static inline void *kvcache_row(const sr_kvcache *kv, void *p, size_t row)
+{
+    return (char *)p + row * (size_t)kv->kv_dim * sr_kv_dtype_size(kv->dtype);
+}
 /* Makes the last written n rows part of the cache. */
 int kvcache_commit(sr_kvcache *kv, int n);
 /* Attends q to rows [0, len) plus the n rows written but not yet committed:

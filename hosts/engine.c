@@ -81,7 +81,7 @@ static int64_t budget_tokens(const sr_engine_options *o, const sr_model_config *
 {
     if (o->kv_budget_tokens > 0)
         return o->kv_budget_tokens;
-    int64_t per = kv_pool_token_bytes(cfg);
+    int64_t per = kv_pool_token_bytes(cfg, be->kv_dtype);
     if (o->kv_budget_bytes > 0)
         return o->kv_budget_bytes / per;
     size_t free_b = 0, total_b = 0;

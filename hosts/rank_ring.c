@@ -13,16 +13,9 @@ static int seq_to_cache(sr_kv_seq *s, sr_kvcache *c, sr_backend *be, const sr_mo
     int n = s && s->pool ? s->len : 0;
     if (kvcache_init(c, be, cfg, n) != 0)
         return -1;
-    size_t kd = (size_t)c->kv_dim;
-    for (int l = 0; l < c->n_layers && n > 0; l++) {
-        const float *k, *v;
-        const int32_t *pos;
-        if (kv_seq_view(s, l, 0, n, &k, &v, &pos) != 0 ||
-            be->ops->copy(be, c->k[l], k, (size_t)n * kd * sizeof(float)) != 0 ||
-            be->ops->copy(be, c->v[l], v, (size_t)n * kd * sizeof(float)) != 0 ||
-            (l == 0 && be->ops->copy(be, c->pos, pos, (size_t)n * sizeof(int32_t)) != 0))
+    for (int l = 0; l < c->n_layers && n > 0; l++)
+        if (kv_seq_read(s, l, 0, n, c->k[l], c->v[l], l == 0 ? c->pos : NULL) != 0)
             return -1;
-    }
     c->len = n;
     return 0;
 }
@@ -30,7 +23,7 @@ static int seq_to_cache(sr_kv_seq *s, sr_kvcache *c, sr_backend *be, const sr_mo
 static int cache_to_seq(const sr_kvcache *c, sr_kv_seq *s)
 {
     for (int l = 0; l < c->n_layers; l++)
-        if (kv_seq_write(s, l, c->k[l], c->v[l], c->pos, c->len) != 0)
+        if (kv_seq_append_stored(s, l, c->k[l], c->v[l], c->pos, c->len) != 0)
             return -1;
     return kv_seq_commit(s, c->len);
 }

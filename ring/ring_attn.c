@@ -8,10 +8,18 @@
 #include "common/error.h"
 #include "ring/fail_hook.h"
 
+/* Bytes of m rows of k (or v) as the caches store them: a slice travels in
+ * the KV dtype, so every rank attends to exactly the rows the owner keeps
+ * (ring stays equal to one process) and bf16 halves the bytes sent. */
+static size_t kv_bytes_of(const sr_ring_attn *R, int m)
+{
+    return (size_t)m * (size_t)R->kv_dim * sr_kv_dtype_size(R->own->dtype);
+}
+
 /* Bytes of a slice of m rows on the wire: k, v, then positions. */
 static size_t slice_bytes(const sr_ring_attn *R, int m)
 {
-    return (size_t)m * ((size_t)R->kv_dim * 2 * sizeof(float) + sizeof(int32_t));
+    return 2 * kv_bytes_of(R, m) + (size_t)m * sizeof(int32_t);
 }
 
 int ring_attn_init(sr_ring_attn *R, sr_transport *tr, sr_backend *be, const sr_model_config *cfg,
@@ -40,8 +48,8 @@ int ring_attn_init(sr_ring_attn *R, sr_transport *tr, sr_backend *be, const sr_m
     size_t in_rows = (size_t)(max_in > 0 ? max_in : 1);
     R->host[0] = calloc(1, R->host_bytes);
     R->host[1] = calloc(1, R->host_bytes);
-    R->dev_k = be->ops->alloc(be, in_rows * R->kv_dim * sizeof(float));
-    R->dev_v = be->ops->alloc(be, in_rows * R->kv_dim * sizeof(float));
+    R->dev_k = be->ops->alloc(be, kv_bytes_of(R, (int)in_rows));
+    R->dev_v = be->ops->alloc(be, kv_bytes_of(R, (int)in_rows));
     R->dev_pos = be->ops->alloc(be, in_rows * sizeof(int32_t));
     int own_rows = slice_rows[tr->rank];
     if (!R->host[0] || !R->host[1] || !R->dev_k || !R->dev_v || !R->dev_pos ||
@@ -76,13 +84,13 @@ static int attend_received(sr_ring_attn *R, const unsigned char *buf, int m, con
                            int n)
 {
     sr_backend *be = R->be;
-    size_t kv_bytes = (size_t)m * R->kv_dim * sizeof(float);
+    size_t kv_bytes = kv_bytes_of(R, m);
     if (be->ops->upload(be, R->dev_k, buf, kv_bytes) != 0 ||
         be->ops->upload(be, R->dev_v, buf + kv_bytes, kv_bytes) != 0)
         return -1;
     sr_kvcache *o = R->own;
     sr_attn_args a = {
-        .q = q, .k = R->dev_k, .v = R->dev_v, .q_pos = NULL, .k_pos = NULL, .nq = n, .nk = m,
+        .q = q, .k = R->dev_k, .v = R->dev_v, .kv_dtype = o->dtype, .q_pos = NULL, .k_pos = NULL, .nq = n, .nk = m,
         .n_heads = o->n_heads, .n_kv = o->n_kv, .head_dim = o->head_dim,
         .q_stride = o->n_heads * o->head_dim, .kv_stride = R->kv_dim,
         .scale = 1.0f / sqrtf((float)o->head_dim),
@@ -98,11 +106,15 @@ static int stage_own(sr_ring_attn *R, int layer, const float *k, const float *v,
     sr_backend *be = R->be;
     if (fail_hook_check("phase1", R->tr->rank) != 0)
         return -1;
-    if (kvcache_write(R->own, layer, k, v, pos, n) != 0)
+    sr_kvcache *own = R->own;
+    if (kvcache_write(own, layer, k, v, pos, n) != 0)
         return -1;
-    size_t kv_bytes = (size_t)n * R->kv_dim * sizeof(float);
-    if (be->ops->download(be, R->host[0], k, kv_bytes) != 0 ||
-        be->ops->download(be, R->host[0] + kv_bytes, v, kv_bytes) != 0 ||
+    /* sent as stored: the rows just written, in the cache's dtype */
+    size_t kv_bytes = kv_bytes_of(R, n);
+    if (be->ops->download(be, R->host[0], kvcache_row(own, own->k[layer], own->len), kv_bytes) !=
+            0 ||
+        be->ops->download(be, R->host[0] + kv_bytes, kvcache_row(own, own->v[layer], own->len),
+                          kv_bytes) != 0 ||
         be->ops->download(be, R->host[0] + 2 * kv_bytes, pos, (size_t)n * sizeof(int32_t)) != 0)
         return -1;
     return 0;

@@ -3,8 +3,8 @@
 # result (`starrelayd run --mode global`, no mpirun): logits of the first
 # generated position within 1e-4 relative and the same greedy tokens, with
 # and without a system prompt, with uneven slices, slices of one token,
-# empty slices (ranks that only forward), chunked query steps and a query
-# rank other than 0.
+# empty slices (ranks that only forward), chunked query steps, a query
+# rank other than 0 and bf16 KV.
 . "$(dirname "$0")/mpi_lib.sh" "$@"
 
 M=tests/fixtures/llama3-tiny
@@ -42,6 +42,11 @@ sr_expect g_c1 r_c1 4 1e-4 "ring, 1-token context on 4 ranks" "${BASE[@]}" --con
 sr_run g_q 0 "${BASE[@]}" "${SYS[@]}" --context-random 40 --query-ids 5,6,7,8,9 --mode global
 sr_expect g_q r_q 3 1e-4 "ring, chunked query, query rank 2" "${BASE[@]}" "${SYS[@]}" \
     --context-random 40 --query-ids 5,6,7,8,9 --mode ring --chunk-rows 2 --query-rank 2
+# bf16 KV (--kv-dtype bf16): slices travel as stored, so ring stays equal to
+# one process with the same rows rounded to bf16
+sr_run g_b 0 "${BASE[@]}" "${SYS[@]}" --context-random 77 --mode global --kv-dtype bf16
+sr_expect g_b r_b 3 1e-4 "ring, bf16 KV, 3 ranks == global bf16 KV" "${BASE[@]}" "${SYS[@]}" \
+    --context-random 77 --mode ring --kv-dtype bf16
 # qkv bias (Qwen2)
 Q=tests/fixtures/qwen2-tiny
 if [ -f $Q/config.json ]; then

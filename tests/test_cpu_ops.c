@@ -53,7 +53,7 @@ static void ref_attention(const sr_attn_args *a, double *out, double *lse)
                     s[j] = -INFINITY;
                     continue;
                 }
-                const float *k = a->k + (size_t)j * a->kv_stride + (size_t)g * hd;
+                const float *k = (const float *)a->k + (size_t)j * a->kv_stride + (size_t)g * hd;
                 double d = 0;
                 for (int c = 0; c < hd; c++)
                     d += (double)q[c] * k[c];
@@ -74,7 +74,7 @@ static void ref_attention(const sr_attn_args *a, double *out, double *lse)
                 if (s[j] == -INFINITY)
                     continue;
                 double p = exp(s[j] - m) / sum;
-                const float *v = a->v + (size_t)j * a->kv_stride + (size_t)g * hd;
+                const float *v = (const float *)a->v + (size_t)j * a->kv_stride + (size_t)g * hd;
                 for (int c = 0; c < hd; c++)
                     o[c] += p * v[c];
             }

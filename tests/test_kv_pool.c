@@ -1,13 +1,15 @@
 /* The paged KV pool (engine/kv_pool.h): page accounting with quotas,
- * consecutive runs preferred, writes across page boundaries, gathered
- * views of scattered pages equal to the contiguous data, attention over a
- * sequence equal to attention over a plain contiguous cache, and every
- * page free again at the end. */
+ * consecutive runs preferred, writes across page boundaries, rows read
+ * back from scattered pages equal to the data, attention over scattered
+ * pages (through the page table) equal to attention over a plain fp32
+ * cache of the same rows (bf16 rows: of the rows rounded to bf16), and
+ * every page free again at the end. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend/backend.h"
+#include "common/bf16.h"
 #include "common/error.h"
 #include "engine/kv_pool.h"
 #include "engine/kvcache.h"
@@ -40,7 +42,9 @@ static void test_accounting(sr_backend *be)
     CHECK(kv_pool_pages_for(&p, 0) == 0 && kv_pool_pages_for(&p, 1) == 1 &&
               kv_pool_pages_for(&p, 4) == 1 && kv_pool_pages_for(&p, 5) == 2,
           "pages for tokens round up");
-    CHECK(kv_pool_token_bytes(&c) == 2 * 2 * 8 * 2 * 4 + 4, "token bytes");
+    CHECK(kv_pool_token_bytes(&c, SR_KV_F32) == 2 * 2 * 8 * 2 * 4 + 4 &&
+              kv_pool_token_bytes(&c, SR_KV_BF16) == 2 * 2 * 8 * 2 * 2 + 4,
+          "token bytes");
 
     sr_kv_quota q;
     CHECK(kv_quota_take(&q, &p, 11) != 0, "a quota above the pool is refused");
@@ -67,13 +71,18 @@ static void test_accounting(sr_backend *be)
 }
 
 /* Fills a sequence row by row (in uneven pieces) with known values, then
- * checks views and attention against a contiguous cache of the same rows. */
-static void test_scattered(sr_backend *be)
+ * checks reads and attention against a contiguous fp32 cache of the same
+ * rows (as stored: rounded to bf16 for a bf16 pool). */
+static void test_scattered(sr_backend *be, sr_kv_dtype dtype)
 {
     sr_model_config c = tiny_config();
     const int kd = c.n_kv_heads * c.head_dim, qd = c.n_heads * c.head_dim, N = 23;
+    const size_t es = sr_kv_dtype_size(dtype);
     sr_kv_pool p;
+    be->kv_dtype = dtype;
     CHECK(kv_pool_init(&p, be, &c, 4, 10) == 0, "init");
+    be->kv_dtype = SR_KV_F32;
+    CHECK(p.dtype == dtype, "the pool stores the backend's kv dtype");
     /* Fragment the pool: every other page held, so a later sequence gets
      * scattered pages. */
     sr_kv_seq hold[8];
@@ -84,7 +93,8 @@ static void test_scattered(sr_backend *be)
     sr_kv_seq s;
     CHECK(kv_seq_reserve(&s, &p, NULL, N) == 0, "23 rows in 6 pages");
     CHECK(s.n_pages == 6, "pages %d", s.n_pages);
-    CHECK(!kv_seq_is_contiguous(&s, 0, N), "scattered pages");
+    CHECK(!kv_seq_is_contiguous(&s, 0, N) && s.pages_be != NULL,
+          "scattered pages, read through a page table");
 
     sr_kvcache ref;
     CHECK(kvcache_init(&ref, be, &c, N) == 0, "ref cache");
@@ -107,15 +117,26 @@ static void test_scattered(sr_backend *be)
             CHECK(kv_seq_commit(&s, pieces[t]) == 0, "commit");
             done += pieces[t];
         }
+        /* what the pool holds: the rows in its dtype */
+        unsigned char *sk = malloc(es * N * kd), *sv = malloc(es * N * kd);
+        CHECK(be->ops->kv_store(be, sk, dtype, k, (size_t)N * kd) == 0 &&
+                  be->ops->kv_store(be, sv, dtype, v, (size_t)N * kd) == 0,
+              "kv_store");
+        if (dtype == SR_KV_BF16) /* the reference cache is fp32: the rounded rows */
+            for (int i = 0; i < N * kd; i++) {
+                k[i] = bf16_to_f32(((uint16_t *)sk)[i]);
+                v[i] = bf16_to_f32(((uint16_t *)sv)[i]);
+            }
         ref.len = 0;
         CHECK(kvcache_write(&ref, l, k, v, pos, N) == 0 && kvcache_commit(&ref, N) == 0, "ref");
-        const float *vk, *vv;
-        const int32_t *vp;
-        CHECK(kv_seq_view(&s, l, 2, 21, &vk, &vv, &vp) == 0, "view");
-        CHECK(!memcmp(vk, k + 2 * kd, sizeof(float) * 19 * kd) &&
-                  !memcmp(vv, v + 2 * kd, sizeof(float) * 19 * kd) &&
-                  !memcmp(vp, pos + 2, sizeof(int32_t) * 19),
-              "gathered view of layer %d equals the rows written", l);
+        unsigned char *rk = malloc(es * 19 * kd), *rv = malloc(es * 19 * kd);
+        int32_t rp[19];
+        CHECK(kv_seq_read(&s, l, 2, 21, rk, rv, rp) == 0, "read");
+        CHECK(!memcmp(rk, sk + 2 * kd * es, es * 19 * kd) &&
+                  !memcmp(rv, sv + 2 * kd * es, es * 19 * kd) &&
+                  !memcmp(rp, pos + 2, sizeof(int32_t) * 19),
+              "rows read from layer %d equal the rows written", l);
+        free(sk), free(sv), free(rk), free(rv);
         /* attention: masked and unmasked, against the contiguous cache */
         const int nq = 5;
         float q[5 * 32], out[5 * 32], lse[5 * 4], rout[5 * 32], rlse[5 * 4];
@@ -157,7 +178,8 @@ int main(void)
     sr_backend *be = backend_cpu_create();
     CHECK(be != NULL, "backend");
     test_accounting(be);
-    test_scattered(be);
+    test_scattered(be, SR_KV_F32);
+    test_scattered(be, SR_KV_BF16);
     backend_destroy(be);
     return check_finish("kv_pool");
 }
