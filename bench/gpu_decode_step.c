@@ -7,7 +7,8 @@
  *   gpu_decode_step MODEL_DIR_OR_CONFIG [CONTEXT ...]   (default 1024 32768)
  *
  * Batch-1 decode must read every weight once per token plus the KV cache
- * (fp32 here) of every layer: bytes/token over the step time is the
+ * (bf16, the cuda backend's default; KV_DTYPE=f32 in the environment for
+ * fp32) of every layer: bytes/token over the step time is the
  * achieved bandwidth, reported beside the measured copy bandwidth. Each
  * context is decoded with the launch-gap removers on and off (device
  * graphs, fused kernels, programmatic dependent launches, layers per
@@ -18,6 +19,7 @@
 #include <time.h>
 
 #include "attention_cuda/backend_cuda.h"
+#include "attention_cuda/backend_select.h"
 #include "common/clock.h"
 #include "common/error.h"
 #include "engine/forward.h"
@@ -98,6 +100,8 @@ int main(int argc, char **argv)
     sr_backend *be = backend_cuda_create(0);
     if (!be)
         die("cuda backend");
+    if (getenv("KV_DTYPE") && backend_set_kv_dtype(be, getenv("KV_DTYPE")) != 0)
+        die("KV_DTYPE");
     double t0 = sr_mono_s();
     sr_model m;
     sr_load_options opt = {.format = SR_LOAD_DUMMY, .dummy_seed = 1, .dummy_dtype = SR_DTYPE_BF16};
@@ -114,12 +118,14 @@ int main(int argc, char **argv)
     double t_upload = sr_mono_s() - t0;
     /* bytes one decode step must read: every weight (bf16 matrices, fp32
      * norms; a tied lm_head once) and, per context token, K and V of every
-     * layer in fp32 */
+     * layer in the cache's dtype */
     double weight_bytes = (double)model_count_params(&m) * 2.0;
-    double kv_token_bytes = (double)c->n_layers * c->n_kv_heads * c->head_dim * 4.0 * 2.0;
-    printf("gpu_decode_step on %s: %s, %d layers, %.2f GB of bf16 weights; host fill %.1f s, "
-           "upload %.1f s; copy bandwidth %.0f GB/s\n\n", backend_cuda_device_name(be),
-           c->arch_name, c->n_layers, weight_bytes / 1e9, t_load, t_upload, copy_bps / 1e9);
+    double kv_token_bytes = (double)c->n_layers * c->n_kv_heads * c->head_dim * 2.0 *
+                            (double)sr_kv_dtype_size(be->kv_dtype);
+    printf("gpu_decode_step on %s: %s, %d layers, %.2f GB of bf16 weights, %s KV cache; host "
+           "fill %.1f s, upload %.1f s; copy bandwidth %.0f GB/s\n\n",
+           backend_cuda_device_name(be), c->arch_name, c->n_layers, weight_bytes / 1e9,
+           backend_kv_dtype_name(be->kv_dtype), t_load, t_upload, copy_bps / 1e9);
     printf("| context | configuration | prefill tok/s | decode ms/token | decode tok/s | "
            "GB read/token | GB/s | / copy | graphs: launched, updated, instantiated, dropped |\n"
            "|---|---|---|---|---|---|---|---|---|\n");
