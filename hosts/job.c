@@ -151,6 +151,11 @@ int job_run(sr_transport *tr, sr_backend *be, sr_devcomm *dc, const sr_model *m,
         r.pos0 = p->n_system + p->n_context;
         r.history = J.history;
         r.n_history = p->n_system + p->n_context;
+        /* As the one-process path: a backend that samples on the device gets
+         * only the ids back (STARRELAY_HOST_SAMPLING=1 keeps the host's). */
+        const char *host_sampling = getenv("STARRELAY_HOST_SAMPLING");
+        if (be->ops->sample && !(host_sampling && atoi(host_sampling)))
+            r.step_sample = phase2_step_sample;
         src = generate_run(phase2_step, &J.p2, m->cfg.vocab_size, &r, &res->gen);
         /* Keep the generation's error: the finish message must not hide it. */
         char err[1024];

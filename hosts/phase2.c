@@ -276,13 +276,15 @@ static void drain(sr_phase2 *P, int n)
 }
 
 /* Runs n rows in chunks of the forward's max_rows (the same chunks on
- * every rank, so the collectives pair up). */
-static int run_rows(sr_phase2 *P, const int32_t *ids, const int32_t *pos, int n, float *logits)
+ * every rank, so the collectives pair up); want_logits: the last row's
+ * logits in f->logits, and downloaded to `logits` unless it is NULL. */
+static int run_rows(sr_phase2 *P, const int32_t *ids, const int32_t *pos, int n, int want_logits,
+                    float *logits)
 {
     sr_forward *f = P->fwd;
     for (int done = 0; done < n;) {
         int rows = n - done < f->max_rows ? n - done : f->max_rows;
-        int last = done + rows == n && logits;
+        int last = done + rows == n && want_logits;
         if (forward_run(f, ids + done, pos + done, rows, phase2_attend, P, last ? 1 : 0,
                         last ? logits : NULL) != 0) {
             drain(P, rows);
@@ -295,9 +297,9 @@ static int run_rows(sr_phase2 *P, const int32_t *ids, const int32_t *pos, int n,
     return 0;
 }
 
-int phase2_step(void *user, const int32_t *ids, const int32_t *pos, int n, float *logits)
+static int step_run(sr_phase2 *P, const int32_t *ids, const int32_t *pos, int n, int want_logits,
+                    float *logits)
 {
-    sr_phase2 *P = user;
     sr_transport *tr = P->tr;
     /* The step message: kind, rows, and the first row inline, so a decode
      * step is one small broadcast. */
@@ -314,11 +316,27 @@ int phase2_step(void *user, const int32_t *ids, const int32_t *pos, int n, float
                            P->query_rank) != 0)
             return -1;
     }
-    if (run_rows(P, ids, pos, n, logits) != 0)
+    if (run_rows(P, ids, pos, n, want_logits, logits) != 0)
         return -1;
     /* A failure after the step's collectives: the others learn of it only
      * from phase2_finish. */
     return fail_hook_check("logits", tr->rank);
+}
+
+int phase2_step(void *user, const int32_t *ids, const int32_t *pos, int n, float *logits)
+{
+    return step_run(user, ids, pos, n, logits != NULL, logits);
+}
+
+int phase2_step_sample(void *user, const int32_t *ids, const int32_t *pos, int n,
+                       const sr_sample_row *row, int32_t *id)
+{
+    sr_phase2 *P = user;
+    /* the logits stay on the device; only the id comes back */
+    if (step_run(P, ids, pos, n, 1, NULL) != 0)
+        return -1;
+    sr_backend *be = P->fwd->be;
+    return be->ops->sample(be, P->fwd->logits, 1, P->fwd->host->cfg.vocab_size, row, id);
 }
 
 int phase2_finish(sr_phase2 *P, int ok)
@@ -358,7 +376,7 @@ int phase2_follow(sr_phase2 *P)
             ids = P->step_msg;
             pos = P->step_msg + n;
         }
-        int rc = run_rows(P, ids, pos, n, NULL);
+        int rc = run_rows(P, ids, pos, n, 0, NULL);
         if (rc != 0)
             return -1;
     }

@@ -66,6 +66,10 @@ int phase2_set_devcomm(sr_phase2 *P, sr_devcomm *dc);
 
 /* sr_step_fn for generate_run on the query host; user = sr_phase2. */
 int phase2_step(void *user, const int32_t *ids, const int32_t *pos, int n, float *logits);
+/* sr_step_sample_fn for the same: the last row's token sampled by the
+ * backend's sample op (which must exist), so only its id leaves the device. */
+int phase2_step_sample(void *user, const int32_t *ids, const int32_t *pos, int n,
+                       const sr_sample_row *row, int32_t *id);
 /* Query host, after generate_run: tells the others to stop (ok != 0: the
  * job is done; else it failed, unless they already know). */
 int phase2_finish(sr_phase2 *P, int ok);

@@ -6,7 +6,8 @@
 # (temperature, top-k, top-p, min-p, repetition penalty, a seed) on the
 # bundled model: tokens sampled on the device (the backend's sample op)
 # equal to the host sampler's on the same cuda logits, and to the cpu
-# backend's run. Skips without a GPU.
+# backend's run; the same on Star Attention's query host. Skips without a
+# GPU.
 . "$(dirname "$0")/../mpi_lib.sh" "$@"
 
 if ! nvidia-smi -L >/dev/null 2>&1; then
@@ -49,4 +50,16 @@ for samp in "0.7 40 0.95 0 1.0 7" "1.0 0 0.9 0.05 1.3 11" "1.3 200 1.0 0 1.1 3";
     sr_same ${name}_cuda_host ${name}_cuda_dev 1e-6 "sampled on the device == on the host, $tag"
     sr_same ${name}_cpu ${name}_cuda_dev 3e-2 "cuda (device sampling) == cpu, $tag"
 done
+# Star Attention's query host samples on the device too (phase 2), 2 ranks
+# sharing the GPU
+S2=(--model $N --mode star --max-tokens 12 --ignore-eos --block-size 16 --anchor-size 8
+    --context "The code for the blue door is 48213. The code for the red door is 90210."
+    --query "What is the code for the blue door?" --temperature 0.8 --top-k 50 --top-p 0.9
+    --seed 5)
+if STARRELAY_HOST_SAMPLING=1 sr_run star_s_host 2 "${S2[@]}" --backend cuda &&
+    sr_run star_s_dev 2 "${S2[@]}" --backend cuda; then
+    sr_same star_s_host star_s_dev 1e-6 "star, 2 ranks: sampled on the device == on the host"
+else
+    sr_check false "star sampling runs failed"
+fi
 sr_finish
