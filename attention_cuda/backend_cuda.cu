@@ -431,6 +431,7 @@ static const sr_backend_ops cuda_ops = {
     .merge = cuda_merge,
     .swiglu = cuda_swiglu,
     .add = cuda_add,
+    .kv_store = cuda_kv_store,
     .matmul_multi = cuda_matmul_multi,
     .matmul_glu = cuda_matmul_glu,
     .add_rmsnorm = cuda_add_rmsnorm,
@@ -507,6 +508,10 @@ sr_backend *backend_cuda_create(int device)
     }
     be->ops = &cuda_ops;
     be->ctx = ctx;
+    /* KV caches on this backend store bf16 (backend.h): half the bytes of
+     * fp32 per token, so twice the tokens per pool and half the bytes that
+     * decode attention reads; every attention path reads it. */
+    be->kv_dtype = SR_KV_BF16;
     if (cuda_ctx_init(ctx, device) != 0) {
         cuda_destroy(be);
         return NULL;

@@ -10,8 +10,12 @@
  * by the identity of DESIGN.md §1, inside the same launch by the last block
  * of each kv head to finish (or, for calls with more query tiles than the
  * arrival counters cover, by the merge operation's kernel).
- * Everything here is fp32; the softmax runs in base 2 (scores pre-scaled
- * by log2 e), and lse is returned in natural log, as the interface says.
+ * K/V rows are fp32 or bf16 (sr_attn_args.kv_dtype), consecutive or read
+ * in place through the KV pool's page table; bf16 widens to fp32 exactly
+ * as it is loaded, so everything after the load is fp32, and the result
+ * equals the cpu's on the same stored bits (within fp32 rounding). The
+ * softmax runs in base 2 (scores pre-scaled by log2 e), and lse is
+ * returned in natural log, as the interface says.
  *
  * Reference: backend_cpu/cpu_attention.c and cpu_merge (cpu_ops.c). */
 #include <limits.h>
@@ -40,8 +44,12 @@ enum {
 __device__ unsigned g_split_counters[SPLIT_CNT_SLOTS * SPLIT_CNT_PER_SLOT];
 
 typedef struct {
-    const float *q, *k, *v;
-    const int32_t *q_pos, *k_pos;
+    const float *q;
+    const void *k, *v;    /* rows of the kernel's element type (fp32 or bf16) */
+    const int32_t *pages; /* NULL: key j is row j; else sr_attn_args' page rule */
+    int page_rows, page_row0;
+    int page_shift;       /* log2(page_rows) when it is a power of two, else -1 */
+    const int32_t *q_pos, *k_pos; /* k_pos: by row, as the keys */
     int nq, nk, n_heads, n_kv, hd, group;
     int q_stride, kv_stride;
     float scale_log2;
@@ -53,6 +61,50 @@ typedef struct {
                            host launches the merge kernel instead */
 } split_params;
 
+/* K/V rows are read 16 bytes at a time; a chunk widens to CE floats,
+ * exactly (bf16 is the top half of an fp32). Element i of a bf16 chunk is
+ * the low half of word i / 2 for even i (little endian). */
+template <typename T>
+struct kv_chunk;
+template <>
+struct kv_chunk<float> {
+    static constexpr int CE = 4;
+    static __device__ __forceinline__ void widen(const uint4 c, float *f)
+    {
+        f[0] = __uint_as_float(c.x), f[1] = __uint_as_float(c.y);
+        f[2] = __uint_as_float(c.z), f[3] = __uint_as_float(c.w);
+    }
+};
+template <>
+struct kv_chunk<__nv_bfloat16> {
+    static constexpr int CE = 8;
+    static __device__ __forceinline__ void widen(const uint4 c, float *f)
+    {
+        const uint32_t w[4] = {c.x, c.y, c.z, c.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            f[2 * i] = __uint_as_float(w[i] << 16);
+            f[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
+        }
+    }
+};
+
+/* The row key j lives in: j, or through the page table (one int load, a
+ * shift and a mask when pages are a power of two rows). Only called for
+ * keys in [0, nk), so the table is never read past its end. */
+__device__ __forceinline__ size_t split_key_row(const split_params &p, int j)
+{
+    if (!p.pages)
+        return (size_t)j;
+    const unsigned t = (unsigned)p.page_row0 + (unsigned)j;
+    unsigned pg, off;
+    if (p.page_shift >= 0)
+        pg = t >> p.page_shift, off = t & ((1u << p.page_shift) - 1u);
+    else
+        pg = t / (unsigned)p.page_rows, off = t - pg * (unsigned)p.page_rows;
+    return (size_t)(unsigned)__ldg(p.pages + pg) * (size_t)(unsigned)p.page_rows + off;
+}
+
 /* Folds state (mo, lo, ao) into (m, l, a): both are softmax partials over
  * disjoint keys in base 2. Equal maxima (also both -inf, no key seen) give
  * weight 1, so an empty state never produces exp2(-inf - -inf) = NaN. */
@@ -61,251 +113,289 @@ __device__ __forceinline__ float fold_weight(float m, float mn)
     return m == mn ? 1.0f : exp2f(m - mn);
 }
 
+/* One key's scores s (already reduced over the lanes of the key) into the
+ * online softmax of each query vector that sees it. */
+template <int QPB, int DPL>
+__device__ __forceinline__ void split_accumulate(float (&m)[QPB], float (&lsum)[QPB],
+                                                 float (&acc)[QPB][DPL], const float (&s)[QPB],
+                                                 const bool (&vis)[QPB], const float (&vf)[DPL])
+{
+#pragma unroll
+    for (int qq = 0; qq < QPB; qq++) {
+        if (!vis[qq])
+            continue;
+        if (s[qq] > m[qq]) {
+            const float a = exp2f(m[qq] - s[qq]); /* 0 while m is -inf */
+            lsum[qq] *= a;
+#pragma unroll
+            for (int d = 0; d < DPL; d++)
+                acc[qq][d] *= a;
+            m[qq] = s[qq];
+        }
+        const float pr = exp2f(s[qq] - m[qq]);
+        lsum[qq] += pr;
+#pragma unroll
+        for (int d = 0; d < DPL; d++)
+            acc[qq][d] = fmaf(pr, vf[d], acc[qq][d]);
+    }
+}
+
+/* q . k for each query vector, summed over the LPK lanes of the key. */
+template <int QPB, int DPL, int LPK>
+__device__ __forceinline__ void split_scores(float (&s)[QPB], const float (&q)[QPB][DPL],
+                                             const float (&kf)[DPL])
+{
+#pragma unroll
+    for (int qq = 0; qq < QPB; qq++) {
+        float d = 0.0f;
+#pragma unroll
+        for (int e = 0; e < DPL; e++)
+            d = fmaf(q[qq][e], kf[e], d);
+#pragma unroll
+        for (int o = LPK / 2; o > 0; o >>= 1)
+            d += __shfl_xor_sync(0xffffffffu, d, o);
+        s[qq] = d;
+    }
+}
+
 /* Shared memory of one block: per warp, NST stages of KPW keys' K and V
- * rows (padded to HDP) and their positions. */
-template <int HDP, int DPL, int NST>
+ * rows (padded to HDP elements of T) and their positions. */
+template <typename T, int HDP, int DPL, int NST>
 constexpr size_t split_smem_bytes()
 {
-    return (size_t)SPLIT_WARPS * NST * (2 * (32 * DPL / 4) * 16 + 32 * 4);
+    return (size_t)SPLIT_WARPS * NST * (2 * 32 * DPL * sizeof(T) + 32 * 4);
 }
 /* NST 0: the register form, no ring. */
 
-/* Each lane owns DPL dims of a head (LPK lanes per key, KPW keys per warp
- * step). NST 0: each lane loads 2 keys' rows into registers before using
- * any (236 registers, 8 KB per warp in flight, none while it computes).
+/* K/V elements T: float or __nv_bfloat16, read in 16-byte chunks (4 or 8
+ * elements) and widened to fp32 in registers; everything after the load is
+ * fp32. Each lane owns DPL dims of a head: chunks v*LPK + l4 (v < DPL/CE)
+ * of the key row, so a subgroup's reads of one row are contiguous (LPK
+ * lanes per key, KPW keys per warp step). Rows come from the page table
+ * when there is one: one table load per key (an L1 hit for all but the
+ * first key of a page), issued a step ahead in the register form.
+ * NST 0: each lane loads U keys' rows into registers before using any (U =
+ * 2 for fp32, 4 for bf16: 256 bytes per lane, 8 KB per warp in flight,
+ * none while it computes); the first step's loads go out before q's.
  * NST > 0: the keys stream through shared memory with cp.async NST - 1
- * steps ahead of the arithmetic, so a warp keeps (NST - 1) x 256 x DPL
- * bytes in flight without holding them in registers. Each lane copies
- * exactly the chunks (and the key position) it later reads, so its own
- * cp.async wait is the only synchronization the loop needs: no barrier,
- * no warp sync. (Measured slower than the register form; see
- * split_shape.)
+ * steps ahead of the arithmetic, so a warp keeps (NST - 1) x 32 x DPL x
+ * sizeof(T) x 2 bytes in flight without holding them in registers. Each
+ * lane copies exactly the chunks (and the key position) it later reads, so
+ * its own cp.async wait is the only synchronization the loop needs: no
+ * barrier, no warp sync. (For fp32 slower than the register form, for
+ * bf16 faster; see split_shape.)
  *
  * With splits > 1 each block writes its range's (o, lse) to the workspace;
  * with cnt_base >= 0 the last block of a (kv head, query tile) to finish,
  * found by an arrival counter after a fence, merges all ranges itself, so
  * a call is one launch (the separate merge cost 5.4 us at 4K keys). */
-template <int HDP, int QPB, int DPL, int NST, int MINB>
+template <typename T, int HDP, int QPB, int DPL, int NST, int MINB>
 __global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(split_params p)
 {
+    typedef kv_chunk<T> C;
+    constexpr int CE = C::CE;          /* elements of a 16-byte chunk */
     constexpr int LPK = HDP / DPL;     /* lanes per key */
     constexpr int KPW = 32 / LPK;      /* keys a warp works on at once */
-    constexpr int NV = DPL / 4;        /* float4s per lane */
-    constexpr int ROW4 = HDP / 4;      /* float4s of a (padded) key row */
-    constexpr int STAGE4 = KPW * ROW4; /* float4s of one stage's K (or V) */
+    constexpr int NC = DPL / CE;       /* chunks of a row per lane */
+    constexpr int ROWC = HDP / CE;     /* chunks of a (padded) key row */
+    constexpr int STAGEC = KPW * ROWC; /* chunks of one stage's K (or V) */
+    static_assert(NC >= 1 && DPL % CE == 0, "a lane holds whole chunks");
     __shared__ float s_m[SPLIT_WARPS][QPB], s_l[SPLIT_WARPS][QPB];
     __shared__ float4 s_acc[SPLIT_WARPS][QPB][HDP / 4];
     __shared__ int s_last;
-    extern __shared__ float4 s_ring[]; /* [warp][stage][K, V][STAGE4], then positions */
+    extern __shared__ uint4 s_ring[]; /* [warp][stage][K, V][STAGEC], then positions */
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int sub = lane / LPK, l4 = lane % LPK;
     const int g = blockIdx.x / p.n_qtiles, qt = blockIdx.x % p.n_qtiles;
     const int nvec = p.nq * p.group;
-    float4 *ring = s_ring + (size_t)warp * NST * 2 * STAGE4;
-    int *spos = reinterpret_cast<int *>(s_ring + (size_t)SPLIT_WARPS * NST * 2 * STAGE4) +
-                warp * NST * 32;
+    const char *kbase = static_cast<const char *>(p.k), *vbase = static_cast<const char *>(p.v);
 
     const int k_begin = blockIdx.y * p.keys_per_split;
     const int k_end = min(p.nk, k_begin + p.keys_per_split);
-    const int nchunks = k_end > k_begin ? (k_end - k_begin + KPW - 1) / KPW : 0;
-    /* Warp w takes chunks w, w + SPLIT_WARPS, ...: the step count depends on
-     * the warp only, so the shuffles below are never divergent. */
-    const int nsteps = nchunks > warp ? (nchunks - warp + SPLIT_WARPS - 1) / SPLIT_WARPS : 0;
     const size_t head_off = (size_t)g * p.hd;
-
-    /* Queues step i's copies into stage `slot`. Keys past the range and the
-     * padding dims are zero-filled: a score of 0 instead of whatever the
-     * stage held before (which could be NaN against a zero q). */
-    auto issue = [&](int i, int slot) {
-        const int j = k_begin + (warp + i * SPLIT_WARPS) * KPW + sub;
-        const bool active = j < k_end;
-        const size_t row = (size_t)(active ? j : k_begin) * p.kv_stride + head_off;
-        float4 *sk = ring + (size_t)slot * 2 * STAGE4 + sub * ROW4;
-#pragma unroll
-        for (int v = 0; v < NV; v++) {
-            const int d4 = v * LPK + l4;
-            const bool ok = active && 4 * d4 < p.hd;
-            cp_async16(sk + d4, p.k + (ok ? row + 4 * d4 : 0), ok ? 16 : 0);
-            cp_async16(sk + STAGE4 + d4, p.v + (ok ? row + 4 * d4 : 0), ok ? 16 : 0);
-        }
-        if (p.k_pos)
-            cp_async4(spos + slot * 32 + lane, p.k_pos + (active ? j : k_begin), active ? 4 : 0);
+    /* Byte offset of chunk c of row `row`'s head g. */
+    auto chunk_off = [&](size_t row, int c) {
+        return (row * (size_t)p.kv_stride + head_off) * sizeof(T) + (size_t)c * 16;
     };
-    /* The first stages go out before anything else waits on memory. */
-    if constexpr (NST > 0) {
-#pragma unroll
-        for (int i = 0; i < NST - 1; i++) {
-            if (i < nsteps)
-                issue(i, i);
-            cp_async_commit(); /* empty groups too: the wait below counts groups */
-        }
-    }
 
-    /* This lane's dims: float4 number v*LPK + l4 of the head, so that a
-     * subgroup's reads of one key row are contiguous. */
-    float4 q[QPB][NV];
+    /* This lane's dims, chunk by chunk: q pre-scaled by scale * log2 e. */
+    float q[QPB][DPL];
     int qpos[QPB];
     bool qvalid[QPB];
+    auto load_q = [&]() {
 #pragma unroll
-    for (int qq = 0; qq < QPB; qq++) {
-        const int t = qt * QPB + qq;
-        qvalid[qq] = t < nvec;
-        const int i = qvalid[qq] ? t / p.group : 0;
-        const int h = g * p.group + (qvalid[qq] ? t % p.group : 0);
-        qpos[qq] = (qvalid[qq] && p.k_pos) ? p.q_pos[i] : 0;
-        const float *qr = p.q + (size_t)i * p.q_stride + (size_t)h * p.hd;
+        for (int qq = 0; qq < QPB; qq++) {
+            const int t = qt * QPB + qq;
+            qvalid[qq] = t < nvec;
+            const int i = qvalid[qq] ? t / p.group : 0;
+            const int h = g * p.group + (qvalid[qq] ? t % p.group : 0);
+            qpos[qq] = (qvalid[qq] && p.k_pos) ? p.q_pos[i] : 0;
+            const float *qr = p.q + (size_t)i * p.q_stride + (size_t)h * p.hd;
 #pragma unroll
-        for (int v = 0; v < NV; v++) {
-            const int d = 4 * (v * LPK + l4);
-            float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-            if (qvalid[qq] && d < p.hd) {
-                x = __ldg((const float4 *)(qr + d));
-                x.x *= p.scale_log2, x.y *= p.scale_log2, x.z *= p.scale_log2, x.w *= p.scale_log2;
+            for (int v = 0; v < NC; v++) {
+                const int d = (v * LPK + l4) * CE;
+#pragma unroll
+                for (int f = 0; f < CE / 4; f++) {
+                    float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+                    if (qvalid[qq] && d < p.hd) { /* hd % CE == 0: whole chunks */
+                        x = __ldg((const float4 *)(qr + d + 4 * f));
+                        x.x *= p.scale_log2, x.y *= p.scale_log2;
+                        x.z *= p.scale_log2, x.w *= p.scale_log2;
+                    }
+                    float *qd = &q[qq][v * CE + 4 * f];
+                    qd[0] = x.x, qd[1] = x.y, qd[2] = x.z, qd[3] = x.w;
+                }
             }
-            q[qq][v] = x;
         }
-    }
+    };
 
     float m[QPB], lsum[QPB];
-    float4 acc[QPB][NV];
+    float acc[QPB][DPL];
 #pragma unroll
     for (int qq = 0; qq < QPB; qq++) {
         m[qq] = -INFINITY;
         lsum[qq] = 0.0f;
 #pragma unroll
-        for (int v = 0; v < NV; v++)
-            acc[qq][v] = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int d = 0; d < DPL; d++)
+            acc[qq][d] = 0.0f;
     }
 
     if constexpr (NST == 0) {
-    /* The register form (NST 0, the kernel before the ring): each lane
-     * loads U = 2 keys' K and V rows straight into registers, all before
-     * using any; nothing is in flight while it computes. */
-    constexpr int U = 2, STEP = SPLIT_WARPS * KPW;
-    for (int j0 = k_begin + warp * KPW; j0 < k_end; j0 += STEP * U) {
-        float4 kr[U][NV], vr[U][NV];
-        bool vis[U][QPB];
+    /* The register form: each lane loads U keys' K and V rows straight into
+     * registers, all before using any; nothing is in flight while it
+     * computes, except the next step's page-table entries. */
+    constexpr int U = 8 / (int)sizeof(T), STEP = SPLIT_WARPS * KPW;
+    uint4 kr[U][NC], vr[U][NC];
+    int kp[U];
+    size_t rows[U];
+    auto find_rows = [&](int j0) {
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int j = j0 + u * STEP + sub;
+            rows[u] = j < k_end ? split_key_row(p, j) : 0;
+        }
+    };
+    auto load = [&](int j0) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int j = j0 + u * STEP + sub;
             const bool active = j < k_end;
-            const int kp = (active && p.k_pos) ? p.k_pos[j] : 0;
+            kp[u] = (active && p.k_pos) ? p.k_pos[rows[u]] : 0;
 #pragma unroll
-            for (int qq = 0; qq < QPB; qq++)
-                vis[u][qq] = active && qvalid[qq] && (!p.k_pos || kp <= qpos[qq]);
-            const float *kp_row = p.k + (size_t)j * p.kv_stride + head_off;
-            const float *vp_row = p.v + (size_t)j * p.kv_stride + head_off;
-#pragma unroll
-            for (int v = 0; v < NV; v++) {
-                const int d = 4 * (v * LPK + l4);
-                const bool ld = active && d < p.hd;
-                kr[u][v] = ld ? __ldg((const float4 *)(kp_row + d)) : make_float4(0.f, 0.f, 0.f, 0.f);
-                vr[u][v] = ld ? __ldg((const float4 *)(vp_row + d)) : make_float4(0.f, 0.f, 0.f, 0.f);
+            for (int v = 0; v < NC; v++) {
+                const int c = v * LPK + l4;
+                const bool ld = active && c * CE < p.hd;
+                const size_t off = chunk_off(rows[u], c);
+                kr[u][v] = ld ? __ldg((const uint4 *)(kbase + off)) : make_uint4(0u, 0u, 0u, 0u);
+                vr[u][v] = ld ? __ldg((const uint4 *)(vbase + off)) : make_uint4(0u, 0u, 0u, 0u);
             }
         }
+    };
+    int j0 = k_begin + warp * KPW;
+    if (j0 < k_end) { /* the first keys' loads go out before q's */
+        find_rows(j0);
+        load(j0);
+    }
+    load_q();
+    for (; j0 < k_end; j0 += STEP * U) {
+        const int jn = j0 + STEP * U;
+        find_rows(jn); /* the next step's table entries, beside this step's loads */
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            float s[QPB];
+            const int j = j0 + u * STEP + sub;
+            bool vis[QPB];
 #pragma unroll
-            for (int qq = 0; qq < QPB; qq++) {
-                float d = 0.0f;
+            for (int qq = 0; qq < QPB; qq++)
+                vis[qq] = j < k_end && qvalid[qq] && (!p.k_pos || kp[u] <= qpos[qq]);
+            float kf[DPL], s[QPB];
 #pragma unroll
-                for (int v = 0; v < NV; v++) {
-                    d = fmaf(q[qq][v].x, kr[u][v].x, d);
-                    d = fmaf(q[qq][v].y, kr[u][v].y, d);
-                    d = fmaf(q[qq][v].z, kr[u][v].z, d);
-                    d = fmaf(q[qq][v].w, kr[u][v].w, d);
-                }
+            for (int v = 0; v < NC; v++)
+                C::widen(kr[u][v], kf + v * CE);
+            split_scores<QPB, DPL, LPK>(s, q, kf);
+            float vf[DPL];
 #pragma unroll
-                for (int o = LPK / 2; o > 0; o >>= 1)
-                    d += __shfl_xor_sync(0xffffffffu, d, o);
-                s[qq] = d;
-            }
-#pragma unroll
-            for (int qq = 0; qq < QPB; qq++) {
-                if (!vis[u][qq])
-                    continue;
-                if (s[qq] > m[qq]) {
-                    const float a = exp2f(m[qq] - s[qq]); /* 0 while m is -inf */
-                    lsum[qq] *= a;
-#pragma unroll
-                    for (int v = 0; v < NV; v++)
-                        acc[qq][v].x *= a, acc[qq][v].y *= a, acc[qq][v].z *= a, acc[qq][v].w *= a;
-                    m[qq] = s[qq];
-                }
-                const float pr = exp2f(s[qq] - m[qq]);
-                lsum[qq] += pr;
-#pragma unroll
-                for (int v = 0; v < NV; v++) {
-                    acc[qq][v].x = fmaf(pr, vr[u][v].x, acc[qq][v].x);
-                    acc[qq][v].y = fmaf(pr, vr[u][v].y, acc[qq][v].y);
-                    acc[qq][v].z = fmaf(pr, vr[u][v].z, acc[qq][v].z);
-                    acc[qq][v].w = fmaf(pr, vr[u][v].w, acc[qq][v].w);
-                }
-            }
+            for (int v = 0; v < NC; v++)
+                C::widen(vr[u][v], vf + v * CE);
+            split_accumulate<QPB, DPL>(m, lsum, acc, s, vis, vf);
         }
+        if (jn < k_end)
+            load(jn);
     }
     } else {
+    uint4 *ring = s_ring + (size_t)warp * NST * 2 * STAGEC;
+    int *spos = reinterpret_cast<int *>(s_ring + (size_t)SPLIT_WARPS * NST * 2 * STAGEC) +
+                warp * NST * 32;
+    const int ngroups = k_end > k_begin ? (k_end - k_begin + KPW - 1) / KPW : 0;
+    /* Warp w takes key groups w, w + SPLIT_WARPS, ...: the step count depends
+     * on the warp only, so the shuffles below are never divergent. */
+    const int nsteps = ngroups > warp ? (ngroups - warp + SPLIT_WARPS - 1) / SPLIT_WARPS : 0;
+    /* Queues step i's copies into stage `slot`. Keys past the range and the
+     * padding dims are zero-filled: a score of 0 instead of whatever the
+     * stage held before (which could be NaN against a zero q). */
+    auto step_row = [&](int i) {
+        const int j = k_begin + (warp + i * SPLIT_WARPS) * KPW + sub;
+        return j < k_end ? split_key_row(p, j) : (size_t)0;
+    };
+    /* row: step_row(i), looked up a step earlier (the table load is not in
+     * the way of the copies). */
+    auto issue = [&](int i, int slot, size_t row) {
+        const int j = k_begin + (warp + i * SPLIT_WARPS) * KPW + sub;
+        const bool active = j < k_end;
+        uint4 *sk = ring + (size_t)slot * 2 * STAGEC + sub * ROWC;
+#pragma unroll
+        for (int v = 0; v < NC; v++) {
+            const int c = v * LPK + l4;
+            const bool ok = active && c * CE < p.hd;
+            const size_t off = ok ? chunk_off(row, c) : 0;
+            cp_async16(sk + c, kbase + off, ok ? 16 : 0);
+            cp_async16(sk + STAGEC + c, vbase + off, ok ? 16 : 0);
+        }
+        if (p.k_pos)
+            cp_async4(spos + slot * 32 + lane, p.k_pos + row, active ? 4 : 0);
+    };
+    /* The first stages go out before anything else waits on memory. */
+    {
+        size_t r0[NST - 1];
+#pragma unroll
+        for (int i = 0; i < NST - 1; i++)
+            r0[i] = step_row(i);
+#pragma unroll
+        for (int i = 0; i < NST - 1; i++) {
+            if (i < nsteps)
+                issue(i, i, r0[i]);
+            cp_async_commit(); /* empty groups too: the wait below counts groups */
+        }
+    }
+    size_t row_ahead = step_row(NST - 1);
+    load_q();
     int slot = 0;
     for (int i = 0; i < nsteps; i++) {
         /* Refill the stage read in the previous step (this lane's own
          * chunks, already consumed into registers), then wait for step i. */
         const int ahead = i + NST - 1;
         if (ahead < nsteps)
-            issue(ahead, slot == 0 ? NST - 1 : slot - 1);
+            issue(ahead, slot == 0 ? NST - 1 : slot - 1, row_ahead);
         cp_async_commit();
+        row_ahead = step_row(ahead + 1);
         cp_async_wait<NST - 1>();
         const int j = k_begin + (warp + i * SPLIT_WARPS) * KPW + sub;
-        const bool active = j < k_end;
         const int kp = p.k_pos ? spos[slot * 32 + lane] : 0;
-        const float4 *sk = ring + (size_t)slot * 2 * STAGE4 + sub * ROW4;
-        float4 kr[NV];
+        const uint4 *sk = ring + (size_t)slot * 2 * STAGEC + sub * ROWC;
+        bool vis[QPB];
 #pragma unroll
-        for (int v = 0; v < NV; v++)
-            kr[v] = sk[v * LPK + l4];
-        float s[QPB];
+        for (int qq = 0; qq < QPB; qq++)
+            vis[qq] = j < k_end && qvalid[qq] && (!p.k_pos || kp <= qpos[qq]);
+        float kf[DPL], s[QPB];
 #pragma unroll
-        for (int qq = 0; qq < QPB; qq++) {
-            float d = 0.0f;
+        for (int v = 0; v < NC; v++)
+            C::widen(sk[v * LPK + l4], kf + v * CE);
+        split_scores<QPB, DPL, LPK>(s, q, kf);
+        float vf[DPL];
 #pragma unroll
-            for (int v = 0; v < NV; v++) {
-                d = fmaf(q[qq][v].x, kr[v].x, d);
-                d = fmaf(q[qq][v].y, kr[v].y, d);
-                d = fmaf(q[qq][v].z, kr[v].z, d);
-                d = fmaf(q[qq][v].w, kr[v].w, d);
-            }
-#pragma unroll
-            for (int o = LPK / 2; o > 0; o >>= 1)
-                d += __shfl_xor_sync(0xffffffffu, d, o);
-            s[qq] = d;
-        }
-        float4 vr[NV];
-#pragma unroll
-        for (int v = 0; v < NV; v++)
-            vr[v] = sk[STAGE4 + v * LPK + l4];
-#pragma unroll
-        for (int qq = 0; qq < QPB; qq++) {
-            if (!(active && qvalid[qq] && (!p.k_pos || kp <= qpos[qq])))
-                continue;
-            if (s[qq] > m[qq]) {
-                const float a = exp2f(m[qq] - s[qq]); /* 0 while m is -inf */
-                lsum[qq] *= a;
-#pragma unroll
-                for (int v = 0; v < NV; v++)
-                    acc[qq][v].x *= a, acc[qq][v].y *= a, acc[qq][v].z *= a, acc[qq][v].w *= a;
-                m[qq] = s[qq];
-            }
-            const float pr = exp2f(s[qq] - m[qq]);
-            lsum[qq] += pr;
-#pragma unroll
-            for (int v = 0; v < NV; v++) {
-                acc[qq][v].x = fmaf(pr, vr[v].x, acc[qq][v].x);
-                acc[qq][v].y = fmaf(pr, vr[v].y, acc[qq][v].y);
-                acc[qq][v].z = fmaf(pr, vr[v].z, acc[qq][v].z);
-                acc[qq][v].w = fmaf(pr, vr[v].w, acc[qq][v].w);
-            }
-        }
+        for (int v = 0; v < NC; v++)
+            C::widen(sk[STAGEC + v * LPK + l4], vf + v * CE);
+        split_accumulate<QPB, DPL>(m, lsum, acc, s, vis, vf);
         slot = slot == NST - 1 ? 0 : slot + 1;
     }
     cp_async_wait<0>(); /* only empty groups can be left; nothing may land after exit */
@@ -322,16 +412,9 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(spli
             const float wa = fold_weight(m[qq], mn), wb = fold_weight(mo, mn);
             lsum[qq] = lsum[qq] * wa + lo * wb;
 #pragma unroll
-            for (int v = 0; v < NV; v++) {
-                float4 b;
-                b.x = __shfl_xor_sync(0xffffffffu, acc[qq][v].x, o);
-                b.y = __shfl_xor_sync(0xffffffffu, acc[qq][v].y, o);
-                b.z = __shfl_xor_sync(0xffffffffu, acc[qq][v].z, o);
-                b.w = __shfl_xor_sync(0xffffffffu, acc[qq][v].w, o);
-                acc[qq][v].x = acc[qq][v].x * wa + b.x * wb;
-                acc[qq][v].y = acc[qq][v].y * wa + b.y * wb;
-                acc[qq][v].z = acc[qq][v].z * wa + b.z * wb;
-                acc[qq][v].w = acc[qq][v].w * wa + b.w * wb;
+            for (int d = 0; d < DPL; d++) {
+                const float b = __shfl_xor_sync(0xffffffffu, acc[qq][d], o);
+                acc[qq][d] = acc[qq][d] * wa + b * wb;
             }
             m[qq] = mn;
         }
@@ -344,8 +427,13 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(spli
                 s_l[warp][qq] = lsum[qq];
             }
 #pragma unroll
-            for (int v = 0; v < NV; v++)
-                s_acc[warp][qq][v * LPK + l4] = acc[qq][v];
+            for (int v = 0; v < NC; v++)
+#pragma unroll
+                for (int f = 0; f < CE / 4; f++) {
+                    const float *a = &acc[qq][v * CE + 4 * f];
+                    s_acc[warp][qq][(v * LPK + l4) * (CE / 4) + f] =
+                        make_float4(a[0], a[1], a[2], a[3]);
+                }
         }
     }
     __syncthreads();
@@ -419,20 +507,33 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(spli
         const int r = (t / p.group) * p.n_heads + g * p.group + t % p.group;
         float mr = -INFINITY, lr = 0.0f;
         float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll 8
-        for (int sp = 0; sp < nsplit; sp++) {
-            const float ls = __ldcg(p.ws_lse + (size_t)sp * rows + r) * LOG2E_F;
-            const float4 x =
-                __ldcg(reinterpret_cast<const float4 *>(p.ws_o + ((size_t)sp * rows + r) * p.hd) + d4);
-            const float mn = fmaxf(mr, ls);
-            const float wa = fold_weight(mr, mn);
-            const float wb = ls == -INFINITY ? 0.0f : exp2f(ls - mn);
-            lr = lr * wa + wb;
-            a.x = a.x * wa + (wb != 0.0f ? wb * x.x : 0.0f);
-            a.y = a.y * wa + (wb != 0.0f ? wb * x.y : 0.0f);
-            a.z = a.z * wa + (wb != 0.0f ? wb * x.z : 0.0f);
-            a.w = a.w * wa + (wb != 0.0f ? wb * x.w : 0.0f);
-            mr = mn;
+        /* MB ranges at a time, every load of a batch issued before its fold
+         * (about nsplit / MB round trips to L2, not nsplit). */
+        constexpr int MB = 16;
+        for (int sp0 = 0; sp0 < nsplit; sp0 += MB) {
+            float ls[MB];
+            float4 x[MB];
+#pragma unroll
+            for (int b = 0; b < MB; b++) {
+                const int sp = sp0 + b;
+                ls[b] = sp < nsplit ? __ldcg(p.ws_lse + (size_t)sp * rows + r) : -INFINITY;
+                x[b] = sp < nsplit ? __ldcg(reinterpret_cast<const float4 *>(
+                                              p.ws_o + ((size_t)sp * rows + r) * p.hd) + d4)
+                                   : make_float4(0.f, 0.f, 0.f, 0.f);
+            }
+#pragma unroll
+            for (int b = 0; b < MB; b++) {
+                const float l2 = ls[b] * LOG2E_F;
+                const float mn = fmaxf(mr, l2);
+                const float wa = fold_weight(mr, mn);
+                const float wb = l2 == -INFINITY ? 0.0f : exp2f(l2 - mn);
+                lr = lr * wa + wb;
+                a.x = a.x * wa + (wb != 0.0f ? wb * x[b].x : 0.0f);
+                a.y = a.y * wa + (wb != 0.0f ? wb * x[b].y : 0.0f);
+                a.z = a.z * wa + (wb != 0.0f ? wb * x[b].z : 0.0f);
+                a.w = a.w * wa + (wb != 0.0f ? wb * x[b].w : 0.0f);
+                mr = mn;
+            }
         }
         const float inv = lr > 0.0f ? 1.0f / lr : 0.0f;
         float *orow = p.out + (size_t)r * p.hd + 4 * d4;
@@ -684,17 +785,21 @@ int cuda_merge(sr_backend *be, int nparts, const float *const *o_parts,
 
 /* The two kernel shapes (backend_cuda_set_attention_variant), both 16
  * dims per lane (3 shuffles per key and query vector for head_dim 128) and
- * two blocks per multiprocessor. 0: the register form (2 keys per lane
- * loaded into registers); 1: the keys stream through the shared-memory
- * ring, 4 stages. Measured on an H100 (bench/RESULTS.md), 0 is faster at
- * every context, 4K to 256K keys (1.00 of the copy bandwidth at 256K
- * against 0.91), though the ring keeps more bytes in flight: the ring is
- * kept for the next attempt at small contexts. A third shape, 8 dims per
- * lane and 6 stages (three blocks), lost to both. */
-template <int HDP, int QPB, int V>
+ * two blocks per multiprocessor: the register form (U keys per lane loaded
+ * into registers) and the shared-memory ring (cp.async, NST stages). Which
+ * is variant 0 (the default) depends on the element type, by measurement
+ * on an H100 (bench/RESULTS.md): fp32 K/V, the register form (1.00 of the
+ * copy bandwidth at 256K keys; the 4-stage ring 0.91); bf16 K/V, whose
+ * bytes per key are half and arithmetic per byte twice, the ring with 10
+ * stages (9 x 2 KB in flight per warp while it computes; the register form
+ * reached 0.76 at 256K, the 4-stage ring 0.84). A third shape, 8 dims per
+ * lane and 6 stages (three blocks), lost to both for fp32. */
+template <typename T, int HDP, int QPB, int V>
 struct split_shape {
+    static constexpr bool BF16 = sizeof(T) == 2;
+    static constexpr bool RING = BF16 ? V == 0 : V == 1;
     static constexpr int DPL = 16;
-    static constexpr int NST = V == 1 ? 4 : 0;
+    static constexpr int NST = !RING ? 0 : BF16 ? 10 : 6;
     static constexpr int MINB = 2;
 };
 
@@ -707,17 +812,17 @@ static bool exceeds(size_t need, size_t have)
     return need > have;
 }
 
-template <int HDP, int QPB, int V>
+template <typename T, int HDP, int QPB, int V>
 static int split_prepare(cuda_ctx *ctx, int *per_sm)
 {
-    typedef split_shape<HDP, QPB, V> S;
-    constexpr size_t smem = split_smem_bytes<HDP, S::DPL, S::NST>();
+    typedef split_shape<T, HDP, QPB, V> S;
+    constexpr size_t smem = split_smem_bytes<T, HDP, S::DPL, S::NST>();
     static int blocks; /* once per kernel instance (one device per process) */
     if (!blocks) {
         if (exceeds(smem, ctx->smem_optin))
             return sr_error_set("cuda attention: the split kernel needs %zu bytes of shared "
                                 "memory, the device allows %zu", smem, ctx->smem_optin);
-        auto *kern = attn_split_kernel<HDP, QPB, S::DPL, S::NST, S::MINB>;
+        auto *kern = attn_split_kernel<T, HDP, QPB, S::DPL, S::NST, S::MINB>;
         CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       (int)smem));
         int n = 0;
@@ -728,48 +833,58 @@ static int split_prepare(cuda_ctx *ctx, int *per_sm)
     return 0;
 }
 
-template <int HDP, int QPB, int V>
+template <typename T, int HDP, int QPB, int V>
 static int split_launch(cuda_ctx *ctx, dim3 grid, const split_params &p)
 {
-    typedef split_shape<HDP, QPB, V> S;
-    attn_split_kernel<HDP, QPB, S::DPL, S::NST, S::MINB>
-        <<<grid, SPLIT_WARPS * 32, split_smem_bytes<HDP, S::DPL, S::NST>(), ctx->stream>>>(p);
+    typedef split_shape<T, HDP, QPB, V> S;
+    attn_split_kernel<T, HDP, QPB, S::DPL, S::NST, S::MINB>
+        <<<grid, SPLIT_WARPS * 32, split_smem_bytes<T, HDP, S::DPL, S::NST>(), ctx->stream>>>(p);
     CUDA_CHECK_LAUNCH("attn_split_kernel");
     return 0;
 }
 
-/* One entry per (head_dim pad, query vectors per block, shape): `launch`
- * 0 only sizes (fills *per_sm), 1 launches. */
-template <int HDP, int QPB>
+/* One entry per (element type, head_dim pad, query vectors per block,
+ * shape): `launch` 0 only sizes (fills *per_sm), 1 launches. */
+template <typename T, int HDP, int QPB>
 static int split_run_v(cuda_ctx *ctx, int launch, int *per_sm, dim3 grid, const split_params &p)
 {
     if (ctx->split_variant == 1)
-        return launch ? split_launch<HDP, QPB, 1>(ctx, grid, p)
-                      : split_prepare<HDP, QPB, 1>(ctx, per_sm);
-    return launch ? split_launch<HDP, QPB, 0>(ctx, grid, p) : split_prepare<HDP, QPB, 0>(ctx, per_sm);
+        return launch ? split_launch<T, HDP, QPB, 1>(ctx, grid, p)
+                      : split_prepare<T, HDP, QPB, 1>(ctx, per_sm);
+    return launch ? split_launch<T, HDP, QPB, 0>(ctx, grid, p)
+                  : split_prepare<T, HDP, QPB, 0>(ctx, per_sm);
 }
 
-template <int HDP>
+template <typename T, int HDP>
 static int split_run_q(cuda_ctx *ctx, int qpb, int launch, int *per_sm, dim3 grid,
                        const split_params &p)
 {
     if (qpb == 1)
-        return split_run_v<HDP, 1>(ctx, launch, per_sm, grid, p);
+        return split_run_v<T, HDP, 1>(ctx, launch, per_sm, grid, p);
     if (qpb == 2)
-        return split_run_v<HDP, 2>(ctx, launch, per_sm, grid, p);
-    return split_run_v<HDP, 4>(ctx, launch, per_sm, grid, p);
+        return split_run_v<T, HDP, 2>(ctx, launch, per_sm, grid, p);
+    return split_run_v<T, HDP, 4>(ctx, launch, per_sm, grid, p);
 }
 
-static int split_run(cuda_ctx *ctx, int hdp, int qpb, int launch, int *per_sm, dim3 grid,
-                     const split_params &p)
+template <typename T>
+static int split_run_t(cuda_ctx *ctx, int hdp, int qpb, int launch, int *per_sm, dim3 grid,
+                       const split_params &p)
 {
     switch (hdp) {
-    case 16: return split_run_q<16>(ctx, qpb, launch, per_sm, grid, p);
-    case 32: return split_run_q<32>(ctx, qpb, launch, per_sm, grid, p);
-    case 64: return split_run_q<64>(ctx, qpb, launch, per_sm, grid, p);
-    case 128: return split_run_q<128>(ctx, qpb, launch, per_sm, grid, p);
-    default: return split_run_q<256>(ctx, qpb, launch, per_sm, grid, p);
+    case 16: return split_run_q<T, 16>(ctx, qpb, launch, per_sm, grid, p);
+    case 32: return split_run_q<T, 32>(ctx, qpb, launch, per_sm, grid, p);
+    case 64: return split_run_q<T, 64>(ctx, qpb, launch, per_sm, grid, p);
+    case 128: return split_run_q<T, 128>(ctx, qpb, launch, per_sm, grid, p);
+    default: return split_run_q<T, 256>(ctx, qpb, launch, per_sm, grid, p);
     }
+}
+
+static int split_run(cuda_ctx *ctx, sr_kv_dtype dt, int hdp, int qpb, int launch, int *per_sm,
+                     dim3 grid, const split_params &p)
+{
+    if (dt == SR_KV_BF16)
+        return split_run_t<__nv_bfloat16>(ctx, hdp, qpb, launch, per_sm, grid, p);
+    return split_run_t<float>(ctx, hdp, qpb, launch, per_sm, grid, p);
 }
 
 /* This backend's slice of the fused merge's counters, taken on first use
@@ -796,7 +911,7 @@ static int split_attention(cuda_ctx *ctx, const sr_attn_args *a)
                             a->nq, a->n_heads);
     split_params p = split_params();
     int per_sm = 1;
-    if (split_run(ctx, hdp, qpb, 0, &per_sm, dim3(1), p) != 0)
+    if (split_run(ctx, a->kv_dtype, hdp, qpb, 0, &per_sm, dim3(1), p) != 0)
         return -1;
     /* One wave: every block has the same work, so blocks beyond what the
      * device holds at once would only add a tail; no range under
@@ -822,7 +937,12 @@ static int split_attention(cuda_ctx *ctx, const sr_attn_args *a)
     if (splits < 1)
         splits = 1;
 
-    p.q = a->q, p.k = (const float *)a->k, p.v = (const float *)a->v;
+    p.q = a->q, p.k = a->k, p.v = a->v;
+    p.pages = a->pages, p.page_rows = a->page_rows, p.page_row0 = a->page_row0;
+    p.page_shift = -1;
+    if (a->pages && (a->page_rows & (a->page_rows - 1)) == 0)
+        for (p.page_shift = 0; (1 << p.page_shift) < a->page_rows; p.page_shift++)
+            ;
     p.q_pos = a->q_pos, p.k_pos = a->k_pos;
     p.nq = a->nq, p.nk = a->nk, p.n_heads = a->n_heads, p.n_kv = a->n_kv, p.hd = hd;
     p.group = group, p.q_stride = a->q_stride, p.kv_stride = a->kv_stride;
@@ -835,7 +955,8 @@ static int split_attention(cuda_ctx *ctx, const sr_attn_args *a)
      * tile) pairs fit a counter slice; beyond that, as its own launch. */
     const int fused = splits > 1 && base <= SPLIT_CNT_PER_SLOT;
     p.cnt_base = fused ? split_counter_slot(ctx) * SPLIT_CNT_PER_SLOT : -1;
-    if (split_run(ctx, hdp, qpb, 1, &per_sm, dim3((unsigned)base, (unsigned)splits), p) != 0)
+    if (split_run(ctx, a->kv_dtype, hdp, qpb, 1, &per_sm, dim3((unsigned)base, (unsigned)splits),
+                  p) != 0)
         return -1;
     if (splits > 1 && !fused)
         return cuda_merge_strided(ctx, (int)splits, p.ws_o, rows * hd, p.ws_lse, rows, (int)rows,
@@ -848,6 +969,13 @@ static int aligned16(const void *p)
     return ((uintptr_t)p & 15) == 0;
 }
 
+static const char *kv_layout_name(const sr_attn_args *a)
+{
+    if (a->kv_dtype == SR_KV_BF16)
+        return a->pages ? "paged bf16" : "bf16";
+    return a->pages ? "paged fp32" : "fp32";
+}
+
 int cuda_attention(sr_backend *be, const sr_attn_args *a)
 {
     cuda_ctx *ctx = cuda_ctx_of(be);
@@ -856,24 +984,36 @@ int cuda_attention(sr_backend *be, const sr_attn_args *a)
                             a->n_kv);
     if (a->k_pos && !a->q_pos)
         return sr_error_set("attention: key positions given without query positions");
+    if (a->kv_dtype != SR_KV_F32 && a->kv_dtype != SR_KV_BF16)
+        return sr_error_set("attention: unknown kv dtype %d", (int)a->kv_dtype);
+    if (a->pages && (a->page_rows < 1 || a->page_row0 < 0 ||
+                     (long long)a->page_row0 + a->nk > INT_MAX))
+        return sr_error_set("attention: a page table with %d rows per page from row %d",
+                            a->page_rows, a->page_row0);
     if (a->head_dim % 4 || a->head_dim > 256 || a->head_dim <= 0)
         return sr_error_set("cuda attention: head_dim %d unsupported (a multiple of 4 up to 256)",
                             a->head_dim);
-    if (a->q_stride % 4 || a->kv_stride % 4 || !aligned16(a->q) ||
-        (a->nk > 0 && (!aligned16(a->k) || !aligned16(a->v))))
-        return sr_error_set("cuda attention: q/k/v rows must be 16-byte aligned (strides %d, %d)",
-                            a->q_stride, a->kv_stride);
-    if (a->kv_dtype != SR_KV_F32 || a->pages)
-        return sr_error_set("cuda attention: bf16 or paged KV is not implemented yet");
+    if (a->q_stride % 4 || !aligned16(a->q))
+        return sr_error_set("cuda attention: q rows must be 16-byte aligned (stride %d)",
+                            a->q_stride);
+    /* K/V are read in 16-byte chunks: 4 fp32 or 8 bf16 elements, so every
+     * head of every row must start on one. */
+    const int ce = a->kv_dtype == SR_KV_BF16 ? 8 : 4;
+    if (a->head_dim % ce ||
+        (a->nk > 0 && (a->kv_stride % ce || !aligned16(a->k) || !aligned16(a->v))))
+        return sr_error_set("cuda attention: %s K/V rows must be 16-byte aligned: base "
+                            "addresses aligned, kv_stride and head_dim multiples of %d "
+                            "(got %d, %d)", kv_layout_name(a), ce, a->kv_stride, a->head_dim);
     if (a->nq <= 0)
         return 0;
     const int tc_ok = cuda_prefill_supported(a);
     const int relay_ok = cuda_relay_supported(a);
     if (ctx->attn_path == SR_CUDA_ATTN_RELAY) {
         if (!relay_ok)
-            return sr_error_set("cuda attention: the relay path takes head_dim 64 or 128 and no "
-                                "mask (k_pos == NULL), not head_dim %d%s", a->head_dim,
-                                a->k_pos ? " with key positions" : "");
+            return sr_error_set("cuda attention: the relay path does not take these arguments "
+                                "(it takes head_dim 64 or 128, no mask; got head_dim %d%s, %s "
+                                "KV)", a->head_dim, a->k_pos ? " with key positions" : "",
+                                kv_layout_name(a));
         return cuda_relay_attention(ctx, a);
     }
     /* Several rows against one unmasked KV (a shared prefix, or a job's
@@ -884,11 +1024,13 @@ int cuda_attention(sr_backend *be, const sr_attn_args *a)
         return cuda_relay_attention(ctx, a);
     if (ctx->attn_path == SR_CUDA_ATTN_TC) {
         if (!tc_ok)
-            return sr_error_set("cuda attention: the tensor-core path takes head_dim 64 or 128, "
-                                "not %d", a->head_dim);
+            return sr_error_set("cuda attention: the tensor-core path does not take these "
+                                "arguments (it takes head_dim 64 or 128; got %d, %s KV)",
+                                a->head_dim, kv_layout_name(a));
         return cuda_prefill_attention(ctx, a);
     }
-    /* Many query rows make the tensor cores worth their bf16 rounding. */
+    /* Many query rows make the tensor cores worth their bf16 rounding. The
+     * split kernel takes every shape and KV layout the others do not. */
     if (ctx->attn_path == SR_CUDA_ATTN_AUTO && tc_ok && a->nq >= 64 && a->nk >= 64)
         return cuda_prefill_attention(ctx, a);
     return split_attention(ctx, a);

@@ -57,6 +57,7 @@ int cuda_rope(sr_backend *be, float *x, const int32_t *pos, int n, int n_heads, 
               int stride, const float *inv_freq);
 int cuda_swiglu(sr_backend *be, const float *gate, const float *up, size_t n, float *out);
 int cuda_add(sr_backend *be, float *x, const float *y, size_t n);
+int cuda_kv_store(sr_backend *be, void *dst, sr_kv_dtype dtype, const float *src, size_t n);
 int cuda_matmul(sr_backend *be, const float *x, const sr_weight *w, const sr_weight *bias, int n,
                 float *y);
 

@@ -265,6 +265,60 @@ int cuda_add(sr_backend *be, float *x, const float *y, size_t n)
     return 0;
 }
 
+/* ---- KV store --------------------------------------------------------- */
+
+/* fp32 -> bf16 by common/bf16.h's integer rule, so the bits equal the
+ * cpu's for every input: round to nearest, ties to even (overflow to inf
+ * included), and a NaN kept a quiet NaN with its top payload bits (where
+ * __float2bfloat16_rn would give a canonical NaN). */
+__device__ __forceinline__ uint16_t kv_bf16_bits(float f)
+{
+    uint32_t x = __float_as_uint(f);
+    if ((x & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((x >> 16) | 0x40u);
+    x += 0x7fffu + ((x >> 16) & 1u);
+    return (uint16_t)(x >> 16);
+}
+
+__global__ void kv_store_bf16_kernel(uint16_t *__restrict__ dst, const float *__restrict__ src,
+                                     size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = kv_bf16_bits(src[i]);
+}
+
+__global__ void kv_store_f32_kernel(float *__restrict__ dst, const float *__restrict__ src,
+                                    size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = src[i];
+}
+
+/* The KV cache's writes: one kernel on the stream (no wait, no allocation,
+ * so a device graph records it like any other kernel, and its pointers and
+ * length update in place). fp32 is a kernel copy rather than a memcpy node
+ * for the same reason. */
+int cuda_kv_store(sr_backend *be, void *dst, sr_kv_dtype dtype, const float *src, size_t n)
+{
+    cuda_ctx *ctx = cuda_ctx_of(be);
+    if (dtype != SR_KV_F32 && dtype != SR_KV_BF16)
+        return sr_error_set("kv store: unknown kv dtype %d", (int)dtype);
+    if (!n)
+        return 0;
+    if (dtype == SR_KV_BF16) {
+        kv_store_bf16_kernel<<<grid_for(ctx, n), OPS_THREADS, 0, ctx->stream>>>((uint16_t *)dst,
+                                                                                src, n);
+        CUDA_CHECK_LAUNCH("kv_store_bf16_kernel");
+    } else {
+        kv_store_f32_kernel<<<grid_for(ctx, n), OPS_THREADS, 0, ctx->stream>>>((float *)dst, src,
+                                                                               n);
+        CUDA_CHECK_LAUNCH("kv_store_f32_kernel");
+    }
+    return 0;
+}
+
 /* ---- GEMM ------------------------------------------------------------- */
 
 /* fp32 -> bf16 (round to nearest even) of the activations, for cuBLAS,

@@ -7,9 +7,12 @@
  * gemv:     the batch-1 weight GEMV against cuBLAS on Llama-3-8B shapes,
  *           GB/s of weights read;
  * decode:   split-key decode attention, Llama-3-8B heads (32 q, 8 kv,
- *           head_dim 128, fp32 KV), one query against 4K..256K keys: GB/s
- *           of K, V and positions read, and that over the copy bandwidth,
- *           for both kernel shapes; then forced split counts at 4K-16K;
+ *           head_dim 128), one query against 4K..256K keys, K/V as fp32 or
+ *           bf16, consecutive or paged (256-row pages, shuffled): GB/s of
+ *           K, V, positions and page table read, and that over the copy
+ *           bandwidth, for both kernel shapes, beside a plain read of the
+ *           same bytes, and at 64 keys (the fixed cost); then forced
+ *           split counts at 4K-16K (SR_BENCH_CTX=n: context n alone);
  * prefill:  tensor-core causal prefill attention, same heads, 4K..64K
  *           tokens: TFLOP/s counting the causal half (2 * n^2 * d * heads);
  * relay:    the relay kernel (B jobs' rows against one shared prefix of
@@ -245,7 +248,7 @@ static void bench_gemv(void)
 }
 
 /* The floor for decode attention's reads: a plain streaming read of the
- * same K and V buffers (four float4 loads of each in flight per thread),
+ * same K and V buffers (four 16-byte loads of each in flight per thread),
  * so that a fixed cost of reading a fresh 33 MB per call (one wave's
  * start and end, address translation of buffers not touched since the
  * last rotation) is told apart from the attention kernel's own. */
@@ -269,90 +272,192 @@ __global__ void read_floor(const float4 *a, const float4 *b, size_t n4, float *s
         sink[0] = s;
 }
 
+/* Decode attention over every KV layout the cache stores: fp32 or bf16
+ * rows (bf16 the cuda backend's default), consecutive or through a page
+ * table of DEC_PAGE_ROWS-row pages in shuffled order (the pool's layout;
+ * the first key 3 rows into its page, spare pages no key maps to). Bytes =
+ * what the kernel reads: K and V of every key, the keys' positions and the
+ * page table. Each layout rotates among input sets larger than the L2. */
+enum { DEC_PAGE_ROWS = 256 };
+
+struct dec_set {
+    void *k, *v;
+};
+
+struct dec_layout {
+    sr_kv_dtype dt;
+    bool paged;
+    int rows;                  /* physical rows */
+    std::vector<dec_set> sets;
+    int32_t *pages, *pos;      /* device; pos by physical row */
+    int row0;
+    double bytes;              /* read per call */
+};
+
+static void dec_layout_make(dec_layout &L, sr_kv_dtype dt, bool paged, int ctx, int KV, int D,
+                            uint64_t seed)
+{
+    L.dt = dt, L.paged = paged, L.pages = NULL;
+    L.row0 = paged ? 3 : 0;
+    const int n_pages = paged ? (L.row0 + ctx + DEC_PAGE_ROWS - 1) / DEC_PAGE_ROWS : 0;
+    const int phys_pages = n_pages + 2;
+    L.rows = paged ? phys_pages * DEC_PAGE_ROWS : ctx;
+    const size_t es = sr_kv_dtype_size(dt), n = (size_t)L.rows * KV * D;
+    L.bytes = (double)ctx * KV * D * es * 2 + (double)ctx * 4 + (double)n_pages * 4;
+    std::vector<int32_t> pos((size_t)L.rows, -1000000);
+    if (paged) {
+        std::vector<int32_t> perm(phys_pages);
+        for (int i = 0; i < phys_pages; i++)
+            perm[i] = i;
+        uint64_t z = seed * 0x9E3779B97F4A7C15ull + 1;
+        for (int i = phys_pages - 1; i > 0; i--) {
+            z ^= z << 13, z ^= z >> 7, z ^= z << 17;
+            std::swap(perm[i], perm[z % (uint64_t)(i + 1)]);
+        }
+        for (int j = 0; j < ctx; j++) {
+            const int t = L.row0 + j;
+            pos[(size_t)perm[t / DEC_PAGE_ROWS] * DEC_PAGE_ROWS + t % DEC_PAGE_ROWS] = j;
+        }
+        CK(cudaMalloc(&L.pages, (size_t)n_pages * 4));
+        CK(cudaMemcpy(L.pages, perm.data(), (size_t)n_pages * 4, cudaMemcpyHostToDevice));
+    } else {
+        for (int j = 0; j < ctx; j++)
+            pos[j] = j;
+    }
+    CK(cudaMalloc(&L.pos, (size_t)L.rows * 4));
+    CK(cudaMemcpy(L.pos, pos.data(), (size_t)L.rows * 4, cudaMemcpyHostToDevice));
+    const int nsets = (int)std::min<size_t>(64, ((size_t)512 << 20) / (size_t)L.bytes + 1);
+    L.sets.resize(nsets);
+    for (int i = 0; i < nsets; i++) {
+        void *kv[2];
+        for (int t = 0; t < 2; t++) {
+            CK(cudaMalloc(&kv[t], n * es));
+            if (dt == SR_KV_BF16)
+                fill_bf16<<<1024, 256>>>((__nv_bfloat16 *)kv[t], n, seed + 100 * t + i);
+            else
+                fill_f32<<<1024, 256>>>((float *)kv[t], n, seed + 100 * t + i, 1.0f);
+            CK(cudaGetLastError());
+        }
+        L.sets[i] = dec_set{kv[0], kv[1]};
+    }
+}
+
+static void dec_layout_free(dec_layout &L)
+{
+    for (dec_set &s : L.sets) {
+        CK(cudaFree(s.k));
+        CK(cudaFree(s.v));
+    }
+    CK(cudaFree(L.pos));
+    if (L.pages)
+        CK(cudaFree(L.pages));
+}
+
+static const char *dec_layout_name(const dec_layout &L)
+{
+    if (L.dt == SR_KV_BF16)
+        return L.paged ? "bf16, paged 256" : "bf16";
+    return L.paged ? "fp32, paged 256" : "fp32";
+}
+
 static void bench_decode(void)
 {
     const int H = 32, KV = 8, D = 128;
-    const int ctxs[] = {4096, 8192, 16384, 32768, 65536, 131072, 262144};
+    /* last, 64 keys: one range, no merge, the inputs in L2: the kernel's
+     * fixed cost (launch, q, one round trip, the block's fold).
+     * SR_BENCH_CTX=n runs context n alone (for a profiler). */
+    const int ctxs[] = {4096, 8192, 16384, 32768, 65536, 131072, 262144, 64};
+    const int only_ctx = getenv("SR_BENCH_CTX") ? atoi(getenv("SR_BENCH_CTX")) : 0;
     /* forced split counts tried at the small contexts, beside the automatic one */
     const int sweep[] = {8, 16, 24, 32, 48, 64, 96};
-    struct sweep_row { int ctx, variant, splits; double ms; };
+    struct sweep_row { int ctx; const char *layout; int variant, splits; double ms, bytes; };
     std::vector<sweep_row> swept;
-    printf("\n| decode attention (1 query, 32/8 heads, d 128, fp32 KV) | context | us | GB/s | / copy |\n");
-    printf("|---|---|---|---|---|\n");
+    printf("\n| decode attention (1 query, 32/8 heads, d 128) | context | KV | us | GB/s | / copy | "
+           "floor / copy |\n");
+    printf("|---|---|---|---|---|---|---|\n");
+    int dev = 0, sms = 0;
+    CK(cudaGetDevice(&dev));
+    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+    float *q = dev_f32((size_t)H * D, 7, 1.0f), *out, *lse;
+    CK(cudaMalloc(&out, (size_t)H * D * 4));
+    CK(cudaMalloc(&lse, (size_t)H * 4));
+    struct { sr_kv_dtype dt; bool paged; } kinds[] = {
+        {SR_KV_F32, false}, {SR_KV_F32, true}, {SR_KV_BF16, false}, {SR_KV_BF16, true}};
     for (int ctx : ctxs) {
-        const size_t kvn = (size_t)ctx * KV * D;
-        const size_t bytes = kvn * 4 * 2 + (size_t)ctx * 4;
-        int sets = (int)std::max<size_t>(1, ((size_t)512 << 20) / bytes + 1);
-        std::vector<float *> k(sets), v(sets);
-        for (int i = 0; i < sets; i++) {
-            k[i] = dev_f32(kvn, 100 + i, 1.0f);
-            v[i] = dev_f32(kvn, 200 + i, 1.0f);
+        if (only_ctx && ctx != only_ctx)
+            continue;
+        int32_t *qp = dev_iota(1, ctx);
+        for (auto &kd : kinds) {
+            dec_layout L;
+            dec_layout_make(L, kd.dt, kd.paged, ctx, KV, D, 1000 + ctx);
+            CK(cudaDeviceSynchronize());
+            const int sets = (int)L.sets.size();
+            auto run_sets = [&](int nsets) {
+                return time_ms(5, 15, 10, [&](int r) {
+                    const dec_set &s = L.sets[r % nsets];
+                    sr_attn_args a = attn_args(q, s.k, s.v, qp, L.pos, 1, ctx, H, KV, D,
+                                               1.0f / sqrtf((float)D), out, lse);
+                    a.kv_dtype = L.dt;
+                    a.pages = L.pages, a.page_rows = DEC_PAGE_ROWS, a.page_row0 = L.row0;
+                    CKR(be->ops->attention(be, &a));
+                });
+            };
+            /* the floor: the same K, V bytes read plainly (contiguous layouts) */
+            double floor_ratio = 0;
+            if (!L.paged) {
+                const size_t n16 = (size_t)ctx * KV * D * sr_kv_dtype_size(L.dt) / 16;
+                const double ms = time_ms(5, 15, 10, [&](int r) {
+                    const dec_set &s = L.sets[r % sets];
+                    read_floor<<<sms * 8, 256, 0, st>>>((const float4 *)s.k, (const float4 *)s.v,
+                                                        n16, out);
+                    CK(cudaGetLastError());
+                });
+                floor_ratio = L.bytes / (ms * 1e-3) / 1e9 / copy_gbs;
+            }
+            for (int variant = 0; variant < 2; variant++) {
+                if (variant == 1 && L.paged)
+                    continue; /* the ring shape: contiguous layouts only, to save time */
+                backend_cuda_set_attention_variant(be, variant);
+                const double ms = run_sets(sets);
+                const double gbs = L.bytes / (ms * 1e-3) / 1e9;
+                char fl[32] = "";
+                if (!L.paged)
+                    snprintf(fl, sizeof fl, "%.2f", floor_ratio);
+                /* variant 0 is each element type's faster shape (cuda_attention.cu) */
+                const bool ring = (L.dt == SR_KV_BF16) == (variant == 0);
+                char ctxs_s[16];
+                if (ctx >= 1024)
+                    snprintf(ctxs_s, sizeof ctxs_s, "%dK", ctx / 1024);
+                else
+                    snprintf(ctxs_s, sizeof ctxs_s, "%d", ctx);
+                printf("| split-key v%d (%s) | %s | %s | %.1f | %.0f | %.2f | %s |\n", variant,
+                       ring ? (L.dt == SR_KV_BF16 ? "cp.async ring, 10 stages"
+                                                  : "cp.async ring, 6 stages")
+                            : "register loads",
+                       ctxs_s, dec_layout_name(L), ms * 1e3, gbs, gbs / copy_gbs, fl);
+                fflush(stdout);
+                if (ctx >= 4096 && ctx <= 16384 && !L.paged)
+                    for (int sp : sweep) {
+                        backend_cuda_set_attention_splits(be, sp);
+                        swept.push_back({ctx, dec_layout_name(L), variant, sp, run_sets(sets),
+                                         L.bytes});
+                    }
+                backend_cuda_set_attention_splits(be, 0);
+            }
+            backend_cuda_set_attention_variant(be, 0);
+            dec_layout_free(L);
         }
-        float *q = dev_f32((size_t)H * D, 7, 1.0f), *out, *lse;
-        CK(cudaMalloc(&out, (size_t)H * D * 4));
-        CK(cudaMalloc(&lse, (size_t)H * 4));
-        int32_t *kp = dev_iota(ctx, 0), *qp = dev_iota(1, ctx);
-        CK(cudaDeviceSynchronize());
-        auto run_sets = [&](int nsets) {
-            return time_ms(5, 15, 10, [&](int r) {
-                sr_attn_args a = attn_args(q, k[r % nsets], v[r % nsets], qp, kp, 1, ctx, H, KV, D,
-                                           1.0f / sqrtf((float)D), out, lse);
-                CKR(be->ops->attention(be, &a));
-            });
-        };
-        auto run = [&]() { return run_sets(sets); };
-        auto row = [&](const char *what, double ms) {
-            const double gbs = bytes / (ms * 1e-3) / 1e9;
-            printf("| %s | %dK | %.1f | %.0f | %.2f |\n", what, ctx / 1024, ms * 1e3, gbs,
-                   gbs / copy_gbs);
-        };
-        {
-            int dev = 0, sms = 0;
-            CK(cudaGetDevice(&dev));
-            CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-            const double ms = time_ms(5, 15, 10, [&](int r) {
-                read_floor<<<sms * 8, 256, 0, st>>>((const float4 *)k[r % sets],
-                                                    (const float4 *)v[r % sets], kvn / 4, out);
-                CK(cudaGetLastError());
-            });
-            row("plain read of the same K, V (floor)", ms);
-        }
-        if (sets > 2)
-            row("split-key v0, 2 input sets (67 MB+, past the L2)", run_sets(2));
-        for (int variant = 0; variant < 2; variant++) {
-            backend_cuda_set_attention_variant(be, variant);
-            const double ms = run();
-            const double gbs = bytes / (ms * 1e-3) / 1e9;
-            printf("| split-key v%d (%s) | %dK | %.1f | %.0f | %.2f |\n", variant,
-                   variant ? "cp.async ring, 4 stages, fused merge" : "register loads, fused merge", ctx / 1024,
-                   ms * 1e3, gbs, gbs / copy_gbs);
-            fflush(stdout);
-            if (ctx <= 16384)
-                for (int sp : sweep) {
-                    backend_cuda_set_attention_splits(be, sp);
-                    swept.push_back({ctx, variant, sp, run()});
-                }
-            backend_cuda_set_attention_splits(be, 0);
-        }
-        backend_cuda_set_attention_variant(be, 0);
-        for (int i = 0; i < sets; i++) {
-            CK(cudaFree(k[i]));
-            CK(cudaFree(v[i]));
-        }
-        CK(cudaFree(q));
-        CK(cudaFree(out));
-        CK(cudaFree(lse));
-        CK(cudaFree(kp));
         CK(cudaFree(qp));
     }
+    CK(cudaFree(q));
+    CK(cudaFree(out));
+    CK(cudaFree(lse));
     /* What the automatic split count is chosen against. */
-    printf("\n| decode attention, forced split count | context | variant | splits | us | / copy |\n");
-    printf("|---|---|---|---|---|---|\n");
-    for (const sweep_row &r : swept) {
-        const double bytes = (double)r.ctx * KV * D * 8 + (double)r.ctx * 4;
-        printf("| split sweep | %dK | v%d | %d | %.1f | %.2f |\n", r.ctx / 1024, r.variant,
-               r.splits, r.ms * 1e3, bytes / (r.ms * 1e-3) / 1e9 / copy_gbs);
-    }
+    printf("\n| decode attention, forced split count | context | KV | variant | splits | us | / copy |\n");
+    printf("|---|---|---|---|---|---|---|\n");
+    for (const sweep_row &r : swept)
+        printf("| split sweep | %dK | %s | v%d | %d | %.1f | %.2f |\n", r.ctx / 1024, r.layout,
+               r.variant, r.splits, r.ms * 1e3, r.bytes / (r.ms * 1e-3) / 1e9 / copy_gbs);
 }
 
 static void bench_prefill(void)
