@@ -1,15 +1,21 @@
 /* Prefill attention on the tensor cores (head_dim 64 or 128).
  *
  * Flash-attention style: a block owns 64 query rows of one head (4 warps,
- * 16 rows each) and walks the keys in tiles of 64. Q, K and V arrive as
- * fp32 (the interface's activations and KV cache). A first pass rounds K
- * and V to bf16 into a workspace laid out [kv head][key][dim], so a tile is
- * one contiguous block, and records each key tile's position range. The
- * attention kernel then streams K/V tiles into shared memory with cp.async,
- * two stages deep (the next tile's copy overlaps this tile's math), rounds
- * Q to bf16 as it loads it, and runs S = Q K^T and O += P V as mma.sync
- * m16n8k16 bf16 with fp32 accumulation; the softmax keeps running fp32
- * statistics per row (base 2, Q pre-scaled by scale * log2 e).
+ * 16 rows each) and walks the keys in tiles of 64. Q arrives as fp32 (the
+ * interface's activations); K and V as the KV cache stores them, fp32 or
+ * bf16 rows, consecutive or through a page table (backend.h). Consecutive
+ * bf16 rows with 16-byte aligned row starts are read where they are; other
+ * layouts are first rounded or copied to bf16 into a workspace laid out
+ * [kv head][key][dim] in key order, so a tile is one contiguous block: the
+ * page table is followed once there (and the keys' positions gathered in
+ * key order), not once per query tile (measured: following it per tile
+ * cost 5-27% at 16-row pages). A small pass records each key tile's
+ * position range. The attention kernel then streams K/V tiles into shared memory
+ * with cp.async, two stages deep (the next tile's copy overlaps this
+ * tile's math), rounds Q to bf16 as it loads it, and runs S = Q K^T and
+ * O += P V as mma.sync m16n8k16 bf16 with fp32 accumulation; the softmax
+ * keeps running fp32 statistics per row (base 2, Q pre-scaled by
+ * scale * log2 e).
  *
  * The position mask (key j visible to query i iff k_pos[j] <= q_pos[i]) is
  * applied per element; a tile is skipped when every key in it is after
@@ -29,9 +35,25 @@
 
 enum { PF_WARPS = 4, PF_BR = 16 * PF_WARPS, PF_BC = 64 };
 
+/* Key j's row: j itself, or through the page table (backend.h); for the
+ * staging passes. */
+static __device__ __forceinline__ size_t pf_row(const int32_t *pages, int page_rows, int row0,
+                                                int j)
+{
+    if (!pages)
+        return (size_t)j;
+    const int t = row0 + j;
+    return (size_t)pages[t / page_rows] * (size_t)page_rows + (size_t)(t % page_rows);
+}
+
 typedef struct {
     const float *q;
-    const __nv_bfloat16 *kb, *vb; /* [n_kv][nk][D] */
+    /* bf16 K/V: key j of kv head g at kb + g * head_stride + j *
+     * row_stride: the cache's own consecutive rows (head_stride D,
+     * row_stride kv_stride) or the workspace's [n_kv][nk][D] (head_stride
+     * nk * D, row_stride D). k_pos[j]: key j's position. */
+    const __nv_bfloat16 *kb, *vb;
+    size_t head_stride, row_stride;
     const int2 *tiles;            /* [ceil(nk / PF_BC)] (min, max) key position */
     const int32_t *q_pos, *k_pos;
     int nq, nk, n_heads, group;
@@ -41,8 +63,24 @@ typedef struct {
     float *out, *lse;
 } prefill_params;
 
-/* K and V (fp32, [nk, kv_stride], kv head g at g*D) to bf16 [n_kv][nk][D]. */
-__global__ void kv_to_bf16_kernel(const float *__restrict__ k, const float *__restrict__ v,
+/* Four elements of a K/V row as bf16 (fp32 rounded to nearest even). */
+static __device__ __forceinline__ uint2 pf_load4(const float *p)
+{
+    const float4 a = __ldg((const float4 *)p);
+    return make_uint2(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w));
+}
+static __device__ __forceinline__ uint2 pf_load4(const __nv_bfloat16 *p)
+{
+    return __ldg((const uint2 *)p);
+}
+
+/* K and V (T = float or bf16 rows of kv_stride elements, kv head g at g*D,
+ * key j at its row through the page table) to bf16 [n_kv][nk][D] in key
+ * order; with kpos_out, the keys' positions too, in key order. */
+template <typename T>
+__global__ void kv_to_bf16_kernel(const T *__restrict__ k, const T *__restrict__ v,
+                                  const int32_t *__restrict__ pages, int page_rows, int page_row0,
+                                  const int32_t *__restrict__ k_pos, int32_t *__restrict__ kpos_out,
                                   int nk, int n_kv, int D, int kv_stride,
                                   __nv_bfloat16 *__restrict__ kb, __nv_bfloat16 *__restrict__ vb)
 {
@@ -53,12 +91,14 @@ __global__ void kv_to_bf16_kernel(const float *__restrict__ k, const float *__re
         const int c = (int)(i % d4);
         const size_t jg = i / d4;
         const int g = (int)(jg % n_kv);
-        const size_t j = jg / n_kv;
-        const size_t src = j * kv_stride + (size_t)g * D + 4 * c;
+        const int j = (int)(jg / n_kv);
+        const size_t row = pf_row(pages, page_rows, page_row0, j);
+        const size_t src = row * kv_stride + (size_t)g * D + 4 * c;
         const size_t dst = ((size_t)g * nk + j) * D + 4 * c;
-        const float4 a = __ldg((const float4 *)(k + src)), b = __ldg((const float4 *)(v + src));
-        *reinterpret_cast<uint2 *>(kb + dst) = make_uint2(pack_bf16(a.x, a.y), pack_bf16(a.z, a.w));
-        *reinterpret_cast<uint2 *>(vb + dst) = make_uint2(pack_bf16(b.x, b.y), pack_bf16(b.z, b.w));
+        *reinterpret_cast<uint2 *>(kb + dst) = pf_load4(k + src);
+        *reinterpret_cast<uint2 *>(vb + dst) = pf_load4(v + src);
+        if (kpos_out && g == 0 && c == 0)
+            kpos_out[j] = k_pos[row];
     }
 }
 
@@ -139,7 +179,8 @@ __global__ void __launch_bounds__(PF_WARPS * 32, 3) attn_prefill_tc_kernel(prefi
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 
     const int ntiles = (p.nk + PF_BC - 1) / PF_BC;
-    const __nv_bfloat16 *kbase = p.kb + (size_t)g * p.nk * D, *vbase = p.vb + (size_t)g * p.nk * D;
+    const __nv_bfloat16 *kbase = p.kb + (size_t)g * p.head_stride;
+    const __nv_bfloat16 *vbase = p.vb + (size_t)g * p.head_stride;
     /* The next tile at or after t that some query of the block can see;
      * the same answer in every thread. */
     auto next_tile = [&](int t) {
@@ -148,20 +189,23 @@ __global__ void __launch_bounds__(PF_WARPS * 32, 3) attn_prefill_tc_kernel(prefi
                 t++;
         return t;
     };
+    /* Tile t's rows into `stage` in 16-byte chunks; rows past the last key
+     * are zero-filled (their source: the last key). */
     auto issue = [&](int t, int stage) {
         __nv_bfloat16 *ks = kv_s + (2 * stage) * TILE, *vs = ks + TILE;
-        const size_t base = (size_t)t * PF_BC * D;
-        for (int idx = tid; idx < PF_BC * (D / 8); idx += PF_WARPS * 32) {
-            const int r = idx / (D / 8), c = idx - r * (D / 8);
-            const int ok = t * PF_BC + r < p.nk;
-            const size_t off = base + (ok ? (size_t)r * D + 8 * c : 0);
+        constexpr int CPR = D / 8, RPP = PF_WARPS * 32 / CPR; /* chunks per row, rows per pass */
+        const int c = tid % CPR;
+        for (int r = tid / CPR; r < PF_BC; r += RPP) {
+            const int j = t * PF_BC + r;
+            const int ok = j < p.nk;
+            const size_t off = (size_t)(ok ? j : p.nk - 1) * p.row_stride + 8 * c;
             cp_async16(ks + r * LD + 8 * c, kbase + off, ok ? 16 : 0);
             cp_async16(vs + r * LD + 8 * c, vbase + off, ok ? 16 : 0);
         }
         if (masked && tid < PF_BC) {
             const int j = t * PF_BC + tid;
-            cp_async4(kpos_s + stage * PF_BC + tid, p.k_pos + (j < p.nk ? j : t * PF_BC),
-                      j < p.nk ? 4 : 0);
+            const int ok = j < p.nk;
+            cp_async4(kpos_s + stage * PF_BC + tid, p.k_pos + (ok ? j : p.nk - 1), ok ? 4 : 0);
         }
     };
 
@@ -258,11 +302,18 @@ __global__ void __launch_bounds__(PF_WARPS * 32, 3) attn_prefill_tc_kernel(prefi
     }
 }
 
+/* Any KV layout: rows that cannot be copied in 16-byte pieces where they
+ * are go through the workspace. */
 int cuda_prefill_supported(const sr_attn_args *a)
 {
-    if (a->kv_dtype != SR_KV_F32 || a->pages) /* not yet: bf16 or paged KV */
+    if (a->pages && a->page_rows <= 0)
         return 0;
     return a->head_dim == 64 || a->head_dim == 128;
+}
+
+static int aligned16_ptr(const void *p)
+{
+    return ((uintptr_t)p & 15) == 0;
 }
 
 template <int D>
@@ -292,31 +343,57 @@ int cuda_prefill_attention(cuda_ctx *ctx, const sr_attn_args *a)
     if (blocks > INT_MAX)
         return sr_error_set("cuda attention: %d query rows x %d heads is too many for one call",
                             a->nq, a->n_heads);
-    /* bf16 K and V, then the tiles' position ranges, in one workspace */
-    const size_t kv_elems = (size_t)a->n_kv * (size_t)a->nk * D;
+    if (a->pages && a->page_rows <= 0)
+        return sr_error_set("cuda attention: page table with %d rows per page", a->page_rows);
+    /* Consecutive bf16 rows that 16-byte copies can read are read in
+     * place; the rest are staged as bf16 [n_kv][nk][D] (and, with a page
+     * table, their positions in key order) in the workspace, before the
+     * tiles' position ranges. */
+    const int direct = a->kv_dtype == SR_KV_BF16 && !a->pages && a->kv_stride % 8 == 0 &&
+                       aligned16_ptr(a->k) && aligned16_ptr(a->v);
+    const int gather_pos = !direct && a->pages && a->k_pos && a->nk > 0;
+    const size_t kv_elems = direct ? 0 : (size_t)a->n_kv * (size_t)a->nk * D;
     const int ntiles = (a->nk + PF_BC - 1) / PF_BC;
-    const size_t tiles_off = (2 * kv_elems * sizeof(__nv_bfloat16) + 255) & ~(size_t)255;
+    const size_t kpos_off = (2 * kv_elems * sizeof(__nv_bfloat16) + 255) & ~(size_t)255;
+    const size_t tiles_off =
+        (kpos_off + (gather_pos ? (size_t)a->nk * sizeof(int32_t) : 0) + 255) & ~(size_t)255;
     if (cuda_ws_reserve(ctx, &ctx->prefill_ws, &ctx->prefill_ws_bytes,
                         tiles_off + (size_t)(ntiles > 0 ? ntiles : 1) * sizeof(int2)) != 0)
         return sr_error_prefix("cuda attention: bf16 K/V for %d keys: ", a->nk);
-    __nv_bfloat16 *kb = (__nv_bfloat16 *)ctx->prefill_ws, *vb = kb + kv_elems;
     int2 *tiles = (int2 *)((char *)ctx->prefill_ws + tiles_off);
-    if (a->nk > 0) {
-        const size_t n4 = kv_elems / 4;
-        long long grid = (long long)((n4 + 255) / 256);
-        if (grid > 16LL * ctx->sm_count)
-            grid = 16LL * ctx->sm_count;
-        kv_to_bf16_kernel<<<(unsigned)grid, 256, 0, ctx->stream>>>(
-            (const float *)a->k, (const float *)a->v, a->nk, a->n_kv, D,
-                                                                   a->kv_stride, kb, vb);
-        CUDA_CHECK_LAUNCH("kv_to_bf16_kernel");
-        if (a->k_pos) {
-            tile_ranges_kernel<<<(ntiles + 7) / 8, 256, 0, ctx->stream>>>(a->k_pos, a->nk, tiles);
-            CUDA_CHECK_LAUNCH("tile_ranges_kernel");
-        }
-    }
     prefill_params p;
-    p.q = a->q, p.kb = kb, p.vb = vb, p.tiles = tiles, p.q_pos = a->q_pos, p.k_pos = a->k_pos;
+    if (direct) {
+        p.kb = (const __nv_bfloat16 *)a->k, p.vb = (const __nv_bfloat16 *)a->v;
+        p.head_stride = (size_t)D, p.row_stride = (size_t)a->kv_stride;
+        p.k_pos = a->k_pos;
+    } else {
+        __nv_bfloat16 *kb = (__nv_bfloat16 *)ctx->prefill_ws, *vb = kb + kv_elems;
+        int32_t *kpos = gather_pos ? (int32_t *)((char *)ctx->prefill_ws + kpos_off) : nullptr;
+        if (a->nk > 0) {
+            const size_t n4 = kv_elems / 4;
+            long long grid = (long long)((n4 + 255) / 256);
+            if (grid > 16LL * ctx->sm_count)
+                grid = 16LL * ctx->sm_count;
+            if (a->kv_dtype == SR_KV_BF16)
+                kv_to_bf16_kernel<__nv_bfloat16><<<(unsigned)grid, 256, 0, ctx->stream>>>(
+                    (const __nv_bfloat16 *)a->k, (const __nv_bfloat16 *)a->v, a->pages,
+                    a->page_rows, a->page_row0, a->k_pos, kpos, a->nk, a->n_kv, D, a->kv_stride,
+                    kb, vb);
+            else
+                kv_to_bf16_kernel<float><<<(unsigned)grid, 256, 0, ctx->stream>>>(
+                    (const float *)a->k, (const float *)a->v, a->pages, a->page_rows,
+                    a->page_row0, a->k_pos, kpos, a->nk, a->n_kv, D, a->kv_stride, kb, vb);
+            CUDA_CHECK_LAUNCH("kv_to_bf16_kernel");
+        }
+        p.kb = kb, p.vb = vb;
+        p.head_stride = (size_t)a->nk * D, p.row_stride = (size_t)D;
+        p.k_pos = gather_pos ? kpos : a->k_pos; /* a page table and positions: gathered */
+    }
+    if (a->k_pos && a->nk > 0) {
+        tile_ranges_kernel<<<(ntiles + 7) / 8, 256, 0, ctx->stream>>>(p.k_pos, a->nk, tiles);
+        CUDA_CHECK_LAUNCH("tile_ranges_kernel");
+    }
+    p.q = a->q, p.tiles = tiles, p.q_pos = a->q_pos;
     p.nq = a->nq, p.nk = a->nk, p.n_heads = a->n_heads, p.group = a->n_heads / a->n_kv;
     p.q_stride = a->q_stride;
     p.scale_log2 = a->scale * LOG2E_F;

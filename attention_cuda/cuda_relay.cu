@@ -22,11 +22,15 @@
  * rows; more than 128 rows take several row-tile blocks, launched next to
  * each other so that the later ones find the key tiles in L2.
  *
- * K and V stay fp32 in memory (the interface's KV cache); a key tile of 64
- * keys is copied raw into shared memory with cp.async, two tiles ahead, and
- * rounded to a bf16 tile in shared memory once per block before the warps
- * read it with ldmatrix; no separate pass rewrites the KV. Rows beyond the
- * last key are zero-filled by the copy and their scores set to -inf.
+ * K and V are read as the KV cache stores them (backend.h): bf16 or fp32
+ * rows, consecutive or through a page table (each key row's address from
+ * the table, so the rows of one tile may come from several pages). bf16
+ * rows (the cuda backend's default cache) are copied with cp.async
+ * straight into the bf16 tiles the warps read with ldmatrix, three tiles
+ * in the ring (two in flight during the math on the third). fp32 rows are
+ * copied raw into shared memory, two tiles ahead, and rounded to a bf16
+ * tile there once per block; no separate pass rewrites the KV. Rows beyond
+ * the last key are zero-filled by the copy and their scores set to -inf.
  *
  * A row that sees no key (nk == 0) gets o = 0 and lse = -inf.
  * Reference: backend_cpu/cpu_attention.c. */
@@ -41,7 +45,11 @@
 enum { RL_WARPS = 8, RL_THREADS = 32 * RL_WARPS, RL_BK = 64 };
 
 typedef struct {
-    const float *q, *k, *v;
+    const float *q;
+    const void *k, *v;     /* rows of float or bf16 (the kernel's type) */
+    const int32_t *pages;  /* NULL: key j is row j; else backend.h's page table */
+    int page_rows, page_row0;
+    int page_shift;        /* log2(page_rows) when a power of two, else -1 */
     int nk, n_heads, group;
     int q_stride, kv_stride;
     int nvec;           /* packed rows of one kv head: nq * group */
@@ -53,13 +61,46 @@ typedef struct {
     float *ws_o, *ws_lse; /* several: [split][rows][hd], [split][rows] */
 } relay_params;
 
-/* Shared memory: two raw fp32 stages of K and V, then the bf16 K and V
- * tiles, one set (pipe 0) or two (pipe 1). */
-template <int D, int PIPE>
+/* The kernel shapes: fp32 rows with one bf16 tile (pipe 0) or two (pipe
+ * 1, the default), and bf16 rows copied straight into a ring of bf16
+ * tiles. */
+enum { RL_F32_PIPE0 = 0, RL_F32_PIPE1 = 1, RL_BF16 = 2 };
+enum { RL_BF16_STAGES = 3 };
+
+/* Shared memory: fp32 rows: two raw fp32 stages of K and V, then the bf16
+ * K and V tiles, one set (pipe 0) or two (pipe 1); bf16 rows: the ring of
+ * bf16 K and V tiles. */
+template <int D, int KIND>
 constexpr size_t relay_smem_bytes()
 {
-    return (size_t)2 * 2 * RL_BK * D * sizeof(float) +
-           (size_t)(PIPE ? 2 : 1) * 2 * RL_BK * (D + 8) * sizeof(__nv_bfloat16);
+    return KIND == RL_BF16
+               ? (size_t)RL_BF16_STAGES * 2 * RL_BK * (D + 8) * sizeof(__nv_bfloat16)
+               : (size_t)2 * 2 * RL_BK * D * sizeof(float) +
+                     (size_t)(KIND == RL_F32_PIPE1 ? 2 : 1) * 2 * RL_BK * (D + 8) *
+                         sizeof(__nv_bfloat16);
+}
+
+/* With a page table: key j's slot in it and its row within the page
+ * (shift and mask for pages of a power of two rows, the pool's sizes). */
+static __device__ __forceinline__ int rl_slot(const relay_params &p, int j)
+{
+    const int t = p.page_row0 + j;
+    return p.page_shift >= 0 ? t >> p.page_shift : t / p.page_rows;
+}
+
+static __device__ __forceinline__ int rl_in_page(const relay_params &p, int j)
+{
+    const int t = p.page_row0 + j;
+    return p.page_shift >= 0 ? t & (p.page_rows - 1) : t % p.page_rows;
+}
+
+/* Key j's row: j itself, or through the page table. */
+static __device__ __forceinline__ size_t rl_row(const relay_params &p, int j)
+{
+    if (!p.pages)
+        return (size_t)j;
+    return (size_t)__ldg(p.pages + rl_slot(p, j)) * (size_t)p.page_rows +
+           (size_t)rl_in_page(p, j);
 }
 
 /* One warp's work on one bf16 key tile: S = Q K^T for its 16 rows, the
@@ -131,6 +172,66 @@ __device__ __forceinline__ void relay_tile(const uint32_t (&qf)[D / 16][4], floa
  * and the rounding of tile t+1 by warps that are ahead overlaps the
  * tensor-core work on tile t of the others. Two fp32 tiles stay in flight
  * during the math of a third. */
+/* Q of a block's packed rows (row tile rt of kv head g), scaled and
+ * rounded to bf16, into qs (rows of LDB), zero past the last row. */
+template <int D, int MR>
+__device__ __forceinline__ void relay_stage_q(const relay_params &p, int g, int rt,
+                                              __nv_bfloat16 *qs, int tid)
+{
+    constexpr int LDB = D + 8;
+    for (int idx = tid; idx < MR * (D / 4); idx += RL_THREADS) {
+        const int r = idx / (D / 4), c = idx - r * (D / 4);
+        const int t = rt * MR + r;
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (t < p.nvec) {
+            const int i = t / p.group, h = g * p.group + t % p.group;
+            x = __ldg((const float4 *)(p.q + (size_t)i * p.q_stride + (size_t)h * D) + c);
+        }
+        const float m = p.scale_log2;
+        *reinterpret_cast<uint2 *>(qs + r * LDB + 4 * c) =
+            make_uint2(pack_bf16(x.x * m, x.y * m), pack_bf16(x.z * m, x.w * m));
+    }
+}
+
+/* A warp's rows out: normalized o (its slice of the dims) and lse, into
+ * the result (one split) or the split's slot in the workspace. */
+template <int D, int WR, int DW>
+__device__ __forceinline__ void relay_store(const relay_params &p, const float (&o)[DW / 8][4],
+                                            float m0, float m1, float l0, float l1, int g, int rt,
+                                            int wr, int wk, int lane)
+{
+    constexpr int MR = 16 * WR;
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    const bool final_out = gridDim.y == 1;
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const int t = rt * MR + wr * 16 + (lane >> 2) + 8 * half;
+        if (t >= p.nvec)
+            continue;
+        const float l = half ? l1 : l0, m = half ? m1 : m0;
+        const int r = (t / p.group) * p.n_heads + g * p.group + t % p.group;
+        float *orow = final_out ? p.out + (size_t)r * D
+                                : p.ws_o + ((size_t)blockIdx.y * p.rows + r) * D;
+        orow += wk * DW + 2 * (lane & 3);
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+#pragma unroll
+        for (int dt = 0; dt < DW / 8; dt++)
+            *reinterpret_cast<float2 *>(orow + dt * 8) =
+                make_float2(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
+        if (wk == 0 && (lane & 3) == 0) {
+            const float lse = l > 0.0f ? (m + log2f(l)) * LN2_F : -INFINITY;
+            if (!final_out)
+                p.ws_lse[(size_t)blockIdx.y * p.rows + r] = lse;
+            else if (p.lse)
+                p.lse[r] = lse;
+        }
+    }
+}
+
 template <int D, int WR, int MINB, int PIPE>
 __global__ void __launch_bounds__(RL_THREADS, MINB) attn_relay_kernel(relay_params p)
 {
@@ -152,17 +253,21 @@ __global__ void __launch_bounds__(RL_THREADS, MINB) attn_relay_kernel(relay_para
     const int k_begin = blockIdx.y * p.keys_per_split;
     const int k_end = min(p.nk, k_begin + p.keys_per_split);
     const int ntiles = k_end > k_begin ? (k_end - k_begin + RL_BK - 1) / RL_BK : 0;
-    const float *kg = p.k + (size_t)g * D, *vg = p.v + (size_t)g * D;
+    const float *kg = (const float *)p.k + (size_t)g * D, *vg = (const float *)p.v + (size_t)g * D;
+    constexpr int CPR = D / 4, RPP = RL_THREADS / CPR; /* 16-byte chunks per row, rows per pass */
+    static_assert(RL_THREADS % CPR == 0, "a thread's chunks stay in one column");
 
-    /* Tile t's K and V rows, fp32 as stored, into stage `stg`. */
+    /* Tile t's K and V rows, fp32 as stored, into stage `stg`; a thread's
+     * chunks are chunk idx = tid + i * RL_THREADS (row idx / CPR), all in
+     * one column, each row's address (page table) worked out once. Rows
+     * past the split's last key: zero-filled (source: the last key). */
     auto issue = [&](int t, int stg) {
         float *kf = stage_s + stg * STAGE, *vf = kf + RL_BK * D;
-        const int j0 = k_begin + t * RL_BK;
-        for (int idx = tid; idx < RL_BK * (D / 4); idx += RL_THREADS) {
-            const int r = idx / (D / 4), c = idx - r * (D / 4);
+        const int j0 = k_begin + t * RL_BK, c = tid % CPR;
+        for (int r = tid / CPR; r < RL_BK; r += RPP) {
             const int j = j0 + r;
             const bool ok = j < k_end;
-            const size_t off = (size_t)(ok ? j : k_begin) * p.kv_stride + 4 * c;
+            const size_t off = rl_row(p, ok ? j : k_end - 1) * p.kv_stride + 4 * c;
             cp_async16(kf + r * D + 4 * c, kg + off, ok ? 16 : 0);
             cp_async16(vf + r * D + 4 * c, vg + off, ok ? 16 : 0);
         }
@@ -195,18 +300,7 @@ __global__ void __launch_bounds__(RL_THREADS, MINB) attn_relay_kernel(relay_para
     /* Q of this block's packed rows, scaled and rounded, staged through
      * the last bf16 tile (not in use yet) on the way to registers. */
     __nv_bfloat16 *qs = bf + (PIPE ? BUF : 0);
-    for (int idx = tid; idx < MR * (D / 4); idx += RL_THREADS) {
-        const int r = idx / (D / 4), c = idx - r * (D / 4);
-        const int t = rt * MR + r;
-        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (t < p.nvec) {
-            const int i = t / p.group, h = g * p.group + t % p.group;
-            x = __ldg((const float4 *)(p.q + (size_t)i * p.q_stride + (size_t)h * D) + c);
-        }
-        const float m = p.scale_log2;
-        *reinterpret_cast<uint2 *>(qs + r * LDB + 4 * c) =
-            make_uint2(pack_bf16(x.x * m, x.y * m), pack_bf16(x.z * m, x.w * m));
-    }
+    relay_stage_q<D, MR>(p, g, rt, qs, tid);
     if (PIPE) {
         cp_async_wait<1>(); /* this thread's chunks of tile 0 */
         if (ntiles > 0)
@@ -255,82 +349,192 @@ __global__ void __launch_bounds__(RL_THREADS, MINB) attn_relay_kernel(relay_para
                           k_begin + t * RL_BK, k_end, lane);
     }
     cp_async_wait<0>(); /* only empty groups can remain; leave none behind */
+    relay_store<D, WR, DW>(p, o, m0, m1, l0, l1, g, rt, wr, wk, lane);
+}
 
+/* bf16 rows: each key tile is copied straight into one of RL_BF16_STAGES
+ * bf16 tiles (16-byte chunks: kv_stride % 8 == 0, 16-byte aligned K and
+ * V), two tiles in flight during the math on a third, one barrier per
+ * tile: after it, every warp is done with the tile before, whose slot the
+ * next copy takes. With a page table, each thread reads the table entries
+ * of its rows of a tile one step before it copies the tile, so the table's
+ * latency is hidden behind a tile of math (reading them at the copy cost
+ * 15% at 16-row pages). */
+template <int D, int WR, int MINB>
+__global__ void __launch_bounds__(RL_THREADS, MINB) attn_relay_bf16_kernel(relay_params p)
+{
+    constexpr int WK = RL_WARPS / WR;
+    constexpr int DW = D / WK;
+    constexpr int LDB = D + 8;
+    constexpr int MR = 16 * WR;
+    constexpr int BUF = 2 * RL_BK * LDB; /* one bf16 K + V tile */
+    constexpr int NS = RL_BF16_STAGES;
+    constexpr int CPR = D / 8, RPP = RL_THREADS / CPR; /* 16-byte chunks per row, rows per pass */
+    constexpr int NR = RL_BK / RPP;                    /* rows of a tile per thread */
+    static_assert(DW >= 8 && DW % 8 == 0, "each warp needs whole n8 tiles of dims");
+    static_assert(MR <= 2 * RL_BK, "Q is staged through a bf16 K + V tile");
+    static_assert(RL_THREADS % CPR == 0, "a thread's chunks stay in one column");
+    static_assert(NS == 3, "the waits below count on two tiles in flight");
+    extern __shared__ __align__(16) unsigned char rl_smem[];
+    __nv_bfloat16 *bf = reinterpret_cast<__nv_bfloat16 *>(rl_smem);
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int wr = warp % WR, wk = warp / WR;
+    const int g = blockIdx.x / p.n_rtiles, rt = blockIdx.x % p.n_rtiles;
+    const int k_begin = blockIdx.y * p.keys_per_split;
+    const int k_end = min(p.nk, k_begin + p.keys_per_split);
+    const int ntiles = k_end > k_begin ? (k_end - k_begin + RL_BK - 1) / RL_BK : 0;
+    const __nv_bfloat16 *kg = (const __nv_bfloat16 *)p.k + (size_t)g * D;
+    const __nv_bfloat16 *vg = (const __nv_bfloat16 *)p.v + (size_t)g * D;
+
+    /* This thread's rows of a tile: tid / CPR + i * RPP, all in column
+     * tid % CPR. pg: their page-table entries for the next tile to copy
+     * (t < ntiles; rows past the split's end read the last key's). */
+    int pg[NR];
+    auto fetch = [&](int t) {
+        if (!p.pages)
+            return;
+        const int j0 = k_begin + t * RL_BK;
 #pragma unroll
-    for (int off = 1; off < 4; off <<= 1) {
-        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
-    }
-    const bool final_out = gridDim.y == 1;
+        for (int i = 0; i < NR; i++)
+            pg[i] = __ldg(p.pages + rl_slot(p, min(j0 + tid / CPR + i * RPP, k_end - 1)));
+    };
+    /* Tile t (its entries fetched) into `slot`; rows past the split's last
+     * key are zero-filled (source: the last key). */
+    auto issue = [&](int t, int slot) {
+        __nv_bfloat16 *kd = bf + slot * BUF, *vd = kd + RL_BK * LDB;
+        const int j0 = k_begin + t * RL_BK, c = tid % CPR;
 #pragma unroll
-    for (int half = 0; half < 2; half++) {
-        const int t = rt * MR + wr * 16 + (lane >> 2) + 8 * half;
-        if (t >= p.nvec)
-            continue;
-        const float l = half ? l1 : l0, m = half ? m1 : m0;
-        const int r = (t / p.group) * p.n_heads + g * p.group + t % p.group;
-        float *orow = final_out ? p.out + (size_t)r * D
-                                : p.ws_o + ((size_t)blockIdx.y * p.rows + r) * D;
-        orow += wk * DW + 2 * (lane & 3);
-        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-#pragma unroll
-        for (int dt = 0; dt < DW / 8; dt++)
-            *reinterpret_cast<float2 *>(orow + dt * 8) =
-                make_float2(o[dt][2 * half] * inv, o[dt][2 * half + 1] * inv);
-        if (wk == 0 && (lane & 3) == 0) {
-            const float lse = l > 0.0f ? (m + log2f(l)) * LN2_F : -INFINITY;
-            if (!final_out)
-                p.ws_lse[(size_t)blockIdx.y * p.rows + r] = lse;
-            else if (p.lse)
-                p.lse[r] = lse;
+        for (int i = 0; i < NR; i++) {
+            const int r = tid / CPR + i * RPP;
+            const int j = min(j0 + r, k_end - 1);
+            const bool ok = j0 + r < k_end;
+            const size_t row = p.pages ? (size_t)pg[i] * (size_t)p.page_rows + rl_in_page(p, j)
+                                       : (size_t)j;
+            const size_t off = row * p.kv_stride + 8 * c;
+            cp_async16(kd + r * LDB + 8 * c, kg + off, ok ? 16 : 0);
+            cp_async16(vd + r * LDB + 8 * c, vg + off, ok ? 16 : 0);
         }
+    };
+    /* One commit group per tile, empty ones included, so that "all but the
+     * newest group" always names the same tile. */
+    if (ntiles > 0) {
+        fetch(0);
+        issue(0, 0);
     }
+    cp_async_commit();
+    if (ntiles > 1) {
+        fetch(1);
+        issue(1, 1);
+    }
+    cp_async_commit();
+    if (ntiles > 2)
+        fetch(2);
+
+    /* Q through the third slot, which tile 2 takes after the loop's first
+     * barrier (every warp has its fragments by then). */
+    __nv_bfloat16 *qs = bf + 2 * BUF;
+    relay_stage_q<D, MR>(p, g, rt, qs, tid);
+    __syncthreads();
+    uint32_t qf[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+        ldsm_x4(qf[kk], qs + (wr * 16 + (lane & 15)) * LDB + kk * 16 + (lane >> 4) * 8);
+
+    float o[DW / 8][4];
+#pragma unroll
+    for (int dt = 0; dt < DW / 8; dt++)
+        o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+
+    int slot = 0, next = 2; /* tile t's slot, tile t+2's */
+    for (int t = 0; t < ntiles; t++) {
+        /* groups so far: tiles 0 .. t+1; all but the newest: t is here */
+        cp_async_wait<1>();
+        __syncthreads(); /* everyone's copies of tile t; tile t-1's slot is free */
+        if (t + 2 < ntiles) {
+            issue(t + 2, next);
+            if (t + 3 < ntiles)
+                fetch(t + 3); /* used by the next step's copy */
+        }
+        cp_async_commit();
+        const __nv_bfloat16 *cur = bf + slot * BUF;
+        relay_tile<D, DW>(qf, o, m0, m1, l0, l1, cur, cur + RL_BK * LDB + wk * DW,
+                          k_begin + t * RL_BK, k_end, lane);
+        slot = slot == NS - 1 ? 0 : slot + 1;
+        next = next == NS - 1 ? 0 : next + 1;
+    }
+    cp_async_wait<0>(); /* only empty groups can remain; leave none behind */
+    relay_store<D, WR, DW>(p, o, m0, m1, l0, l1, g, rt, wr, wk, lane);
 }
 
 /* Blocks per multiprocessor the register budget is set for: two of the
  * head_dim 64 kernels fit in shared memory, except the 128-row shape,
- * which spills at 128 registers; one of the head_dim 128 ones. */
-constexpr int relay_min_blocks(int d, int wr)
+ * which spills at 128 registers; one of the head_dim 128 fp32 ones; two of
+ * the head_dim 128 bf16 ones (a third of the shared memory) up to 32 rows
+ * (64 rows spill a little at 128 registers). */
+constexpr int relay_min_blocks(int d, int wr, int kind)
 {
-    return d == 64 && wr < 8 ? 2 : 1;
+    return d == 64 ? (wr < 8 ? 2 : 1) : (kind == RL_BF16 && wr <= 2 ? 2 : 1);
 }
 
+static int relay_aligned16(const void *p)
+{
+    return ((uintptr_t)p & 15) == 0;
+}
+
+/* bf16 rows are copied in 16-byte pieces: every row start must be 16-byte
+ * aligned (kv_stride % 8 == 0, aligned K and V); fp32 rows need what every
+ * path needs (kv_stride % 4 == 0, aligned K and V, checked by the caller). */
 int cuda_relay_supported(const sr_attn_args *a)
 {
-    if (a->kv_dtype != SR_KV_F32 || a->pages) /* not yet: bf16 or paged KV */
+    if (a->k_pos || (a->head_dim != 64 && a->head_dim != 128))
         return 0;
-    return !a->k_pos && (a->head_dim == 64 || a->head_dim == 128);
+    if (a->pages && a->page_rows <= 0)
+        return 0;
+    if (a->kv_dtype == SR_KV_BF16 && a->nk > 0 &&
+        (a->kv_stride % 8 || !relay_aligned16(a->k) || !relay_aligned16(a->v)))
+        return 0;
+    return 1;
+}
+
+template <int D, int WR, int KIND>
+static void (*relay_kernel())(relay_params)
+{
+    constexpr int MINB = relay_min_blocks(D, WR, KIND);
+    if constexpr (KIND == RL_BF16)
+        return attn_relay_bf16_kernel<D, WR, MINB>;
+    else
+        return attn_relay_kernel<D, WR, MINB, KIND == RL_F32_PIPE1 ? 1 : 0>;
 }
 
 /* Raises the kernel's shared-memory limit once and returns how many blocks
  * fit on a multiprocessor (what the split count is sized to). */
-template <int D, int WR, int PIPE>
+template <int D, int WR, int KIND>
 static int relay_prepare(cuda_ctx *ctx, int *per_sm)
 {
-    constexpr int MINB = relay_min_blocks(D, WR);
-    constexpr size_t smem = relay_smem_bytes<D, PIPE>();
+    constexpr size_t smem = relay_smem_bytes<D, KIND>();
     static int blocks; /* once per kernel instance (one device per process) */
     if (!blocks) {
         if (smem > ctx->smem_optin)
             return sr_error_set("cuda relay attention: %zu bytes of shared memory needed, the "
                                 "device allows %zu", smem, ctx->smem_optin);
-        CUDA_TRY(cudaFuncSetAttribute(attn_relay_kernel<D, WR, MINB, PIPE>,
+        CUDA_TRY(cudaFuncSetAttribute(relay_kernel<D, WR, KIND>(),
                                       cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
         int n = 0;
-        CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-            &n, attn_relay_kernel<D, WR, MINB, PIPE>, RL_THREADS, smem));
+        CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, relay_kernel<D, WR, KIND>(),
+                                                               RL_THREADS, smem));
         blocks = n > 0 ? n : 1;
     }
     *per_sm = blocks;
     return 0;
 }
 
-template <int D, int WR, int PIPE>
+template <int D, int WR, int KIND>
 static int relay_run(cuda_ctx *ctx, const sr_attn_args *a, relay_params p, long long base)
 {
-    constexpr int MINB = relay_min_blocks(D, WR);
     int per_sm = 1;
-    if (relay_prepare<D, WR, PIPE>(ctx, &per_sm) != 0)
+    if (relay_prepare<D, WR, KIND>(ctx, &per_sm) != 0)
         return -1;
     /* One wave of blocks: the row tiles of every kv head times as many key
      * ranges as fit beside them (every block has the same work, so a
@@ -358,8 +562,7 @@ static int relay_run(cuda_ctx *ctx, const sr_attn_args *a, relay_params p, long 
     p.ws_o = ctx->attn_ws;
     p.ws_lse = ctx->attn_ws + (size_t)splits * rows * D;
     const dim3 grid((unsigned)base, (unsigned)splits);
-    attn_relay_kernel<D, WR, MINB, PIPE>
-        <<<grid, RL_THREADS, relay_smem_bytes<D, PIPE>(), ctx->stream>>>(p);
+    relay_kernel<D, WR, KIND>()<<<grid, RL_THREADS, relay_smem_bytes<D, KIND>(), ctx->stream>>>(p);
     CUDA_CHECK_LAUNCH("attn_relay_kernel");
     if (splits > 1)
         return cuda_merge_strided(ctx, (int)splits, p.ws_o, rows * D, p.ws_lse, rows, (int)rows,
@@ -367,23 +570,23 @@ static int relay_run(cuda_ctx *ctx, const sr_attn_args *a, relay_params p, long 
     return 0;
 }
 
-template <int PIPE>
+template <int KIND>
 static int relay_dispatch(cuda_ctx *ctx, const sr_attn_args *a, const relay_params &p,
                           long long base, int D, int wr)
 {
     if (D == 64) {
         switch (wr) {
-        case 1: return relay_run<64, 1, PIPE>(ctx, a, p, base);
-        case 2: return relay_run<64, 2, PIPE>(ctx, a, p, base);
-        case 4: return relay_run<64, 4, PIPE>(ctx, a, p, base);
-        default: return relay_run<64, 8, PIPE>(ctx, a, p, base);
+        case 1: return relay_run<64, 1, KIND>(ctx, a, p, base);
+        case 2: return relay_run<64, 2, KIND>(ctx, a, p, base);
+        case 4: return relay_run<64, 4, KIND>(ctx, a, p, base);
+        default: return relay_run<64, 8, KIND>(ctx, a, p, base);
         }
     }
     switch (wr) {
-    case 1: return relay_run<128, 1, PIPE>(ctx, a, p, base);
-    case 2: return relay_run<128, 2, PIPE>(ctx, a, p, base);
-    case 4: return relay_run<128, 4, PIPE>(ctx, a, p, base);
-    default: return relay_run<128, 8, PIPE>(ctx, a, p, base);
+    case 1: return relay_run<128, 1, KIND>(ctx, a, p, base);
+    case 2: return relay_run<128, 2, KIND>(ctx, a, p, base);
+    case 4: return relay_run<128, 4, KIND>(ctx, a, p, base);
+    default: return relay_run<128, 8, KIND>(ctx, a, p, base);
     }
 }
 
@@ -399,8 +602,24 @@ int cuda_relay_attention(cuda_ctx *ctx, const sr_attn_args *a)
     if (nvec > INT_MAX || base > INT_MAX || (long long)a->nq * a->n_heads > INT_MAX / 2)
         return sr_error_set("cuda relay attention: %d query rows x %d heads is too many for one "
                             "call", a->nq, a->n_heads);
+    if (D != 64 && D != 128)
+        return sr_error_set("cuda relay attention: head_dim %d (64 or 128)", D);
+    if (a->pages && a->page_rows <= 0)
+        return sr_error_set("cuda relay attention: page table with %d rows per page",
+                            a->page_rows);
+    const int bf16 = a->kv_dtype == SR_KV_BF16;
+    if (bf16 && a->nk > 0 &&
+        (a->kv_stride % 8 || !relay_aligned16(a->k) || !relay_aligned16(a->v)))
+        return sr_error_set("cuda relay attention: bf16 key rows must start 16-byte aligned "
+                            "(kv_stride %d, a multiple of 8)", a->kv_stride);
     relay_params p;
-    p.q = a->q, p.k = (const float *)a->k, p.v = (const float *)a->v;
+    p.q = a->q, p.k = a->k, p.v = a->v;
+    p.pages = a->pages, p.page_rows = a->pages ? a->page_rows : 1;
+    p.page_row0 = a->pages ? a->page_row0 : 0;
+    p.page_shift = -1;
+    if (a->pages && (a->page_rows & (a->page_rows - 1)) == 0)
+        for (p.page_shift = 0; (1 << p.page_shift) < a->page_rows; p.page_shift++) {
+        }
     p.nk = a->nk, p.n_heads = a->n_heads, p.group = group;
     p.q_stride = a->q_stride, p.kv_stride = a->kv_stride;
     p.nvec = (int)nvec, p.n_rtiles = (int)n_rtiles;
@@ -409,7 +628,9 @@ int cuda_relay_attention(cuda_ctx *ctx, const sr_attn_args *a)
     p.scale_log2 = a->scale * LOG2E_F;
     p.out = a->out, p.lse = a->lse;
     p.ws_o = p.ws_lse = nullptr;
-    /* the kernel-shape knob: 0 (default) pipe 1, 1 the first version */
-    return ctx->split_variant == 1 ? relay_dispatch<0>(ctx, a, p, base, D, wr)
-                                   : relay_dispatch<1>(ctx, a, p, base, D, wr);
+    if (bf16)
+        return relay_dispatch<RL_BF16>(ctx, a, p, base, D, wr);
+    /* the kernel-shape knob for fp32 rows: 0 (default) pipe 1, 1 the first version */
+    return ctx->split_variant == 1 ? relay_dispatch<RL_F32_PIPE0>(ctx, a, p, base, D, wr)
+                                   : relay_dispatch<RL_F32_PIPE1>(ctx, a, p, base, D, wr);
 }

@@ -14,12 +14,15 @@
  *           same bytes, and at 64 keys (the fixed cost); then forced
  *           split counts at 4K-16K (SR_BENCH_CTX=n: context n alone);
  * prefill:  tensor-core causal prefill attention, same heads, 4K..64K
- *           tokens: TFLOP/s counting the causal half (2 * n^2 * d * heads);
+ *           tokens, K/V as fp32, bf16 or bf16 through a page table of
+ *           16-row pages: TFLOP/s counting the causal half (2 * n^2 * d *
+ *           heads);
  * relay:    the relay kernel (B jobs' rows against one shared prefix of
  *           1K..32K keys, read once) against plain decode attention per
  *           job (B split-key calls of one row, each job with its own copy
  *           of the prefix, as without relay), same heads, beside the
- *           roofline bound of that speedup.
+ *           roofline bound of that speedup; K/V as fp32, bf16 (the cuda
+ *           backend's default) and bf16 through a page table.
  *
  * Times are medians of CUDA-event-timed repetitions after a warm-up; the
  * inputs are random (never zeros) and rotate among enough copies to
@@ -460,35 +463,131 @@ static void bench_decode(void)
                r.variant, r.splits, r.ms * 1e3, r.bytes / (r.ms * 1e-3) / 1e9 / copy_gbs);
 }
 
+/* K/V of nk keys for the prefill and relay sections: fp32 or bf16 rows,
+ * consecutive, or through a page table of KVB_PAGE_ROWS-row pages (the
+ * pool's default page) in shuffled order, the first key 3 rows into its
+ * page, spare pages no key maps to; positions 0..nk-1 by physical row.
+ * `nsets` copies of K and V to rotate among (one page table). */
+enum { KVB_PAGE_ROWS = 16 };
+
+struct kv_bufs {
+    sr_kv_dtype dt;
+    bool paged;
+    int row0;
+    int32_t *pages, *pos; /* device */
+    std::vector<void *> k, v;
+};
+
+static void kv_bufs_make(kv_bufs &B, sr_kv_dtype dt, bool paged, int nk, int KV, int D,
+                         int nsets, uint64_t seed)
+{
+    B.dt = dt, B.paged = paged, B.pages = NULL;
+    B.row0 = paged ? 3 : 0;
+    const int n_pages = paged ? (B.row0 + nk + KVB_PAGE_ROWS - 1) / KVB_PAGE_ROWS : 0;
+    const int phys_pages = n_pages + 2;
+    const int rows = paged ? phys_pages * KVB_PAGE_ROWS : nk;
+    std::vector<int32_t> pos((size_t)(rows ? rows : 1), -1000000);
+    if (paged) {
+        std::vector<int32_t> perm(phys_pages);
+        for (int i = 0; i < phys_pages; i++)
+            perm[i] = i;
+        uint64_t z = seed * 0x9E3779B97F4A7C15ull + 1;
+        for (int i = phys_pages - 1; i > 0; i--) {
+            z ^= z << 13, z ^= z >> 7, z ^= z << 17;
+            std::swap(perm[i], perm[z % (uint64_t)(i + 1)]);
+        }
+        for (int j = 0; j < nk; j++) {
+            const int t = B.row0 + j;
+            pos[(size_t)perm[t / KVB_PAGE_ROWS] * KVB_PAGE_ROWS + t % KVB_PAGE_ROWS] = j;
+        }
+        CK(cudaMalloc(&B.pages, (size_t)n_pages * 4));
+        CK(cudaMemcpy(B.pages, perm.data(), (size_t)n_pages * 4, cudaMemcpyHostToDevice));
+    } else {
+        for (int j = 0; j < nk; j++)
+            pos[j] = j;
+    }
+    CK(cudaMalloc(&B.pos, pos.size() * 4));
+    CK(cudaMemcpy(B.pos, pos.data(), pos.size() * 4, cudaMemcpyHostToDevice));
+    const size_t es = sr_kv_dtype_size(dt), n = (size_t)rows * KV * D;
+    B.k.assign(nsets, NULL), B.v.assign(nsets, NULL);
+    for (int i = 0; i < nsets; i++)
+        for (int t = 0; t < 2; t++) {
+            void *p;
+            CK(cudaMalloc(&p, n * es));
+            if (dt == SR_KV_BF16)
+                fill_bf16<<<1024, 256>>>((__nv_bfloat16 *)p, n, seed + 1000 * t + i);
+            else
+                fill_f32<<<1024, 256>>>((float *)p, n, seed + 1000 * t + i, 1.0f);
+            CK(cudaGetLastError());
+            (t ? B.v : B.k)[i] = p;
+        }
+    CK(cudaDeviceSynchronize());
+}
+
+static void kv_bufs_free(kv_bufs &B)
+{
+    for (size_t i = 0; i < B.k.size(); i++) {
+        CK(cudaFree(B.k[i]));
+        CK(cudaFree(B.v[i]));
+    }
+    CK(cudaFree(B.pos));
+    if (B.pages)
+        CK(cudaFree(B.pages));
+}
+
+/* Points a at copy `set` of B's keys (and B's positions where a has any). */
+static void kv_bufs_use(const kv_bufs &B, int set, sr_attn_args &a)
+{
+    const size_t i = (size_t)set % B.k.size();
+    a.k = B.k[i], a.v = B.v[i], a.kv_dtype = B.dt;
+    a.pages = B.pages, a.page_rows = B.paged ? KVB_PAGE_ROWS : 0, a.page_row0 = B.row0;
+    if (a.k_pos)
+        a.k_pos = B.pos;
+}
+
+static const char *kv_bufs_name(const kv_bufs &B)
+{
+    if (B.dt == SR_KV_BF16)
+        return B.paged ? "bf16, 16-row pages" : "bf16";
+    return B.paged ? "fp32, 16-row pages" : "fp32";
+}
+
 static void bench_prefill(void)
 {
     const int H = 32, KV = 8, D = 128;
     const int seqs[] = {4096, 8192, 16384, 32768, 65536};
-    printf("\n| prefill attention (causal, 32/8 heads, d 128, fp32 in/out, bf16 MMA) | tokens | ms | TFLOP/s |\n");
-    printf("|---|---|---|---|\n");
+    struct { sr_kv_dtype dt; bool paged; } kinds[] = {
+        {SR_KV_F32, false}, {SR_KV_BF16, false}, {SR_KV_BF16, true}};
+    printf("\n| prefill attention (causal, 32/8 heads, d 128, fp32 q/out, bf16 MMA) | KV | tokens | "
+           "ms | TFLOP/s |\n");
+    printf("|---|---|---|---|---|\n");
     for (int n : seqs) {
-        float *q = dev_f32((size_t)n * H * D, 11, 1.0f), *k = dev_f32((size_t)n * KV * D, 12, 1.0f);
-        float *v = dev_f32((size_t)n * KV * D, 13, 1.0f), *out, *lse;
+        float *q = dev_f32((size_t)n * H * D, 11, 1.0f), *out, *lse;
         CK(cudaMalloc(&out, (size_t)n * H * D * 4));
         CK(cudaMalloc(&lse, (size_t)n * H * 4));
-        int32_t *pos = dev_iota(n, 0);
-        CK(cudaDeviceSynchronize());
-        backend_cuda_set_attention_path(be, SR_CUDA_ATTN_TC);
-        int reps = n >= 32768 ? 3 : 10;
-        double ms = time_ms(1, reps, 1, [&](int) {
-            sr_attn_args a = attn_args(q, k, v, pos, pos, n, n, H, KV, D, 1.0f / sqrtf((float)D),
-                                       out, lse);
-            CKR(be->ops->attention(be, &a));
-        });
-        backend_cuda_set_attention_path(be, SR_CUDA_ATTN_AUTO);
-        double flops = 2.0 * (double)n * n * D * H; /* 4 n^2 d h, causal half */
-        printf("| tensor-core flash | %dK | %.2f | %.0f |\n", n / 1024, ms, flops / (ms * 1e-3) / 1e12);
+        int32_t *qpos = dev_iota(n, 0);
+        for (auto &kd : kinds) {
+            kv_bufs B;
+            kv_bufs_make(B, kd.dt, kd.paged, n, KV, D, 1, 12);
+            backend_cuda_set_attention_path(be, SR_CUDA_ATTN_TC);
+            int reps = n >= 32768 ? 3 : 10;
+            double ms = time_ms(1, reps, 1, [&](int) {
+                sr_attn_args a = attn_args(q, NULL, NULL, qpos, qpos, n, n, H, KV, D,
+                                           1.0f / sqrtf((float)D), out, lse);
+                kv_bufs_use(B, 0, a);
+                CKR(be->ops->attention(be, &a));
+            });
+            backend_cuda_set_attention_path(be, SR_CUDA_ATTN_AUTO);
+            double flops = 2.0 * (double)n * n * D * H; /* 4 n^2 d h, causal half */
+            printf("| tensor-core flash | %s | %dK | %.2f | %.0f |\n", kv_bufs_name(B), n / 1024,
+                   ms, flops / (ms * 1e-3) / 1e12);
+            fflush(stdout);
+            kv_bufs_free(B);
+        }
         CK(cudaFree(q));
-        CK(cudaFree(k));
-        CK(cudaFree(v));
         CK(cudaFree(out));
         CK(cudaFree(lse));
-        CK(cudaFree(pos));
+        CK(cudaFree(qpos));
     }
 }
 
@@ -498,79 +597,108 @@ static void bench_prefill(void)
  * rows against one copy. The bound beside the measured speedup is the
  * ratio of the two roofline times, max(bytes / copy bandwidth, flops /
  * cuBLAS bf16 peak), with the measured ceilings: bytes = K/V read once per
- * copy + q read, o and lse written per row; flops = 4 * rows * heads * d *
- * keys for both (QK^T and PV). "one split call" is the split-key kernel
- * given all B rows at once (the path before the relay kernel). Inputs
- * rotate among copies that together exceed the L2 cache. */
+ * copy (at the KV's element size) + q read, o and lse written per row;
+ * flops = 4 * rows * heads * d * keys for both (QK^T and PV). "relay /
+ * roof" is the relay path's roofline time over its measured time (what
+ * speedup / bound is when the per-job path runs at its roofline). "one
+ * split call" is the split-key kernel given all B rows at once (the path
+ * before the relay kernel). Paged K/V: relay alone (per-job reads the same
+ * bytes). Inputs rotate among copies that together exceed the L2 cache. */
 static void bench_relay(void)
 {
     const int H = 32, KV = 8, D = 128, BMAX = 128;
     const int prefixes[] = {1024, 4096, 16384, 32768};
     const int batches[] = {1, 4, 16, 32, 64, 128};
+    struct { sr_kv_dtype dt; bool paged; } kinds[] = {
+        {SR_KV_F32, false}, {SR_KV_BF16, false}, {SR_KV_BF16, true}};
     const float scale = 1.0f / sqrtf((float)D);
     const double bw = copy_gbs * 1e9, peak = gemm_tflops * 1e12;
     const double qol = (double)H * D * 4 * 2 + (double)H * 4; /* q in, o and lse out */
-    printf("\n| relay attention (B jobs x 1 row, one shared prefix, 32/8 heads, d 128, fp32 KV) "
+    printf("\n| relay attention (B jobs x 1 row, one shared prefix, 32/8 heads, d 128) | KV "
            "| prefix | B | relay us | per-job us | one split call us | speedup | bound | "
-           "speedup / bound | relay TFLOP/s | relay bytes / copy bw | relay v1 us |\n");
-    printf("|---|---|---|---|---|---|---|---|---|---|---|\n");
+           "speedup / bound | relay / roof | relay TFLOP/s | relay bytes / copy bw | relay v1 us |\n");
+    printf("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     float *q = dev_f32((size_t)BMAX * H * D, 21, 1.0f), *out, *lse;
     CK(cudaMalloc(&out, (size_t)BMAX * H * D * 4));
     CK(cudaMalloc(&lse, (size_t)BMAX * H * 4));
     for (int nk : prefixes) {
-        const size_t kvn = (size_t)nk * KV * D;
-        const double kvbytes = (double)kvn * 4 * 2;
-        int sets = (int)std::max<size_t>(1, ((size_t)768 << 20) / (size_t)kvbytes + 1);
-        std::vector<float *> k(sets), v(sets);
-        for (int i = 0; i < sets; i++) {
-            k[i] = dev_f32(kvn, 300 + i, 1.0f);
-            v[i] = dev_f32(kvn, 600 + i, 1.0f);
-        }
-        CK(cudaDeviceSynchronize());
-        for (int B : batches) {
+        for (auto &kd : kinds) {
+            const size_t kvn = (size_t)nk * KV * D;
+            const double kvbytes = (double)kvn * sr_kv_dtype_size(kd.dt) * 2;
+            int sets = (int)std::max<size_t>(1, ((size_t)768 << 20) / (size_t)kvbytes + 1);
+            kv_bufs KB;
+            kv_bufs_make(KB, kd.dt, kd.paged, nk, KV, D, sets, 300);
             auto args = [&](int set, int row0, int rows) {
-                sr_attn_args a = attn_args(q + (size_t)row0 * H * D, k[set % sets], v[set % sets],
-                                           NULL, NULL, rows, nk, H, KV, D, scale,
-                                           out + (size_t)row0 * H * D, lse + (size_t)row0 * H);
+                sr_attn_args a = attn_args(q + (size_t)row0 * H * D, NULL, NULL, NULL, NULL,
+                                           rows, nk, H, KV, D, scale, out + (size_t)row0 * H * D,
+                                           lse + (size_t)row0 * H);
+                kv_bufs_use(KB, set, a);
                 return a;
             };
-            backend_cuda_set_attention_path(be, SR_CUDA_ATTN_RELAY);
-            const double t_relay = time_ms(3, 15, 5, [&](int r) {
-                sr_attn_args a = args(r, 0, B);
-                CKR(be->ops->attention(be, &a));
-            });
-            backend_cuda_set_attention_variant(be, 1); /* the first pipeline */
-            const double t_relay1 = time_ms(3, 15, 5, [&](int r) {
-                sr_attn_args a = args(r, 0, B);
-                CKR(be->ops->attention(be, &a));
-            });
-            backend_cuda_set_attention_variant(be, 0);
-            backend_cuda_set_attention_path(be, SR_CUDA_ATTN_SPLIT);
-            const double t_job = time_ms(2, 7, 1, [&](int r) {
-                for (int j = 0; j < B; j++) {
-                    sr_attn_args a = args(r * B + j, j, 1);
-                    CKR(be->ops->attention(be, &a));
+            /* the split path on this layout (it may not take bf16 yet) */
+            bool per_job = !kd.paged;
+            if (per_job) {
+                backend_cuda_set_attention_path(be, SR_CUDA_ATTN_SPLIT);
+                sr_attn_args a = args(0, 0, 1);
+                if (be->ops->attention(be, &a) != 0) {
+                    printf("| (split path on %s KV: %s) |\n", kv_bufs_name(KB), sr_error_get());
+                    per_job = false;
                 }
-            });
-            const double t_split = time_ms(2, 7, 1, [&](int r) {
-                sr_attn_args a = args(r, 0, B);
-                CKR(be->ops->attention(be, &a));
-            });
-            backend_cuda_set_attention_path(be, SR_CUDA_ATTN_AUTO);
-            const double flops = 4.0 * B * H * D * (double)nk;
-            const double roof_relay = std::max((kvbytes + B * qol) / bw, flops / peak);
-            const double roof_job = std::max(B * (kvbytes + qol) / bw, flops / peak);
-            const double speedup = t_job / t_relay, bound = roof_job / roof_relay;
-            printf("| relay kernel vs per-job split | %dK | %d | %.1f | %.1f | %.1f | %.2f | %.2f | "
-                   "%.2f | %.0f | %.2f | %.1f |\n", nk / 1024, B, t_relay * 1e3, t_job * 1e3,
-                   t_split * 1e3, speedup, bound, speedup / bound,
-                   flops / (t_relay * 1e-3) / 1e12,
-                   (kvbytes + B * qol) / (t_relay * 1e-3) / bw, t_relay1 * 1e3);
-            fflush(stdout);
-        }
-        for (int i = 0; i < sets; i++) {
-            CK(cudaFree(k[i]));
-            CK(cudaFree(v[i]));
+                CK(cudaDeviceSynchronize());
+                backend_cuda_set_attention_path(be, SR_CUDA_ATTN_AUTO);
+            }
+            for (int B : batches) {
+                backend_cuda_set_attention_path(be, SR_CUDA_ATTN_RELAY);
+                const double t_relay = time_ms(3, 15, 5, [&](int r) {
+                    sr_attn_args a = args(r, 0, B);
+                    CKR(be->ops->attention(be, &a));
+                });
+                double t_relay1 = 0;
+                if (kd.dt == SR_KV_F32) {
+                    backend_cuda_set_attention_variant(be, 1); /* the first pipeline */
+                    t_relay1 = time_ms(3, 15, 5, [&](int r) {
+                        sr_attn_args a = args(r, 0, B);
+                        CKR(be->ops->attention(be, &a));
+                    });
+                    backend_cuda_set_attention_variant(be, 0);
+                }
+                double t_job = 0, t_split = 0;
+                if (per_job) {
+                    backend_cuda_set_attention_path(be, SR_CUDA_ATTN_SPLIT);
+                    t_job = time_ms(2, 7, 1, [&](int r) {
+                        for (int j = 0; j < B; j++) {
+                            sr_attn_args a = args(r * B + j, j, 1);
+                            CKR(be->ops->attention(be, &a));
+                        }
+                    });
+                    t_split = time_ms(2, 7, 1, [&](int r) {
+                        sr_attn_args a = args(r, 0, B);
+                        CKR(be->ops->attention(be, &a));
+                    });
+                }
+                backend_cuda_set_attention_path(be, SR_CUDA_ATTN_AUTO);
+                const double flops = 4.0 * B * H * D * (double)nk;
+                const double roof_relay = std::max((kvbytes + B * qol) / bw, flops / peak);
+                const double roof_job = std::max(B * (kvbytes + qol) / bw, flops / peak);
+                const double bound = roof_job / roof_relay;
+                char job[32] = "-", split[32] = "-", sp[32] = "-", spb[32] = "-", v1[32] = "-";
+                if (per_job) {
+                    const double speedup = t_job / t_relay;
+                    snprintf(job, sizeof job, "%.1f", t_job * 1e3);
+                    snprintf(split, sizeof split, "%.1f", t_split * 1e3);
+                    snprintf(sp, sizeof sp, "%.2f", speedup);
+                    snprintf(spb, sizeof spb, "%.2f", speedup / bound);
+                }
+                if (t_relay1 > 0)
+                    snprintf(v1, sizeof v1, "%.1f", t_relay1 * 1e3);
+                printf("| relay kernel vs per-job split | %s | %dK | %d | %.1f | %s | %s | %s | "
+                       "%.2f | %s | %.2f | %.0f | %.2f | %s |\n", kv_bufs_name(KB), nk / 1024, B,
+                       t_relay * 1e3, job, split, sp, bound, spb, roof_relay * 1e3 / t_relay,
+                       flops / (t_relay * 1e-3) / 1e12, (kvbytes + B * qol) / (t_relay * 1e-3) / bw,
+                       v1);
+                fflush(stdout);
+            }
+            kv_bufs_free(KB);
         }
     }
     CK(cudaFree(q));

@@ -588,6 +588,19 @@ static void test_attention_kv_layouts(void)
         test_attention(R, 5, 9, 700, 8, 2, 64, MASK_NONE, 1.0f);
         test_attention(R, 0, 33, 2049, 32, 8, 128, MASK_NONE, 1.0f);
         test_attention(R, 0, 3, 0, 8, 2, 128, MASK_NONE, 1.0f);
+        /* the relay and tensor-core kernels follow the page table
+         * themselves: head_dim 64 in 128-row tiles with forced splits,
+         * no GQA, one whole key tile, the fp32 relay's first pipeline,
+         * GQA 2 causal, a scaled star, AUTO's prefill choice */
+        test_attention(R, 3, 40, 1000, 4, 1, 64, MASK_NONE, 1.0f);
+        test_attention(R, 0, 5, 300, 8, 8, 128, MASK_NONE, 1.0f);
+        test_attention(R, 0, 2, 64, 8, 2, 64, MASK_NONE, 1.0f);
+        backend_cuda_set_attention_variant(gpu, 1);
+        test_attention(R, 2, 17, 500, 8, 2, 128, MASK_NONE, 1.0f);
+        backend_cuda_set_attention_variant(gpu, 0);
+        test_attention(T, 0, 200, 200, 4, 2, 128, MASK_CAUSAL, 1.0f);
+        test_attention(T, 0, 130, 301, 8, 2, 128, MASK_STAR, 4.0f);
+        test_attention(SR_CUDA_ATTN_AUTO, 0, 100, 300, 8, 2, 64, MASK_SHUFFLED, 1.0f);
         if (!quick) {
             test_attention(R, 0, 128, 4097, 32, 8, 128, MASK_NONE, 1.0f);
             test_attention(SR_CUDA_ATTN_AUTO, 0, 512, 1536, 32, 8, 128, MASK_CAUSAL, 1.0f);
