@@ -146,6 +146,13 @@ typedef struct {
     int (*graph_end)(sr_backend *be, int ok);
     void (*graph_release)(sr_backend *be, uint64_t owner);
 
+    /* n independent attention calls queued as one (the serving engine's
+     * batched step: every job's attention to its own KV), with the same
+     * results as calls[0..n) one after another; outputs must not overlap.
+     * Every call has the same kv_dtype, head_dim, n_heads and n_kv. NULL:
+     * callers loop over attention (backend_attention_many does). */
+    int (*attention_many)(sr_backend *be, const sr_attn_args *calls, int n);
+
     /* Sampling on the device, so that a step downloads token ids instead of
      * [rows, vocab] logits: one token per row of logits (backend memory,
      * changed in place as sampler_sample changes its row) by the rules of
@@ -164,6 +171,20 @@ struct sr_backend {
      * (cpu: fp32, the reference; cuda: bf16), or --kv-dtype's. */
     sr_kv_dtype kv_dtype;
 };
+
+/* calls[0..n) through the backend's attention_many, or one by one where it
+ * has none. */
+static inline int backend_attention_many(sr_backend *be, const sr_attn_args *calls, int n)
+{
+    if (n <= 0)
+        return 0;
+    if (be->ops->attention_many)
+        return be->ops->attention_many(be, calls, n);
+    for (int i = 0; i < n; i++)
+        if (be->ops->attention(be, &calls[i]) != 0)
+            return -1;
+    return 0;
+}
 
 /* Creates the CPU backend (backend_cpu/). */
 sr_backend *backend_cpu_create(void);
