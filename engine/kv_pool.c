@@ -310,6 +310,15 @@ int kv_seq_read(const sr_kv_seq *s, int layer, int begin, int end, void *k, void
 int kv_seq_attend(sr_kv_seq *s, int layer, const float *q, const int32_t *q_pos, int nq, int begin,
                   int end, float *out, float *lse)
 {
+    sr_attn_args a;
+    if (kv_seq_attend_args(s, layer, q, q_pos, nq, begin, end, out, lse, &a) != 0)
+        return -1;
+    return s->pool->be->ops->attention(s->pool->be, &a);
+}
+
+int kv_seq_attend_args(const sr_kv_seq *s, int layer, const float *q, const int32_t *q_pos, int nq,
+                       int begin, int end, float *out, float *lse, sr_attn_args *args)
+{
     if (range_check(s, begin, end) != 0)
         return -1;
     sr_kv_pool *p = s->pool;
@@ -332,5 +341,6 @@ int kv_seq_attend(sr_kv_seq *s, int layer, const float *q, const int32_t *q_pos,
         a.page_rows = p->page_tokens;
         a.page_row0 = begin % p->page_tokens;
     }
-    return p->be->ops->attention(p->be, &a);
+    *args = a;
+    return 0;
 }

@@ -100,5 +100,8 @@ int kv_seq_read(const sr_kv_seq *s, int layer, int begin, int end, void *k, void
  * out = 0, lse = -inf. */
 int kv_seq_attend(sr_kv_seq *s, int layer, const float *q, const int32_t *q_pos, int nq, int begin,
                   int end, float *out, float *lse);
+/* The same call's arguments without running it (for attention_many). */
+int kv_seq_attend_args(const sr_kv_seq *s, int layer, const float *q, const int32_t *q_pos, int nq,
+                       int begin, int end, float *out, float *lse, sr_attn_args *args);
 
 #endif

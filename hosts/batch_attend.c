@@ -24,6 +24,28 @@ static size_t record_floats(const sr_batch_attend *A, int n, int s)
     return (size_t)n * (size_t)(A->q_dim + A->n_heads) + (size_t)s + 1;
 }
 
+/* dev_empty: max_rows rows of o = 0, then of lse = -inf, in backend
+ * memory: copied over rows that have no part (a part a segment lacks, so
+ * one merge covers every row; a row with nothing on this rank). */
+static int empty_template_init(sr_batch_attend *A)
+{
+    sr_backend *be = A->be;
+    const size_t R = (size_t)A->max_rows, qd = (size_t)A->q_dim, nh = (size_t)A->n_heads;
+    A->dev_empty = be->ops->alloc(be, R * (qd + nh) * sizeof(float));
+    float *empty = malloc(R * (qd + nh) * sizeof(float));
+    int rc = A->dev_empty && empty ? 0 : -1;
+    if (rc == 0) {
+        memset(empty, 0, R * qd * sizeof(float));
+        for (size_t i = 0; i < R * nh; i++)
+            empty[R * qd + i] = -INFINITY;
+        rc = be->ops->upload(be, A->dev_empty, empty, R * (qd + nh) * sizeof(float));
+        if (rc == 0)
+            rc = be->ops->sync(be); /* `empty` is freed next */
+    }
+    free(empty);
+    return rc;
+}
+
 int batch_attend_init(sr_batch_attend *A, sr_backend *be, sr_transport *tr,
                       const sr_model_config *cfg, int max_rows, int max_segs)
 {
@@ -46,6 +68,12 @@ int batch_attend_init(sr_batch_attend *A, sr_backend *be, sr_transport *tr,
         rc = A->o[i] && A->lse[i] ? 0 : -1;
     }
     A->has_parts = calloc((size_t)max_segs, sizeof *A->has_parts);
+    A->calls = malloc((size_t)2 * (size_t)max_segs * sizeof *A->calls);
+    A->call_seg = malloc((size_t)2 * (size_t)max_segs * sizeof *A->call_seg);
+    if (rc == 0 && (!A->calls || !A->call_seg))
+        rc = -1;
+    if (rc == 0)
+        rc = empty_template_init(A);
     if (rc == 0 && A->has_parts && exchanging(A)) {
         size_t rec = record_floats(A, max_rows, max_segs), all = rec * (size_t)tr->size;
         A->o_local = be->ops->alloc(be, R * (size_t)A->q_dim * sizeof(float));
@@ -90,6 +118,8 @@ void batch_attend_free(sr_batch_attend *A)
     free(A->o_ptr);
     free(A->lse_ptr);
     free(A->has_parts);
+    free(A->calls);
+    free(A->call_seg);
     memset(A, 0, sizeof *A);
 }
 
@@ -102,26 +132,12 @@ int batch_attend_set_devcomm(sr_batch_attend *A, sr_devcomm *dc)
                             "transport rank %d of %d",
                             dc->rank, dc->size, A->tr->rank, A->tr->size);
     sr_backend *be = A->be;
-    const size_t R = (size_t)A->max_rows, qd = (size_t)A->q_dim, nh = (size_t)A->n_heads;
     const size_t flags = (size_t)A->n_layers * (size_t)dc->size * (size_t)(A->max_segs + 1);
     A->dev_send = be->ops->alloc(be, record_floats(A, A->max_rows, A->max_segs) * sizeof(float));
-    A->dev_empty = be->ops->alloc(be, R * (qd + nh) * sizeof(float));
     A->dev_flags = be->ops->alloc(be, flags * sizeof(float));
     A->host_flags = malloc(flags * sizeof(float));
     A->flags_sent = malloc((size_t)(A->max_segs + 1) * sizeof(float));
-    float *empty = malloc(R * (qd + nh) * sizeof(float));
-    int rc = A->dev_send && A->dev_empty && A->dev_flags && A->host_flags && A->flags_sent && empty
-                 ? 0
-                 : -1;
-    if (rc == 0) {
-        memset(empty, 0, R * qd * sizeof(float));
-        for (size_t i = 0; i < R * nh; i++)
-            empty[R * qd + i] = -INFINITY;
-        rc = be->ops->upload(be, A->dev_empty, empty, R * (qd + nh) * sizeof(float));
-        if (rc == 0)
-            rc = be->ops->sync(be); /* `empty` is freed next */
-    }
-    free(empty);
+    int rc = A->dev_send && A->dev_flags && A->host_flags && A->flags_sent ? 0 : -1;
     if (rc != 0)
         return sr_error_prefix("batch attention: the device record for %d rows: ", A->max_rows);
     A->flags_sent_off = SIZE_MAX;
@@ -134,6 +150,7 @@ void batch_attend_begin(sr_batch_attend *A, sr_batch_seg *segs, int n_segs)
     A->segs = segs;
     A->n_segs = n_segs;
     A->layers_synced = 0;
+    A->parts_emptied = false;
     A->flags_sent_off = SIZE_MAX; /* the record's layout may change with the call */
     A->failed_here = A->failed_elsewhere = false;
     for (int i = 0; i < n_segs; i++) {
@@ -200,50 +217,88 @@ static int relay_group(sr_batch_attend *A, int layer, const float *q, int i)
     return j;
 }
 
-/* One segment's own parts, merged into o_out/lse_out at its rows. Returns
- * the number of parts (0: this rank holds nothing for it). */
-static int seg_attend(sr_batch_attend *A, sr_batch_seg *s, int layer, const float *q,
-                      const int32_t *pos, float *o_out, float *lse_out)
+/* The calls of a segment's own parts: src (its held KV, all visible) and
+ * dest (causal among the new rows and the window before them). */
+static int seg_calls(sr_batch_attend *A, int si, int layer, const float *q, const int32_t *pos,
+                     int nc)
 {
-    const int r0 = s->row0, n = s->n;
-    const float *qs = q + (size_t)r0 * A->q_dim;
-    const float *op[N_PARTS], *lp[N_PARTS];
-    int np = 0;
-    if (seg_has_prefix(s)) {
-        op[np] = A->o[PART_PREFIX] + (size_t)r0 * A->q_dim;
-        lp[np++] = A->lse[PART_PREFIX] + (size_t)r0 * A->n_heads;
-    }
+    sr_batch_seg *s = &A->segs[si];
+    const float *qs = q + (size_t)s->row0 * A->q_dim;
+    const size_t o0 = (size_t)s->row0 * A->q_dim, l0 = (size_t)s->row0 * A->n_heads;
     if (s->src && s->src->len > 0) {
-        float *o = A->o[PART_SRC] + (size_t)r0 * A->q_dim;
-        float *l = A->lse[PART_SRC] + (size_t)r0 * A->n_heads;
-        if (kv_seq_attend(s->src, layer, qs, NULL, n, 0, s->src->len, o, l) != 0) {
+        if (kv_seq_attend_args(s->src, layer, qs, NULL, s->n, 0, s->src->len,
+                               A->o[PART_SRC] + o0, A->lse[PART_SRC] + l0, &A->calls[nc]) != 0) {
             seg_fail(s, "attention to the held KV: ");
-            return -1;
+            return nc;
         }
-        op[np] = o;
-        lp[np++] = l;
+        A->call_seg[nc++] = si;
     }
     if (s->dest) {
-        float *o = A->o[PART_DEST] + (size_t)r0 * A->q_dim;
-        float *l = A->lse[PART_DEST] + (size_t)r0 * A->n_heads;
-        /* Causal among the new rows and the window before them. */
-        if (kv_seq_attend(s->dest, layer, qs, pos + r0, n, s->dest_begin, s->dest->len + n, o,
-                          l) != 0) {
+        if (kv_seq_attend_args(s->dest, layer, qs, pos + s->row0, s->n, s->dest_begin,
+                               s->dest->len + s->n, A->o[PART_DEST] + o0, A->lse[PART_DEST] + l0,
+                               &A->calls[nc]) != 0) {
             seg_fail(s, "causal attention: ");
-            return -1;
+            return nc;
         }
-        op[np] = o;
-        lp[np++] = l;
+        A->call_seg[nc++] = si;
     }
-    if (np == 0)
+    return nc;
+}
+
+/* Every segment's own parts in one attention_many (one launch for all jobs
+ * where the backend has it). If it fails, the calls run again one by one so
+ * that only the segments whose call fails end. */
+static void attend_own_parts(sr_batch_attend *A, int layer, const float *q, const int32_t *pos)
+{
+    int nc = 0;
+    for (int i = 0; i < A->n_segs; i++)
+        if (!A->segs[i].failed)
+            nc = seg_calls(A, i, layer, q, pos, nc);
+    if (backend_attention_many(A->be, A->calls, nc) == 0)
+        return;
+    for (int c = 0; c < nc; c++) {
+        sr_batch_seg *s = &A->segs[A->call_seg[c]];
+        if (!s->failed && A->be->ops->attention(A->be, &A->calls[c]) != 0)
+            seg_fail(s, "attention: ");
+    }
+}
+
+static bool seg_has_part(const sr_batch_seg *s, int part)
+{
+    return part == PART_PREFIX ? seg_has_prefix(s)
+           : part == PART_SRC  ? s->src && s->src->len > 0
+                               : s->dest != NULL;
+}
+
+/* Rows of a part a segment lacks get o = 0, lse = -inf once per forward
+ * call (no call writes them, so they stay), so that one merge over every
+ * row folds all parts. */
+static int empty_missing_parts(sr_batch_attend *A)
+{
+    if (A->parts_emptied)
         return 0;
-    if (A->be->ops->merge(A->be, np, op, lp, n * A->n_heads, A->head_dim,
-                          o_out + (size_t)r0 * A->q_dim,
-                          lse_out ? lse_out + (size_t)r0 * A->n_heads : NULL) != 0) {
-        seg_fail(s, "merge: ");
-        return -1;
-    }
-    return np;
+    sr_backend *be = A->be;
+    const size_t qd = (size_t)A->q_dim, nh = (size_t)A->n_heads;
+    const float *zeros = A->dev_empty, *neg_inf = A->dev_empty + (size_t)A->max_rows * qd;
+    for (int part = 0; part < N_PARTS; part++)
+        for (int i = 0; i < A->n_segs;) {
+            /* runs of consecutive segments that lack the part: one copy each */
+            int j = i;
+            while (j < A->n_segs && !seg_has_part(&A->segs[j], part))
+                j++;
+            if (j == i) {
+                i++;
+                continue;
+            }
+            size_t r0 = (size_t)A->segs[i].row0;
+            size_t n = (size_t)(A->segs[j - 1].row0 + A->segs[j - 1].n) - r0;
+            if (be->ops->copy(be, A->o[part] + r0 * qd, zeros, n * qd * sizeof(float)) != 0 ||
+                be->ops->copy(be, A->lse[part] + r0 * nh, neg_inf, n * nh * sizeof(float)) != 0)
+                return -1;
+            i = j;
+        }
+    A->parts_emptied = true;
+    return 0;
 }
 
 /* This rank's parts of every segment. Segment failures are recorded in
@@ -276,9 +331,23 @@ static void attend_local(sr_batch_attend *A, int layer, const float *q, const fl
         }
         i = relay_group(A, layer, q, i);
     }
+    attend_own_parts(A, layer, q, pos);
+    /* One merge of the parts over every row (failed segments' rows too:
+     * they are emptied after). */
+    const int rows = A->n_segs > 0 ? s[A->n_segs - 1].row0 + s[A->n_segs - 1].n : 0;
+    const float *op[N_PARTS], *lp[N_PARTS];
+    for (int p = 0; p < N_PARTS; p++)
+        op[p] = A->o[p], lp[p] = A->lse[p];
+    if (rows > 0 && (empty_missing_parts(A) != 0 ||
+                     A->be->ops->merge(A->be, N_PARTS, op, lp, rows * A->n_heads, A->head_dim,
+                                       o_out, lse_out) != 0)) {
+        for (int i = 0; i < A->n_segs; i++)
+            seg_fail(&s[i], "merge: ");
+        return;
+    }
     for (int i = 0; i < A->n_segs; i++)
-        if (!s[i].failed)
-            has_parts[i] = seg_attend(A, &s[i], layer, q, pos, o_out, lse_out) > 0;
+        has_parts[i] = !s[i].failed && (seg_has_prefix(&s[i]) || seg_has_part(&s[i], PART_SRC) ||
+                                        seg_has_part(&s[i], PART_DEST));
 }
 
 /* Zero output for rows this rank has nothing for (or failed): out = 0,

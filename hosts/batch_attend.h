@@ -65,8 +65,8 @@ typedef struct {
     float *dev_all;         /* backend: every rank's record, what the merge reads */
     sr_devcomm *dc;         /* NULL: host-staged over tr; else the device data plane */
     float *dev_send;        /* dc: this rank's record, written in place (backend) */
-    float *dev_empty;       /* dc, backend: max_rows x q_dim zeros, then max_rows x n_heads
-                             * -inf, copied over rows that have no part here */
+    float *dev_empty;       /* backend: max_rows x q_dim zeros, then max_rows x n_heads
+                             * -inf, copied over rows that have no part (here, or of a part) */
     /* dc: the flags are read once per forward call, not per layer (so the
      * host never waits for the device mid-call): every layer's gathered
      * flags are copied aside on the device, [n_layers][ranks][max_segs + 1],
@@ -79,6 +79,9 @@ typedef struct {
     int layers_synced;      /* exchanges done in the current forward call */
     bool failed_here, failed_elsewhere;  /* the whole call */
     bool *has_parts;        /* [max_segs] scratch: segment got a part on this rank */
+    sr_attn_args *calls;    /* [2 * max_segs] scratch: the segments' own attention calls */
+    int *call_seg;          /* [2 * max_segs]: the segment of each call */
+    bool parts_emptied;     /* this forward call's missing parts are o = 0, lse = -inf */
     /* Cumulative, for the daemon's metrics: time spent in the all-gathers
      * (waiting for the slowest rank included) and how many there were. */
     double allgather_s;
