@@ -22,7 +22,8 @@
 # variant; Llama-3.1-8B stops at 128K positions).
 # Environment: RANKS (the GPUs visible), CONTEXTS ("131072 262144"), BLOCK
 # (32768), BATCH (32), BATCH_CONTEXT (8192), BATCH_TOKENS (128: tokens per
-# batch job, so most of its steps are pure decode), MAX_TOKENS (32), MODEL.
+# batch job, so most of its steps are pure decode), MAX_TOKENS (32), MODEL,
+# PHASE1 (1; 0 skips part 3).
 set -u
 cd "$(dirname "$0")/.." || exit 1
 D=${1:-build-gpu/daemon/starrelayd}
@@ -113,5 +114,6 @@ else:
     print("no job finished: %s" % [j.get("message") for j in jobs][:3])
 EOF
 
+[ "${PHASE1:-1}" = 0 ] && exit 0
 export RANKS CONTEXTS BLOCK MAX_TOKENS MODEL BACKEND
 MODES="star ring" ANCHOR=$BLOCK bench/star_ring_gpu.sh "$D"
