@@ -432,6 +432,7 @@ static const sr_backend_ops cuda_ops = {
     .swiglu = cuda_swiglu,
     .add = cuda_add,
     .kv_store = cuda_kv_store,
+    .kv_scatter = cuda_kv_scatter,
     .matmul_multi = cuda_matmul_multi,
     .matmul_glu = cuda_matmul_glu,
     .add_rmsnorm = cuda_add_rmsnorm,

@@ -58,6 +58,8 @@ int cuda_rope(sr_backend *be, float *x, const int32_t *pos, int n, int n_heads, 
 int cuda_swiglu(sr_backend *be, const float *gate, const float *up, size_t n, float *out);
 int cuda_add(sr_backend *be, float *x, const float *y, size_t n);
 int cuda_kv_store(sr_backend *be, void *dst, sr_kv_dtype dtype, const float *src, size_t n);
+int cuda_kv_scatter(sr_backend *be, void *dst, sr_kv_dtype dtype, const float *src, int n,
+                    int row_elems, const int32_t *src_rows, const int32_t *dst_rows);
 int cuda_matmul(sr_backend *be, const float *x, const sr_weight *w, const sr_weight *bias, int n,
                 float *y);
 

@@ -3,6 +3,8 @@
  * reference (backend_cpu/cpu_ops.c, cpu_matmul.c); tests/gpu compares them. */
 #include <stdint.h>
 
+#include <climits>
+
 #include "attention_cuda/cuda_internal.h"
 
 enum { OPS_THREADS = 256 };
@@ -315,6 +317,46 @@ int cuda_kv_store(sr_backend *be, void *dst, sr_kv_dtype dtype, const float *src
         kv_store_f32_kernel<<<grid_for(ctx, n), OPS_THREADS, 0, ctx->stream>>>((float *)dst, src,
                                                                                n);
         CUDA_CHECK_LAUNCH("kv_store_f32_kernel");
+    }
+    return 0;
+}
+
+/* One block per row (a row is a few KB: n_kv * head_dim elements), each
+ * thread a strided share of it. */
+template <typename T>
+__global__ void kv_scatter_kernel(T *__restrict__ dst, const float *__restrict__ src,
+                                  int row_elems, const int32_t *__restrict__ src_rows,
+                                  const int32_t *__restrict__ dst_rows)
+{
+    const float *s = src + (size_t)src_rows[blockIdx.x] * row_elems;
+    T *d = dst + (size_t)dst_rows[blockIdx.x] * row_elems;
+    for (int c = threadIdx.x; c < row_elems; c += blockDim.x) {
+        if constexpr (sizeof(T) == 2)
+            d[c] = kv_bf16_bits(s[c]);
+        else
+            d[c] = s[c];
+    }
+}
+
+int cuda_kv_scatter(sr_backend *be, void *dst, sr_kv_dtype dtype, const float *src, int n,
+                    int row_elems, const int32_t *src_rows, const int32_t *dst_rows)
+{
+    cuda_ctx *ctx = cuda_ctx_of(be);
+    if (dtype != SR_KV_F32 && dtype != SR_KV_BF16)
+        return sr_error_set("kv scatter: unknown kv dtype %d", (int)dtype);
+    if (n <= 0 || row_elems <= 0)
+        return 0;
+    if (n > INT_MAX / 2)
+        return sr_error_set("kv scatter: %d rows is too many for one launch", n);
+    const unsigned threads = row_elems >= 256 ? 256 : 64;
+    if (dtype == SR_KV_BF16) {
+        kv_scatter_kernel<uint16_t><<<(unsigned)n, threads, 0, ctx->stream>>>(
+            (uint16_t *)dst, src, row_elems, src_rows, dst_rows);
+        CUDA_CHECK_LAUNCH("kv_scatter_kernel<bf16>");
+    } else {
+        kv_scatter_kernel<float><<<(unsigned)n, threads, 0, ctx->stream>>>(
+            (float *)dst, src, row_elems, src_rows, dst_rows);
+        CUDA_CHECK_LAUNCH("kv_scatter_kernel<f32>");
     }
     return 0;
 }

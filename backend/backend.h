@@ -106,6 +106,12 @@ typedef struct {
     /* dst[i] = src[i] as `dtype` for n elements: the KV cache's writes
      * (a copy for fp32, bf16 rounded to nearest even). */
     int (*kv_store)(sr_backend *be, void *dst, sr_kv_dtype dtype, const float *src, size_t n);
+    /* The same for n rows of row_elems elements scattered: row
+     * dst_rows[i] of dst (dtype) = row src_rows[i] of src (fp32); the index
+     * arrays are backend memory, dst rows distinct. One launch for a batched
+     * step's new KV rows of every job. */
+    int (*kv_scatter)(sr_backend *be, void *dst, sr_kv_dtype dtype, const float *src, int n,
+                      int row_elems, const int32_t *src_rows, const int32_t *dst_rows);
 
     /* ---- Optional operations: NULL where a backend has none (cpu); the
      * forward pass then runs the plain operations above instead. ---- */

@@ -82,6 +82,7 @@ static const sr_backend_ops cpu_ops = {
     .swiglu = cpu_swiglu,
     .add = cpu_add,
     .kv_store = cpu_kv_store,
+    .kv_scatter = cpu_kv_scatter,
 };
 
 void openblas_set_num_threads(int num_threads); /* OpenBLAS extension, not in cblas.h */

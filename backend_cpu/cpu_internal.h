@@ -17,6 +17,8 @@ int cpu_merge(sr_backend *be, int nparts, const float *const *o_parts,
 int cpu_swiglu(sr_backend *be, const float *gate, const float *up, size_t n, float *out);
 int cpu_add(sr_backend *be, float *x, const float *y, size_t n);
 int cpu_kv_store(sr_backend *be, void *dst, sr_kv_dtype dtype, const float *src, size_t n);
+int cpu_kv_scatter(sr_backend *be, void *dst, sr_kv_dtype dtype, const float *src, int n,
+                   int row_elems, const int32_t *src_rows, const int32_t *dst_rows);
 
 /* Converts rows [r0, r0+nr) of w to fp32 into dst[nr, w->cols]. */
 void cpu_weight_rows_to_f32(const sr_weight *w, int64_t r0, int64_t nr, float *dst);

@@ -162,3 +162,14 @@ int cpu_kv_store(sr_backend *be, void *dst, sr_kv_dtype dtype, const float *src,
         d[i] = bf16_from_f32(src[i]);
     return 0;
 }
+
+int cpu_kv_scatter(sr_backend *be, void *dst, sr_kv_dtype dtype, const float *src, int n,
+                   int row_elems, const int32_t *src_rows, const int32_t *dst_rows)
+{
+    const size_t re = (size_t)row_elems, es = sr_kv_dtype_size(dtype);
+    for (int i = 0; i < n; i++)
+        if (cpu_kv_store(be, (char *)dst + (size_t)dst_rows[i] * re * es, dtype,
+                         src + (size_t)src_rows[i] * re, re) != 0)
+            return -1;
+    return 0;
+}

@@ -1,6 +1,7 @@
 #include "engine/kv_pool.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,9 @@ int kv_pool_init(sr_kv_pool *p, sr_backend *be, const sr_model_config *cfg, int 
     p->n_pages = n_pages;
     p->dtype = be->kv_dtype;
     size_t rows = (size_t)n_pages * (size_t)page_tokens;
+    if (rows > INT32_MAX) /* rows are int32 in page tables and scatters */
+        return sr_error_set("kv pool: %d pages x %d tokens is more than %d rows", n_pages,
+                            page_tokens, INT32_MAX);
     p->k = calloc((size_t)p->n_layers, sizeof *p->k);
     p->v = calloc((size_t)p->n_layers, sizeof *p->v);
     p->used = calloc((size_t)n_pages, 1);
@@ -271,6 +275,17 @@ int kv_seq_commit(sr_kv_seq *s, int n)
         return sr_error_set("kv sequence: commit of %d rows past its capacity %d", n,
                             kv_seq_capacity(s));
     s->len += n;
+    return 0;
+}
+
+static int range_check(const sr_kv_seq *s, int begin, int end);
+
+int kv_seq_pool_rows(const sr_kv_seq *s, int begin, int n, int32_t *rows)
+{
+    if (range_check(s, begin, begin + n) != 0)
+        return -1;
+    for (int i = 0; i < n; i++)
+        rows[i] = (int32_t)pool_row(s, begin + i);
     return 0;
 }
 

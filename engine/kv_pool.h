@@ -89,6 +89,9 @@ int kv_seq_write(sr_kv_seq *s, int layer, const float *k, const float *v, const 
 int kv_seq_append_stored(sr_kv_seq *s, int layer, const void *k, const void *v,
                          const int32_t *pos, int n);
 int kv_seq_commit(sr_kv_seq *s, int n);
+/* The pool rows of the sequence's rows [begin, begin + n) into rows[n]
+ * (for kv_scatter); fails past its capacity. */
+int kv_seq_pool_rows(const sr_kv_seq *s, int begin, int n, int32_t *rows);
 /* Copies stored rows [begin, end) of a layer out into consecutive rows of
  * k, v (the pool's dtype) and pos (NULL: not wanted), backend memory. */
 int kv_seq_read(const sr_kv_seq *s, int layer, int begin, int end, void *k, void *v,

@@ -69,6 +69,10 @@ int batch_attend_init(sr_batch_attend *A, sr_backend *be, sr_transport *tr,
     }
     A->has_parts = calloc((size_t)max_segs, sizeof *A->has_parts);
     A->calls = malloc((size_t)2 * (size_t)max_segs * sizeof *A->calls);
+    A->scatter_host = malloc((size_t)2 * R * sizeof *A->scatter_host);
+    A->scatter_dev = be->ops->alloc(be, (size_t)2 * R * sizeof *A->scatter_dev);
+    if (rc == 0 && (!A->scatter_host || !A->scatter_dev))
+        rc = -1;
     A->call_seg = malloc((size_t)2 * (size_t)max_segs * sizeof *A->call_seg);
     if (rc == 0 && (!A->calls || !A->call_seg))
         rc = -1;
@@ -120,6 +124,9 @@ void batch_attend_free(sr_batch_attend *A)
     free(A->has_parts);
     free(A->calls);
     free(A->call_seg);
+    free(A->scatter_host);
+    if (A->scatter_dev)
+        be->ops->free(be, A->scatter_dev);
     memset(A, 0, sizeof *A);
 }
 
@@ -145,18 +152,56 @@ int batch_attend_set_devcomm(sr_batch_attend *A, sr_devcomm *dc)
     return 0;
 }
 
+/* The pool rows of every segment's new k, v rows, uploaded once before the
+ * forward call (the device is between steps here, so the upload waits for
+ * nothing), so that layers 1+ store them with one kv_scatter each. Layer 0
+ * stores per segment (kv_seq_write also checks the room and stores the
+ * positions). scatter_n stays -1 (per segment on every layer) when the
+ * backend has no kv_scatter or the segments' sequences are in different
+ * pools. */
+static void scatter_prepare(sr_batch_attend *A)
+{
+    sr_kv_pool *pool = NULL;
+    int m = 0;
+    if (!A->be->ops->kv_scatter)
+        return;
+    for (int i = 0; i < A->n_segs; i++) {
+        const sr_batch_seg *s = &A->segs[i];
+        if (!s->dest)
+            continue;
+        if ((pool && s->dest->pool != pool) ||
+            kv_seq_pool_rows(s->dest, s->dest->len, s->n, A->scatter_host + A->max_rows + m) != 0)
+            return; /* layer 0 will say what is wrong */
+        pool = s->dest->pool;
+        for (int r = 0; r < s->n; r++)
+            A->scatter_host[m + r] = s->row0 + r;
+        m += s->n;
+    }
+    if (m == 0) {
+        A->scatter_n = 0;
+        return;
+    }
+    /* source rows, then pool rows, packed at the front of one upload */
+    memmove(A->scatter_host + m, A->scatter_host + A->max_rows, (size_t)m * sizeof(int32_t));
+    if (A->be->ops->upload(A->be, A->scatter_dev, A->scatter_host,
+                           (size_t)2 * m * sizeof(int32_t)) == 0)
+        A->scatter_n = m;
+}
+
 void batch_attend_begin(sr_batch_attend *A, sr_batch_seg *segs, int n_segs)
 {
     A->segs = segs;
     A->n_segs = n_segs;
     A->layers_synced = 0;
     A->parts_emptied = false;
+    A->scatter_n = -1;
     A->flags_sent_off = SIZE_MAX; /* the record's layout may change with the call */
     A->failed_here = A->failed_elsewhere = false;
     for (int i = 0; i < n_segs; i++) {
         segs[i].failed = segs[i].failed_here = false;
         segs[i].error[0] = '\0';
     }
+    scatter_prepare(A);
 }
 
 static void seg_fail(sr_batch_seg *s, const char *what)
@@ -317,12 +362,27 @@ static void attend_local(sr_batch_attend *A, int layer, const float *q, const fl
             seg_fail(&s[i], "");
             continue;
         }
-        if (s[i].dest) {
+        if (s[i].dest && (layer == 0 || A->scatter_n < 0)) {
             size_t kd = (size_t)s[i].dest->pool->kv_dim;
             if (kv_seq_write(s[i].dest, layer, k + (size_t)s[i].row0 * kd,
                              v + (size_t)s[i].row0 * kd, pos + s[i].row0, s[i].n) != 0)
                 seg_fail(&s[i], "storing KV: ");
         }
+    }
+    if (layer > 0 && A->scatter_n > 0) {
+        /* every segment's new rows in one launch for k and one for v (a
+         * segment that failed since writes into its own pages, harmlessly) */
+        sr_kv_pool *p = NULL;
+        for (int i = 0; i < A->n_segs && !p; i++)
+            p = s[i].dest ? s[i].dest->pool : NULL;
+        const int32_t *src = A->scatter_dev, *dst = A->scatter_dev + A->scatter_n;
+        if (A->be->ops->kv_scatter(A->be, p->k[layer], p->dtype, k, A->scatter_n, p->kv_dim, src,
+                                   dst) != 0 ||
+            A->be->ops->kv_scatter(A->be, p->v[layer], p->dtype, v, A->scatter_n, p->kv_dim, src,
+                                   dst) != 0)
+            for (int i = 0; i < A->n_segs; i++)
+                if (s[i].dest)
+                    seg_fail(&s[i], "storing KV: ");
     }
     for (int i = 0; i < A->n_segs;) {
         if (!seg_has_prefix(&s[i])) {

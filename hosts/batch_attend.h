@@ -82,6 +82,11 @@ typedef struct {
     sr_attn_args *calls;    /* [2 * max_segs] scratch: the segments' own attention calls */
     int *call_seg;          /* [2 * max_segs]: the segment of each call */
     bool parts_emptied;     /* this forward call's missing parts are o = 0, lse = -inf */
+    /* Where the call's new k, v rows go in the pool (layers 1+: one
+     * kv_scatter for all segments): host [2 * max_rows] source rows then
+     * pool rows, their backend copy, and how many (-1: per segment). */
+    int32_t *scatter_host, *scatter_dev;
+    int scatter_n;
     /* Cumulative, for the daemon's metrics: time spent in the all-gathers
      * (waiting for the slowest rank included) and how many there were. */
     double allgather_s;

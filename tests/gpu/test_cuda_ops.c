@@ -789,3 +789,36 @@ int main(void)
     backend_destroy(gpu);
     return check_finish("cuda_ops");
 }
+/* kv_scatter: rows scattered into a bigger buffer in any order, the bits
+ * equal to the cpu's; rows not named keep what they held. */
+static void test_kv_scatter(void)
+{
+    const int row = 1024, src_n = 37, dst_n = 300, n = 29;
+    float *x = gpu_rand_host((size_t)src_n * row, 100.0f);
+    int32_t idx[2 * 29];
+    for (int i = 0; i < n; i++) {
+        idx[i] = (i * 7) % src_n;            /* source rows, some twice */
+        idx[n + i] = (i * 101 + 13) % dst_n; /* distinct destination rows */
+    }
+    float *dx = gpu_put(gpu, x, (size_t)src_n * row * 4);
+    int32_t *di = gpu_put(gpu, idx, sizeof idx);
+    for (int t = 0; t < 2; t++) {
+        sr_kv_dtype dt = t ? SR_KV_BF16 : SR_KV_F32;
+        size_t es = sr_kv_dtype_size(dt), bytes = (size_t)dst_n * row * es;
+        unsigned char *c = malloc(bytes), *h = malloc(bytes);
+        for (size_t i = 0; i < bytes; i++)
+            c[i] = (unsigned char)(i * 31 + 7);
+        void *d = gpu_put(gpu, c, bytes);
+        CHECK(gpu->ops->kv_scatter(gpu, d, dt, dx, n, row, di, di + n) == 0, "kv_scatter: %s",
+              sr_error_get());
+        CHECK(cpu->ops->kv_scatter(cpu, c, dt, x, n, row, idx, idx + n) == 0, "cpu kv_scatter");
+        CHECK(gpu->ops->download(gpu, h, d, bytes) == 0, "download");
+        CHECK(memcmp(h, c, bytes) == 0, "kv_scatter %s: device bytes differ from the cpu's",
+              t ? "bf16" : "f32");
+        gpu->ops->free(gpu, d), free(c), free(h);
+    }
+    gpu->ops->free(gpu, dx), gpu->ops->free(gpu, di);
+    free(x);
+}
+
+    test_kv_scatter();
