@@ -54,6 +54,8 @@ int batch_attend_init(sr_batch_attend *A, sr_backend *be, sr_transport *tr,
     A->tr = tr;
     A->rank = tr ? tr->rank : 0;
     A->relay = true;
+    const char *batched = getenv("STARRELAY_BATCHED_OPS");
+    A->batched = !(batched && *batched && atoi(batched) == 0);
     A->n_layers = cfg->n_layers;
     A->n_heads = cfg->n_heads;
     A->head_dim = cfg->head_dim;
@@ -163,7 +165,7 @@ static void scatter_prepare(sr_batch_attend *A)
 {
     sr_kv_pool *pool = NULL;
     int m = 0;
-    if (!A->be->ops->kv_scatter)
+    if (!A->be->ops->kv_scatter || !A->batched)
         return;
     for (int i = 0; i < A->n_segs; i++) {
         const sr_batch_seg *s = &A->segs[i];
@@ -299,7 +301,7 @@ static void attend_own_parts(sr_batch_attend *A, int layer, const float *q, cons
     for (int i = 0; i < A->n_segs; i++)
         if (!A->segs[i].failed)
             nc = seg_calls(A, i, layer, q, pos, nc);
-    if (backend_attention_many(A->be, A->calls, nc) == 0)
+    if (A->batched && backend_attention_many(A->be, A->calls, nc) == 0)
         return;
     for (int c = 0; c < nc; c++) {
         sr_batch_seg *s = &A->segs[A->call_seg[c]];

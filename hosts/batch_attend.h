@@ -87,6 +87,8 @@ typedef struct {
      * pool rows, their backend copy, and how many (-1: per segment). */
     int32_t *scatter_host, *scatter_dev;
     int scatter_n;
+    bool batched;           /* attention_many and kv_scatter (STARRELAY_BATCHED_OPS=0: off, for
+                             * A/B measurements: a launch per job as before) */
     /* Cumulative, for the daemon's metrics: time spent in the all-gathers
      * (waiting for the slowest rank included) and how many there were. */
     double allgather_s;
