@@ -11,6 +11,8 @@
 - Prefixes: two used by interleaved jobs, one longer than any context, an
   empty one and an empty own system prompt; deleting a prefix in use is
   refused with FAILED_PRECONDITION and succeeds once its jobs ended.
+- The batched operations (attention_many, kv_scatter) give the same tokens
+  as a launch per job (STARRELAY_BATCHED_OPS=0).
 - Failures: a test hook fails one job on one rank in phase 1 or phase 2;
   that job ends with INTERNAL naming the rank, the others finish, the
   engine goes on and exits 0 with every page free; a rank failing to load
@@ -123,6 +125,15 @@ for np in (1, 3):
     c.check(out[-2].get("prefixes") == [], "%s: no prefix left: %s" % (what, out[-2]))
     ok, pool = pool_ok(out)
     c.check(ok, "%s: every page free after the prefixes went: %s" % (what, pool))
+    # the batched operations (one attention_many and one kv_scatter per layer
+    # for all jobs) give the tokens of one launch per job
+    out2, _, err2, rc2 = batch(exe, np_arg(np), lines, "--model", M, "--block-size", "24",
+                               env={"STARRELAY_BATCHED_OPS": "0"})
+    jobs2 = out2[4:4 + len(order)] if rc2 == 0 else []
+    c.check([j.get("token_ids") for j in jobs2] == [j.get("token_ids") for j in jobs],
+            "%s: batched ops == a launch per job: %s vs %s (%s)" %
+            (what, [j.get("token_ids") for j in jobs2], [j.get("token_ids") for j in jobs],
+             err2[-300:]))
     if np > 1:
         print("ok   %s: prefixes" % what, flush=True)
         continue
