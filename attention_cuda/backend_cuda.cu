@@ -440,6 +440,7 @@ static const sr_backend_ops cuda_ops = {
     .graph_begin = cuda_graph_begin,
     .graph_end = cuda_graph_end,
     .graph_release = cuda_graph_release,
+    .attention_many = cuda_attention_many,
     .sample = cuda_sample,
 };
 

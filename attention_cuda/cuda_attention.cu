@@ -189,8 +189,9 @@ constexpr size_t split_smem_bytes()
  * with cnt_base >= 0 the last block of a (kv head, query tile) to finish,
  * found by an arrival counter after a fence, merges all ranges itself, so
  * a call is one launch (the separate merge cost 5.4 us at 4K keys). */
-template <typename T, int HDP, int QPB, int DPL, int NST, int MINB>
-__global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(split_params p)
+template <typename T, int HDP, int QPB, int DPL, int NST>
+__device__ __forceinline__ void split_body(const split_params &p, const unsigned bx, const unsigned by,
+                                           const unsigned nsplit_u)
 {
     typedef kv_chunk<T> C;
     constexpr int CE = C::CE;          /* elements of a 16-byte chunk */
@@ -207,11 +208,11 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(spli
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int sub = lane / LPK, l4 = lane % LPK;
-    const int g = blockIdx.x / p.n_qtiles, qt = blockIdx.x % p.n_qtiles;
+    const int g = bx / p.n_qtiles, qt = bx % p.n_qtiles;
     const int nvec = p.nq * p.group;
     const char *kbase = static_cast<const char *>(p.k), *vbase = static_cast<const char *>(p.v);
 
-    const int k_begin = blockIdx.y * p.keys_per_split;
+    const int k_begin = by * p.keys_per_split;
     const int k_end = min(p.nk, k_begin + p.keys_per_split);
     const size_t head_off = (size_t)g * p.hd;
     /* Byte offset of chunk c of row `row`'s head g. */
@@ -460,17 +461,17 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(spli
         }
         const float o = L > 0.0f ? O / L : 0.0f;
         const float lse = L > 0.0f ? (mx + log2f(L)) * LN2_F : -INFINITY;
-        if (gridDim.y == 1) {
+        if (nsplit_u == 1) {
             p.out[(size_t)r * p.hd + d] = o;
             if (d == 0 && p.lse)
                 p.lse[r] = lse;
         } else {
-            p.ws_o[((size_t)blockIdx.y * rows + r) * p.hd + d] = o;
+            p.ws_o[((size_t)by * rows + r) * p.hd + d] = o;
             if (d == 0)
-                p.ws_lse[(size_t)blockIdx.y * rows + r] = lse;
+                p.ws_lse[(size_t)by * rows + r] = lse;
         }
     }
-    if (gridDim.y == 1 || p.cnt_base < 0)
+    if (nsplit_u == 1 || p.cnt_base < 0)
         return;
 
     /* Fused merge. Each thread's partials are visible device-wide before
@@ -482,9 +483,9 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(spli
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
-        unsigned *cnt = &g_split_counters[p.cnt_base + blockIdx.x];
+        unsigned *cnt = &g_split_counters[p.cnt_base + bx];
         const unsigned prev = atomicAdd(cnt, 1u);
-        s_last = prev == gridDim.y - 1;
+        s_last = prev == nsplit_u - 1;
         if (s_last)
             atomicExch(cnt, 0u);
     }
@@ -498,7 +499,7 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(spli
      * together instead of an lse round trip before the o loads. Empty ranges
      * (lse -inf) weigh 0; a row with no key anywhere gets o = 0, lse = -inf,
      * as the merge operation gives. */
-    const int n4 = p.hd / 4, nsplit = gridDim.y;
+    const int n4 = p.hd / 4, nsplit = (int)nsplit_u;
     for (int e = threadIdx.x; e < QPB * n4; e += blockDim.x) {
         const int qq = e / n4, d4 = e - qq * n4;
         const int t = qt * QPB + qq;
@@ -541,6 +542,46 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(spli
         if (d4 == 0 && p.lse)
             p.lse[r] = lr > 0.0f ? (mr + log2f(lr)) * LN2_F : -INFINITY;
     }
+}
+
+template <typename T, int HDP, int QPB, int DPL, int NST, int MINB>
+__global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(split_params p)
+{
+    split_body<T, HDP, QPB, DPL, NST>(p, blockIdx.x, blockIdx.y, gridDim.y);
+}
+
+/* Many independent calls in one launch (cuda_attention_many): the grid is
+ * one dimension, call i's blocks are [blk0[i], blk0[i + 1]), each call with
+ * its own split count, workspace and counters; within a call, block b is
+ * (kv head x query tile b % base, range b / base) as in the single form.
+ * The list travels in the kernel's parameters (__grid_constant__: read in
+ * place, indexed by call), so a launch needs no copy and no sync. */
+enum { SPLIT_MANY_MAX = 64 };
+typedef struct {
+    int n;
+    int blk0[SPLIT_MANY_MAX + 1];
+    int nsplit[SPLIT_MANY_MAX];
+    split_params c[SPLIT_MANY_MAX];
+} split_many_params;
+static_assert(sizeof(split_many_params) <= 32000, "kernel parameters are at most 32764 bytes");
+
+template <typename T, int HDP, int QPB, int DPL, int NST, int MINB>
+__global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB)
+    attn_split_many_kernel(const __grid_constant__ split_many_params m)
+{
+    const int b = (int)blockIdx.x;
+    int lo = 0, hi = m.n - 1; /* the last call whose first block is <= b */
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (m.blk0[mid] <= b)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    const split_params &p = m.c[lo];
+    const int local = b - m.blk0[lo], base = p.n_kv * p.n_qtiles;
+    split_body<T, HDP, QPB, DPL, NST>(p, (unsigned)(local % base), (unsigned)(local / base),
+                                      (unsigned)m.nsplit[lo]);
 }
 
 /* ---- merge ------------------------------------------------------------ */
@@ -812,7 +853,7 @@ static bool exceeds(size_t need, size_t have)
     return need > have;
 }
 
-template <typename T, int HDP, int QPB, int V>
+template <typename T, int HDP, int QPB, int V, bool MANY>
 static int split_prepare(cuda_ctx *ctx, int *per_sm)
 {
     typedef split_shape<T, HDP, QPB, V> S;
@@ -822,11 +863,20 @@ static int split_prepare(cuda_ctx *ctx, int *per_sm)
         if (exceeds(smem, ctx->smem_optin))
             return sr_error_set("cuda attention: the split kernel needs %zu bytes of shared "
                                 "memory, the device allows %zu", smem, ctx->smem_optin);
-        auto *kern = attn_split_kernel<T, HDP, QPB, S::DPL, S::NST, S::MINB>;
-        CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                      (int)smem));
         int n = 0;
-        CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, SPLIT_WARPS * 32, smem));
+        if constexpr (MANY) {
+            auto *kern = attn_split_many_kernel<T, HDP, QPB, S::DPL, S::NST, S::MINB>;
+            CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          (int)smem));
+            CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, SPLIT_WARPS * 32,
+                                                                   smem));
+        } else {
+            auto *kern = attn_split_kernel<T, HDP, QPB, S::DPL, S::NST, S::MINB>;
+            CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          (int)smem));
+            CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, SPLIT_WARPS * 32,
+                                                                   smem));
+        }
         blocks = n > 0 ? n : 1;
     }
     *per_sm = blocks;
@@ -834,57 +884,72 @@ static int split_prepare(cuda_ctx *ctx, int *per_sm)
 }
 
 template <typename T, int HDP, int QPB, int V>
-static int split_launch(cuda_ctx *ctx, dim3 grid, const split_params &p)
+static int split_launch(cuda_ctx *ctx, dim3 grid, const split_params *p,
+                        const split_many_params *mp)
 {
     typedef split_shape<T, HDP, QPB, V> S;
+    constexpr size_t smem = split_smem_bytes<T, HDP, S::DPL, S::NST>();
+    if (mp) {
+        attn_split_many_kernel<T, HDP, QPB, S::DPL, S::NST, S::MINB>
+            <<<grid, SPLIT_WARPS * 32, smem, ctx->stream>>>(*mp);
+        CUDA_CHECK_LAUNCH("attn_split_many_kernel");
+        return 0;
+    }
     attn_split_kernel<T, HDP, QPB, S::DPL, S::NST, S::MINB>
-        <<<grid, SPLIT_WARPS * 32, split_smem_bytes<T, HDP, S::DPL, S::NST>(), ctx->stream>>>(p);
+        <<<grid, SPLIT_WARPS * 32, smem, ctx->stream>>>(*p);
     CUDA_CHECK_LAUNCH("attn_split_kernel");
     return 0;
 }
 
 /* One entry per (element type, head_dim pad, query vectors per block,
- * shape): `launch` 0 only sizes (fills *per_sm), 1 launches. */
+ * shape): `launch` 0 only sizes (fills *per_sm), 1 launches; mp non-NULL
+ * selects the many-call kernel (sizing or launching it) instead. */
 template <typename T, int HDP, int QPB>
-static int split_run_v(cuda_ctx *ctx, int launch, int *per_sm, dim3 grid, const split_params &p)
+static int split_run_v(cuda_ctx *ctx, int launch, int *per_sm, dim3 grid, const split_params *p,
+                       const split_many_params *mp)
 {
-    if (ctx->split_variant == 1)
-        return launch ? split_launch<T, HDP, QPB, 1>(ctx, grid, p)
-                      : split_prepare<T, HDP, QPB, 1>(ctx, per_sm);
-    return launch ? split_launch<T, HDP, QPB, 0>(ctx, grid, p)
-                  : split_prepare<T, HDP, QPB, 0>(ctx, per_sm);
+    if (ctx->split_variant == 1) {
+        if (launch)
+            return split_launch<T, HDP, QPB, 1>(ctx, grid, p, mp);
+        return mp ? split_prepare<T, HDP, QPB, 1, true>(ctx, per_sm)
+                  : split_prepare<T, HDP, QPB, 1, false>(ctx, per_sm);
+    }
+    if (launch)
+        return split_launch<T, HDP, QPB, 0>(ctx, grid, p, mp);
+    return mp ? split_prepare<T, HDP, QPB, 0, true>(ctx, per_sm)
+              : split_prepare<T, HDP, QPB, 0, false>(ctx, per_sm);
 }
 
 template <typename T, int HDP>
 static int split_run_q(cuda_ctx *ctx, int qpb, int launch, int *per_sm, dim3 grid,
-                       const split_params &p)
+                       const split_params *p, const split_many_params *mp)
 {
     if (qpb == 1)
-        return split_run_v<T, HDP, 1>(ctx, launch, per_sm, grid, p);
+        return split_run_v<T, HDP, 1>(ctx, launch, per_sm, grid, p, mp);
     if (qpb == 2)
-        return split_run_v<T, HDP, 2>(ctx, launch, per_sm, grid, p);
-    return split_run_v<T, HDP, 4>(ctx, launch, per_sm, grid, p);
+        return split_run_v<T, HDP, 2>(ctx, launch, per_sm, grid, p, mp);
+    return split_run_v<T, HDP, 4>(ctx, launch, per_sm, grid, p, mp);
 }
 
 template <typename T>
 static int split_run_t(cuda_ctx *ctx, int hdp, int qpb, int launch, int *per_sm, dim3 grid,
-                       const split_params &p)
+                       const split_params *p, const split_many_params *mp)
 {
     switch (hdp) {
-    case 16: return split_run_q<T, 16>(ctx, qpb, launch, per_sm, grid, p);
-    case 32: return split_run_q<T, 32>(ctx, qpb, launch, per_sm, grid, p);
-    case 64: return split_run_q<T, 64>(ctx, qpb, launch, per_sm, grid, p);
-    case 128: return split_run_q<T, 128>(ctx, qpb, launch, per_sm, grid, p);
-    default: return split_run_q<T, 256>(ctx, qpb, launch, per_sm, grid, p);
+    case 16: return split_run_q<T, 16>(ctx, qpb, launch, per_sm, grid, p, mp);
+    case 32: return split_run_q<T, 32>(ctx, qpb, launch, per_sm, grid, p, mp);
+    case 64: return split_run_q<T, 64>(ctx, qpb, launch, per_sm, grid, p, mp);
+    case 128: return split_run_q<T, 128>(ctx, qpb, launch, per_sm, grid, p, mp);
+    default: return split_run_q<T, 256>(ctx, qpb, launch, per_sm, grid, p, mp);
     }
 }
 
 static int split_run(cuda_ctx *ctx, sr_kv_dtype dt, int hdp, int qpb, int launch, int *per_sm,
-                     dim3 grid, const split_params &p)
+                     dim3 grid, const split_params &p, const split_many_params *mp = nullptr)
 {
     if (dt == SR_KV_BF16)
-        return split_run_t<__nv_bfloat16>(ctx, hdp, qpb, launch, per_sm, grid, p);
-    return split_run_t<float>(ctx, hdp, qpb, launch, per_sm, grid, p);
+        return split_run_t<__nv_bfloat16>(ctx, hdp, qpb, launch, per_sm, grid, &p, mp);
+    return split_run_t<float>(ctx, hdp, qpb, launch, per_sm, grid, &p, mp);
 }
 
 /* This backend's slice of the fused merge's counters, taken on first use
@@ -896,6 +961,25 @@ static int split_counter_slot(cuda_ctx *ctx)
         ctx->split_cnt_slot = 1 + (int)(__atomic_fetch_add(&next, 1u, __ATOMIC_RELAXED) %
                                         SPLIT_CNT_SLOTS);
     return ctx->split_cnt_slot - 1;
+}
+
+/* The parameters of call a that do not depend on the launch: all but the
+ * workspace and the counters. */
+static void split_fill(split_params *pp, const sr_attn_args *a, int n_qtiles, int kps)
+{
+    split_params &p = *pp;
+    p.q = a->q, p.k = a->k, p.v = a->v;
+    p.pages = a->pages, p.page_rows = a->page_rows, p.page_row0 = a->page_row0;
+    p.page_shift = -1;
+    if (a->pages && (a->page_rows & (a->page_rows - 1)) == 0)
+        for (p.page_shift = 0; (1 << p.page_shift) < a->page_rows; p.page_shift++)
+            ;
+    p.q_pos = a->q_pos, p.k_pos = a->k_pos;
+    p.nq = a->nq, p.nk = a->nk, p.n_heads = a->n_heads, p.n_kv = a->n_kv, p.hd = a->head_dim;
+    p.group = a->n_heads / a->n_kv, p.q_stride = a->q_stride, p.kv_stride = a->kv_stride;
+    p.scale_log2 = a->scale * LOG2E_F;
+    p.n_qtiles = n_qtiles, p.keys_per_split = kps;
+    p.out = a->out, p.lse = a->lse;
 }
 
 static int split_attention(cuda_ctx *ctx, const sr_attn_args *a)
@@ -937,18 +1021,7 @@ static int split_attention(cuda_ctx *ctx, const sr_attn_args *a)
     if (splits < 1)
         splits = 1;
 
-    p.q = a->q, p.k = a->k, p.v = a->v;
-    p.pages = a->pages, p.page_rows = a->page_rows, p.page_row0 = a->page_row0;
-    p.page_shift = -1;
-    if (a->pages && (a->page_rows & (a->page_rows - 1)) == 0)
-        for (p.page_shift = 0; (1 << p.page_shift) < a->page_rows; p.page_shift++)
-            ;
-    p.q_pos = a->q_pos, p.k_pos = a->k_pos;
-    p.nq = a->nq, p.nk = a->nk, p.n_heads = a->n_heads, p.n_kv = a->n_kv, p.hd = hd;
-    p.group = group, p.q_stride = a->q_stride, p.kv_stride = a->kv_stride;
-    p.scale_log2 = a->scale * LOG2E_F;
-    p.n_qtiles = (int)n_qtiles, p.keys_per_split = kps;
-    p.out = a->out, p.lse = a->lse;
+    split_fill(&p, a, (int)n_qtiles, kps);
     p.ws_o = ctx->attn_ws;
     p.ws_lse = ctx->attn_ws + (size_t)splits * rows * hd;
     /* The merge runs inside the kernel while this call's (kv head, query
@@ -976,9 +1049,9 @@ static const char *kv_layout_name(const sr_attn_args *a)
     return a->pages ? "paged fp32" : "fp32";
 }
 
-int cuda_attention(sr_backend *be, const sr_attn_args *a)
+/* The checks every call passes before any path sees it. */
+static int attn_check(const sr_attn_args *a)
 {
-    cuda_ctx *ctx = cuda_ctx_of(be);
     if (a->n_kv <= 0 || a->n_heads % a->n_kv != 0)
         return sr_error_set("attention: %d query heads not divisible by %d kv heads", a->n_heads,
                             a->n_kv);
@@ -1004,8 +1077,13 @@ int cuda_attention(sr_backend *be, const sr_attn_args *a)
         return sr_error_set("cuda attention: %s K/V rows must be 16-byte aligned: base "
                             "addresses aligned, kv_stride and head_dim multiples of %d "
                             "(got %d, %d)", kv_layout_name(a), ce, a->kv_stride, a->head_dim);
-    if (a->nq <= 0)
-        return 0;
+    return 0;
+}
+
+/* The path a checked call with nq > 0 takes. */
+enum { ROUTE_SPLIT, ROUTE_RELAY, ROUTE_TC };
+static int attn_route(const cuda_ctx *ctx, const sr_attn_args *a)
+{
     const int tc_ok = cuda_prefill_supported(a);
     const int relay_ok = cuda_relay_supported(a);
     if (ctx->attn_path == SR_CUDA_ATTN_RELAY) {
@@ -1014,24 +1092,193 @@ int cuda_attention(sr_backend *be, const sr_attn_args *a)
                                 "(it takes head_dim 64 or 128, no mask; got head_dim %d%s, %s "
                                 "KV)", a->head_dim, a->k_pos ? " with key positions" : "",
                                 kv_layout_name(a));
-        return cuda_relay_attention(ctx, a);
+        return ROUTE_RELAY;
     }
     /* Several rows against one unmasked KV (a shared prefix, or a job's
      * held context): the relay kernel reads the KV once for all of them,
      * where the split kernel reads it once per 4 GQA-packed rows. */
     if (ctx->attn_path == SR_CUDA_ATTN_AUTO && relay_ok && a->nq >= 2 &&
         (long long)a->nq * (a->n_heads / a->n_kv) >= 8)
-        return cuda_relay_attention(ctx, a);
+        return ROUTE_RELAY;
     if (ctx->attn_path == SR_CUDA_ATTN_TC) {
         if (!tc_ok)
             return sr_error_set("cuda attention: the tensor-core path does not take these "
                                 "arguments (it takes head_dim 64 or 128; got %d, %s KV)",
                                 a->head_dim, kv_layout_name(a));
-        return cuda_prefill_attention(ctx, a);
+        return ROUTE_TC;
     }
     /* Many query rows make the tensor cores worth their bf16 rounding. The
      * split kernel takes every shape and KV layout the others do not. */
     if (ctx->attn_path == SR_CUDA_ATTN_AUTO && tc_ok && a->nq >= 64 && a->nk >= 64)
-        return cuda_prefill_attention(ctx, a);
-    return split_attention(ctx, a);
+        return ROUTE_TC;
+    return ROUTE_SPLIT;
+}
+
+static int attn_run(cuda_ctx *ctx, const sr_attn_args *a)
+{
+    switch (attn_route(ctx, a)) {
+    case ROUTE_RELAY: return cuda_relay_attention(ctx, a);
+    case ROUTE_TC: return cuda_prefill_attention(ctx, a);
+    case ROUTE_SPLIT: return split_attention(ctx, a);
+    default: return -1;
+    }
+}
+
+int cuda_attention(sr_backend *be, const sr_attn_args *a)
+{
+    cuda_ctx *ctx = cuda_ctx_of(be);
+    if (attn_check(a) != 0)
+        return -1;
+    if (a->nq <= 0)
+        return 0;
+    return attn_run(ctx, a);
+}
+
+/* ---- many calls --------------------------------------------------------- */
+
+static int split_qpb(const sr_attn_args *a)
+{
+    const long long nvec = (long long)a->nq * (a->n_heads / a->n_kv);
+    return nvec >= 4 ? 4 : nvec >= 2 ? 2 : 1;
+}
+
+static long long split_base(const sr_attn_args *a)
+{
+    const long long nvec = (long long)a->nq * (a->n_heads / a->n_kv);
+    const int qpb = split_qpb(a);
+    return (nvec + qpb - 1) / qpb * a->n_kv;
+}
+
+/* calls[0..n), n >= 2, all split-kernel calls of one element type,
+ * head_dim and query vectors per block (qpb), each with base <=
+ * SPLIT_CNT_PER_SLOT and the bases together too, as one launch. Split
+ * counts: the launch is sized to one wave, as a single call is, with every
+ * block given about the same number of keys (a call's share of the wave is
+ * its share of the keys x (kv head, query tile) pairs), at least one range
+ * per call and none under SPLIT_MIN_KEYS keys; halved until the partials
+ * fit the workspace. */
+static int split_launch_many(cuda_ctx *ctx, const sr_attn_args *const *calls, int n, int qpb)
+{
+    split_many_params m = split_many_params(); /* the launch copies it into its parameters */
+    const sr_attn_args *a0 = calls[0];
+    const int hd = a0->head_dim;
+    const int hdp = hd <= 16 ? 16 : hd <= 32 ? 32 : hd <= 64 ? 64 : hd <= 128 ? 128 : 256;
+    int per_sm = 1;
+    const split_params dummy = split_params();
+    if (split_run(ctx, a0->kv_dtype, hdp, qpb, 0, &per_sm, dim3(1), dummy, &m) != 0)
+        return -1;
+    const double wave = (double)ctx->sm_count * per_sm;
+    double work = 0;
+    long long base[SPLIT_MANY_MAX], splits[SPLIT_MANY_MAX];
+    for (int i = 0; i < n; i++) {
+        base[i] = split_base(calls[i]);
+        work += (double)base[i] * (double)calls[i]->nk;
+    }
+    for (int i = 0; i < n; i++) {
+        const long long nk = calls[i]->nk;
+        long long s = ctx->attn_splits;
+        if (s <= 0) {
+            s = work > 0 ? (long long)((double)nk * wave / work) : 1;
+            const long long by_keys = (nk + SPLIT_MIN_KEYS - 1) / SPLIT_MIN_KEYS;
+            if (s > by_keys)
+                s = by_keys;
+        }
+        splits[i] = s > 65535 ? 65535 : s < 1 ? 1 : s;
+    }
+    const size_t ws_floats = ctx->attn_ws_bytes / sizeof(float);
+    for (;;) {
+        size_t need = 0;
+        int blk = 0, cnt = split_counter_slot(ctx) * SPLIT_CNT_PER_SLOT;
+        for (int i = 0; i < n; i++) {
+            const sr_attn_args *a = calls[i];
+            long long s = a->nk == 0 ? 1 : splits[i];
+            int kps = (int)((a->nk + s - 1) / s);
+            if (kps < 1)
+                kps = 1;
+            s = (a->nk + kps - 1) / kps;
+            if (s < 1)
+                s = 1;
+            split_params &p = m.c[i];
+            p = split_params();
+            split_fill(&p, a, (int)(base[i] / a->n_kv), kps);
+            p.ws_o = p.ws_lse = nullptr;
+            p.cnt_base = -1;
+            if (s > 1) {
+                const size_t rows = (size_t)a->nq * a->n_heads;
+                p.ws_o = ctx->attn_ws + need;
+                p.ws_lse = p.ws_o + (size_t)s * rows * hd;
+                need += ((size_t)s * rows * (size_t)(hd + 1) + 3) & ~(size_t)3; /* float4 o */
+                p.cnt_base = cnt;
+            }
+            cnt += (int)base[i];
+            m.nsplit[i] = (int)s;
+            m.blk0[i] = blk;
+            blk += (int)(base[i] * s);
+        }
+        m.blk0[n] = blk;
+        m.n = n;
+        if (need <= ws_floats)
+            break;
+        for (int i = 0; i < n; i++)
+            splits[i] = splits[i] > 1 ? splits[i] / 2 : 1;
+    }
+    return split_run(ctx, a0->kv_dtype, hdp, qpb, 1, &per_sm, dim3((unsigned)m.blk0[n]), dummy,
+                     &m);
+}
+
+/* Calls the split kernel takes under the context's path go out together,
+ * SPLIT_MANY_MAX (and a counter slice's worth of kv head x query tile
+ * pairs) a launch; every other call (the tensor-core and relay paths, a
+ * call too wide for the counters, or a list whose calls differ in element
+ * type or shape) through cuda_attention's own route. Every call is checked
+ * first, so a bad one fails the list before anything is queued. */
+int cuda_attention_many(sr_backend *be, const sr_attn_args *calls, int n)
+{
+    cuda_ctx *ctx = cuda_ctx_of(be);
+    for (int i = 0; i < n; i++)
+        if (attn_check(&calls[i]) != 0)
+            return -1;
+    const sr_attn_args *a0 = n > 0 ? &calls[0] : nullptr;
+    int same = 1;
+    for (int i = 1; i < n; i++) {
+        const sr_attn_args *a = &calls[i];
+        if (a->kv_dtype != a0->kv_dtype || a->head_dim != a0->head_dim ||
+            a->n_heads != a0->n_heads || a->n_kv != a0->n_kv)
+            same = 0;
+    }
+    const sr_attn_args *batch[SPLIT_MANY_MAX] = {};
+    int nb = 0, used = 0, qpb = 0;
+    /* nb calls gathered, `used` counters of them. */
+    auto flush = [&]() -> int {
+        int rc = 0;
+        if (nb == 1)
+            rc = split_attention(ctx, batch[0]);
+        else if (nb > 1)
+            rc = split_launch_many(ctx, batch, nb, qpb);
+        nb = 0, used = 0;
+        return rc;
+    };
+    for (int i = 0; i < n; i++) {
+        const sr_attn_args *a = &calls[i];
+        if (a->nq <= 0)
+            continue;
+        const int route = attn_route(ctx, a);
+        if (route < 0)
+            return -1;
+        const long long base = split_base(a);
+        if (!same || route != ROUTE_SPLIT || base > SPLIT_CNT_PER_SLOT ||
+            (long long)a->nq * a->n_heads > INT_MAX / 2) {
+            if (attn_run(ctx, a) != 0)
+                return -1;
+            continue;
+        }
+        const int q = split_qpb(a);
+        if (nb > 0 && (q != qpb || nb == SPLIT_MANY_MAX || used + base > SPLIT_CNT_PER_SLOT))
+            if (flush() != 0)
+                return -1;
+        qpb = q;
+        batch[nb++] = a;
+        used += (int)base;
+    }
+    return flush();
 }

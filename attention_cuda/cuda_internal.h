@@ -82,6 +82,7 @@ void cuda_graph_cache_free(cuda_ctx *ctx);
 
 /* cuda_attention.cu */
 int cuda_attention(sr_backend *be, const sr_attn_args *a);
+int cuda_attention_many(sr_backend *be, const sr_attn_args *calls, int n);
 int cuda_merge(sr_backend *be, int nparts, const float *const *o_parts,
                const float *const *lse_parts, int rows, int head_dim, float *o_out,
                float *lse_out);

@@ -706,6 +706,76 @@ static void bench_relay(void)
     CK(cudaFree(lse));
 }
 
+/* The serving engine's batched decode step: n jobs, each one query row
+ * against its own bf16 KV of ctx keys through its own page table (256-row
+ * pages, shuffled), masked by position; one attention_many against the
+ * loop of single calls it replaces. */
+static void bench_many(void)
+{
+    const int H = 32, KV = 8, D = 128, PR = 256;
+    printf("\n| attention_many (1 query row a job, 32/8 heads, d 128, bf16 paged 256) | jobs | "
+           "context | loop us | many us | speedup | GB/s many |\n");
+    printf("|---|---|---|---|---|---|---|\n");
+    for (int ctx : {4096, 16384}) {
+        for (int n : {32, 64}) {
+            const int n_pages = (3 + ctx + PR - 1) / PR, phys = n_pages + 2;
+            const size_t rows = (size_t)phys * PR, per = rows * KV * D;
+            std::vector<sr_attn_args> calls(n);
+            std::vector<void *> bufs;
+            for (int i = 0; i < n; i++) {
+                __nv_bfloat16 *k, *v;
+                CK(cudaMalloc(&k, per * 2));
+                CK(cudaMalloc(&v, per * 2));
+                fill_bf16<<<1024, 256>>>(k, per, 11 + i);
+                fill_bf16<<<1024, 256>>>(v, per, 1011 + i);
+                CK(cudaGetLastError());
+                std::vector<int32_t> perm(phys), pos(rows, -1000000);
+                for (int p = 0; p < phys; p++)
+                    perm[p] = p;
+                uint64_t z = 0x9E3779B97F4A7C15ull * (i + 1) + 1;
+                for (int p = phys - 1; p > 0; p--) {
+                    z ^= z << 13, z ^= z >> 7, z ^= z << 17;
+                    std::swap(perm[p], perm[z % (uint64_t)(p + 1)]);
+                }
+                for (int j = 0; j < ctx; j++) {
+                    const int t = 3 + j;
+                    pos[(size_t)perm[t / PR] * PR + t % PR] = j;
+                }
+                int32_t *pages, *kpos;
+                CK(cudaMalloc(&pages, (size_t)n_pages * 4));
+                CK(cudaMemcpy(pages, perm.data(), (size_t)n_pages * 4, cudaMemcpyHostToDevice));
+                CK(cudaMalloc(&kpos, rows * 4));
+                CK(cudaMemcpy(kpos, pos.data(), rows * 4, cudaMemcpyHostToDevice));
+                float *q = dev_f32((size_t)H * D, 7 + i, 1.0f), *out, *lse;
+                CK(cudaMalloc(&out, (size_t)H * D * 4));
+                CK(cudaMalloc(&lse, (size_t)H * 4));
+                int32_t *qp = dev_iota(1, ctx);
+                sr_attn_args a = attn_args(q, k, v, qp, kpos, 1, ctx, H, KV, D,
+                                           1.0f / sqrtf((float)D), out, lse);
+                a.kv_dtype = SR_KV_BF16, a.pages = pages, a.page_rows = PR, a.page_row0 = 3;
+                calls[i] = a;
+                for (void *b : {(void *)k, (void *)v, (void *)pages, (void *)kpos, (void *)q,
+                                (void *)out, (void *)lse, (void *)qp})
+                    bufs.push_back(b);
+            }
+            CK(cudaDeviceSynchronize());
+            const double loop = time_ms(3, 15, 5, [&](int) {
+                for (int i = 0; i < n; i++)
+                    CKR(be->ops->attention(be, &calls[i]));
+            });
+            const double many = time_ms(3, 15, 5, [&](int) {
+                CKR(be->ops->attention_many(be, calls.data(), n));
+            });
+            const double bytes = (double)n * ctx * KV * D * 2 * 2;
+            printf("| attention_many | %d | %dK | %.1f | %.1f | %.2fx | %.0f |\n", n, ctx / 1024,
+                   loop * 1e3, many * 1e3, loop / many, bytes / (many * 1e-3) / 1e9);
+            fflush(stdout);
+            for (void *b : bufs)
+                CK(cudaFree(b));
+        }
+    }
+}
+
 int main(int argc, char **argv)
 {
     if (backend_cuda_device_count() <= 0) {
@@ -735,6 +805,8 @@ int main(int argc, char **argv)
         bench_prefill();
     if (want("relay"))
         bench_relay();
+    if (want("many") && be->ops->attention_many)
+        bench_many();
     backend_destroy(be);
     return 0;
 }

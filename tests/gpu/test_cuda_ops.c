@@ -613,6 +613,181 @@ static void test_attention_kv_layouts(void)
     kv_page_rows = 0;
 }
 
+/* ---- attention_many ------------------------------------------------------ */
+
+/* One call of an attention_many list: its own q, KV (layout, dtype), mask
+ * and poisoned outputs, with the cpu's result on the same stored bits. */
+typedef struct {
+    sr_attn_args d;
+    kv_layout L;
+    float *ref, *rlse;
+    int masked;
+} many_call;
+
+static void many_call_build(many_call *c, int nq, int nk, int n_heads, int n_kv, int hd,
+                            int masked, sr_kv_dtype dt, int page_rows)
+{
+    const sr_kv_dtype save_dt = kv_dtype;
+    const int save_pr = kv_page_rows;
+    kv_dtype = dt, kv_page_rows = page_rows;
+    int qs = n_heads * hd, ks = n_kv * hd;
+    float *q = gpu_rand_host((size_t)nq * qs, 1.0f), *k = gpu_rand_host((size_t)nk * ks, 1.0f);
+    float *v = gpu_rand_host((size_t)nk * ks, 1.0f);
+    int32_t *qp = malloc((size_t)nq * 4), *kp = malloc((size_t)(nk ? nk : 1) * 4);
+    for (int j = 0; j < nk; j++)
+        kp[j] = j < nk / 3 ? j : j + 7;
+    int32_t last = 0;
+    for (int j = 0; j < nk; j++)
+        last = kp[j] > last ? kp[j] : last;
+    for (int i = 0; i < nq; i++) /* the first query sees nothing */
+        qp[i] = last - (nq - 1 - i) - (i == 0 ? 100 : 0);
+    memset(c, 0, sizeof *c);
+    c->masked = masked;
+    kv_layout_build(&c->L, k, v, kp, nk, ks);
+    c->ref = malloc((size_t)nq * qs * 4), c->rlse = malloc((size_t)nq * n_heads * 4);
+    sr_attn_args a = {.q = q, .k = c->L.k, .v = c->L.v, .kv_dtype = dt, .pages = c->L.pages,
+                      .page_rows = page_rows, .page_row0 = c->L.row0, .q_pos = qp,
+                      .k_pos = masked ? c->L.pos : NULL, .nq = nq, .nk = nk,
+                      .n_heads = n_heads, .n_kv = n_kv, .head_dim = hd, .q_stride = qs,
+                      .kv_stride = ks, .scale = 1.0f / sqrtf((float)hd), .out = c->ref,
+                      .lse = c->rlse};
+    CHECK(cpu->ops->attention(cpu, &a) == 0, "cpu attention: %s", sr_error_get());
+    sr_attn_args d = a;
+    size_t kv_bytes = (size_t)c->L.rows * ks * sr_kv_dtype_size(dt);
+    d.q = gpu_put(gpu, q, (size_t)nq * qs * 4);
+    d.k = gpu_put(gpu, c->L.k, kv_bytes);
+    d.v = gpu_put(gpu, c->L.v, kv_bytes);
+    d.pages = c->L.pages ? gpu_put(gpu, c->L.pages, (size_t)c->L.n_pages * 4) : NULL;
+    d.q_pos = gpu_put(gpu, qp, (size_t)nq * 4);
+    d.k_pos = masked ? gpu_put(gpu, c->L.pos, (size_t)c->L.rows * 4) : NULL;
+    d.out = gpu_poisoned(gpu, (size_t)nq * qs);
+    d.lse = gpu_poisoned(gpu, (size_t)nq * n_heads);
+    c->d = d;
+    free(q), free(k), free(v), free(qp), free(kp);
+    kv_dtype = save_dt, kv_page_rows = save_pr;
+}
+
+static void many_call_free(many_call *c)
+{
+    sr_attn_args *d = &c->d;
+    gpu->ops->free(gpu, (void *)d->q), gpu->ops->free(gpu, (void *)d->k);
+    gpu->ops->free(gpu, (void *)d->v), gpu->ops->free(gpu, (void *)d->q_pos);
+    if (d->k_pos)
+        gpu->ops->free(gpu, (void *)d->k_pos);
+    if (d->pages)
+        gpu->ops->free(gpu, (void *)d->pages);
+    gpu->ops->free(gpu, d->out), gpu->ops->free(gpu, d->lse);
+    kv_layout_free(&c->L);
+    free(c->ref), free(c->rlse);
+}
+
+/* out/lse of one call against a reference: rel err of out, and lse equal
+ * within ltol where finite, -inf (with out exactly 0) where it is. */
+static int many_compare(const float *out, const float *lse, const float *ref, const float *rlse,
+                        size_t rows, int hd, double tol, double *err)
+{
+    *err = gpu_rel_err(out, ref, rows * hd);
+    int bad = !(*err < tol);
+    for (size_t i = 0; i < rows; i++) {
+        if (isinf(rlse[i])) {
+            bad += !(isinf(lse[i]) && lse[i] < 0);
+            for (int c = 0; c < hd; c++)
+                bad += out[i * hd + c] != 0.0f;
+        } else {
+            bad += !(fabs((double)lse[i] - rlse[i]) / (1.0 + fabs(rlse[i])) <= tol);
+        }
+    }
+    return bad;
+}
+
+/* n calls (shape i: nq[i % nnq] rows, nk[i % nnk] keys, masked unless
+ * i % 3 == 0, paged with 16-row pages when i % 2, bf16 when dt is bf16 or
+ * dt < 0 and i % 2 == 0) as one attention_many, each against the cpu and
+ * the gpu's own single call (a second set of poisoned outputs). */
+static void test_attention_many_case(const char *what, int n, const int *nq, int nnq,
+                                     const int *nk, int nnk, int n_heads, int n_kv, int hd,
+                                     int dt, int splits)
+{
+    many_call *c = calloc((size_t)n, sizeof *c);
+    sr_attn_args *calls = calloc((size_t)n, sizeof *calls);
+    sr_attn_args *single = calloc((size_t)n, sizeof *single);
+    for (int i = 0; i < n; i++) {
+        const sr_kv_dtype t = dt >= 0 ? (sr_kv_dtype)dt : i % 2 ? SR_KV_F32 : SR_KV_BF16;
+        many_call_build(&c[i], nq[i % nnq], nk[i % nnk], n_heads, n_kv, hd, i % 3 != 0, t,
+                        i % 2 ? 16 : 0);
+        calls[i] = c[i].d;
+        single[i] = c[i].d;
+        const size_t rows = (size_t)calls[i].nq * n_heads;
+        single[i].out = gpu_poisoned(gpu, rows * hd);
+        single[i].lse = gpu_poisoned(gpu, rows);
+    }
+    backend_cuda_set_attention_splits(gpu, splits);
+    int rc = gpu->ops->attention_many(gpu, calls, n);
+    CHECK(rc == 0, "attention_many %s: %s", what, sr_error_get());
+    for (int i = 0; i < n && rc == 0; i++)
+        CHECK(gpu->ops->attention(gpu, &single[i]) == 0, "attention: %s", sr_error_get());
+    backend_cuda_set_attention_splits(gpu, 0);
+    int fails = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        const sr_attn_args *a = &calls[i];
+        const size_t rows = (size_t)a->nq * n_heads;
+        float *out = gpu_get(gpu, a->out, rows * hd), *lse = gpu_get(gpu, a->lse, rows);
+        float *sout = gpu_get(gpu, single[i].out, rows * hd);
+        float *slse = gpu_get(gpu, single[i].lse, rows);
+        const char *kernel = attention_kernel(SR_CUDA_ATTN_AUTO, a->nq, a->nk, n_heads, n_kv, hd,
+                                              c[i].masked);
+        const double tol = strcmp(kernel, "split") != 0 ? 1e-2 : 1e-5;
+        double e1, e2;
+        int bad1 = many_compare(out, lse, c[i].ref, c[i].rlse, rows, hd, tol, &e1);
+        int bad2 = many_compare(out, lse, sout, slse, rows, hd, 1e-5, &e2);
+        if ((bad1 || bad2) && fails++ < 5)
+            CHECK(0, "attention_many %s call %d/%d (%s nq=%d nk=%d %s %s pages=%d): vs cpu "
+                  "rel err %g (%d bad), vs single call %g (%d bad)", what, i, n, kernel, a->nq,
+                  a->nk, c[i].masked ? "masked" : "unmasked",
+                  a->kv_dtype == SR_KV_BF16 ? "bf16" : "f32", a->page_rows, e1, bad1, e2, bad2);
+        free(out), free(lse), free(sout), free(slse);
+    }
+    CHECK(fails == 0, "attention_many %s: %d of %d calls wrong", what, fails, n);
+    for (int i = 0; i < n; i++) {
+        gpu->ops->free(gpu, single[i].out), gpu->ops->free(gpu, single[i].lse);
+        many_call_free(&c[i]);
+    }
+    free(c), free(calls), free(single);
+}
+
+static void test_attention_many(void)
+{
+    CHECK(gpu->ops->attention_many != NULL, "the cuda backend has no attention_many");
+    if (!gpu->ops->attention_many)
+        return;
+    const int one[] = {1};
+    const int nk_a[] = {4097, 0, 5, 1, 777, 64, 2000, 65, 300};
+    const int nk_b[] = {20011, 4097, 1, 0, 5};
+    const int nk_c[] = {4097};
+    const int B = SR_KV_BF16, F = SR_KV_F32;
+    /* Llama-3-8B decode: one row per job */
+    test_attention_many_case("1 call", 1, one, 1, nk_c, 1, 32, 8, 128, B, 0);
+    test_attention_many_case("3 calls", 3, one, 1, nk_b, 5, 32, 8, 128, B, 0);
+    test_attention_many_case("37 bf16", 37, one, 1, nk_a, 9, 32, 8, 128, B, 0);
+    test_attention_many_case("37 fp32", 37, one, 1, nk_a, 9, 32, 8, 128, F, 0);
+    test_attention_many_case("70 bf16", 70, one, 1, nk_a, 9, 32, 8, 128, B, 0);
+    test_attention_many_case("70 fp32 splits=3", 70, one, 1, nk_a, 9, 32, 8, 128, F, 3);
+    if (!quick)
+        test_attention_many_case("64 x 20011", 64, one, 1, nk_b, 1, 32, 8, 128, B, 0);
+    /* mixed dtypes: the per-call loop */
+    test_attention_many_case("mixed dtypes", 9, one, 1, nk_a, 9, 32, 8, 128, -1, 0);
+    /* GQA 2 (2 vectors a block), other head_dims */
+    test_attention_many_case("gqa2 hd64", 11, one, 1, nk_a, 9, 4, 2, 64, B, 0);
+    test_attention_many_case("mha hd96", 7, one, 1, nk_a, 9, 6, 6, 96, F, 0);
+    /* rows that the relay (9 unmasked rows), the tensor cores (70 masked
+     * rows) or the split kernel with many tiles (40 masked rows: 320
+     * counters each, so the counter slice splits the launch) take */
+    const int nq_mix[] = {1, 9, 40, 70, 70, 3, 40, 40, 40, 40, 40, 40, 40};
+    const int nk_mix[] = {4097, 300, 1000, 100, 5, 0, 2000, 777, 65, 64, 3001};
+    test_attention_many_case("mixed paths", 29, nq_mix, 13, nk_mix, 11, 32, 8, 128, B, 0);
+    test_attention_many_case("mixed paths fp32", 13, nq_mix, 13, nk_mix, 11, 32, 8, 128, F, 0);
+}
+
 /* kv_store: fp32 copied, bf16 rounded as the cpu rounds (bit for bit,
  * ties to even, inf and nan kept), odd lengths. */
 static void test_kv_store(void)
@@ -634,6 +809,38 @@ static void test_kv_store(void)
         gpu->ops->free(gpu, d), free(c), free(h);
     }
     gpu->ops->free(gpu, dx);
+    free(x);
+}
+
+/* kv_scatter: rows scattered into a bigger buffer in any order, the bits
+ * equal to the cpu's; rows not named keep what they held. */
+static void test_kv_scatter(void)
+{
+    const int row = 1024, src_n = 37, dst_n = 300, n = 29;
+    float *x = gpu_rand_host((size_t)src_n * row, 100.0f);
+    int32_t idx[2 * 29];
+    for (int i = 0; i < n; i++) {
+        idx[i] = (i * 7) % src_n;            /* source rows, some twice */
+        idx[n + i] = (i * 101 + 13) % dst_n; /* distinct destination rows */
+    }
+    float *dx = gpu_put(gpu, x, (size_t)src_n * row * 4);
+    int32_t *di = gpu_put(gpu, idx, sizeof idx);
+    for (int t = 0; t < 2; t++) {
+        sr_kv_dtype dt = t ? SR_KV_BF16 : SR_KV_F32;
+        size_t es = sr_kv_dtype_size(dt), bytes = (size_t)dst_n * row * es;
+        unsigned char *c = malloc(bytes), *h = malloc(bytes);
+        for (size_t i = 0; i < bytes; i++)
+            c[i] = (unsigned char)(i * 31 + 7);
+        void *d = gpu_put(gpu, c, bytes);
+        CHECK(gpu->ops->kv_scatter(gpu, d, dt, dx, n, row, di, di + n) == 0, "kv_scatter: %s",
+              sr_error_get());
+        CHECK(cpu->ops->kv_scatter(cpu, c, dt, x, n, row, idx, idx + n) == 0, "cpu kv_scatter");
+        CHECK(gpu->ops->download(gpu, h, d, bytes) == 0, "download");
+        CHECK(memcmp(h, c, bytes) == 0, "kv_scatter %s: device bytes differ from the cpu's",
+              t ? "bf16" : "f32");
+        gpu->ops->free(gpu, d), free(c), free(h);
+    }
+    gpu->ops->free(gpu, dx), gpu->ops->free(gpu, di);
     free(x);
 }
 
@@ -717,6 +924,7 @@ int main(void)
     test_attention(S, 3, 600, 100, 16, 2, 32, MASK_STAR, 1.0f); /* 2400 pairs: merge kernel */
     test_attention(S, 0, 600, 100, 16, 2, 32, MASK_STAR, 1.0f);
     test_attention_back_to_back();
+    test_attention_many();
 
     /* The tensor-core kernel: head_dim 64 and 128, odd lengths, masks. */
     test_attention(T, 0, 64, 64, 2, 2, 64, MASK_CAUSAL, 1.0f);
@@ -770,6 +978,7 @@ int main(void)
     test_attention_no_lse(SR_CUDA_ATTN_RELAY);
     test_attention_kv_layouts();
     test_kv_store();
+    test_kv_scatter();
 
     int c1[] = {5, 11};
     test_merge(20, c1, 2, 0, "three parts");
@@ -789,36 +998,3 @@ int main(void)
     backend_destroy(gpu);
     return check_finish("cuda_ops");
 }
-/* kv_scatter: rows scattered into a bigger buffer in any order, the bits
- * equal to the cpu's; rows not named keep what they held. */
-static void test_kv_scatter(void)
-{
-    const int row = 1024, src_n = 37, dst_n = 300, n = 29;
-    float *x = gpu_rand_host((size_t)src_n * row, 100.0f);
-    int32_t idx[2 * 29];
-    for (int i = 0; i < n; i++) {
-        idx[i] = (i * 7) % src_n;            /* source rows, some twice */
-        idx[n + i] = (i * 101 + 13) % dst_n; /* distinct destination rows */
-    }
-    float *dx = gpu_put(gpu, x, (size_t)src_n * row * 4);
-    int32_t *di = gpu_put(gpu, idx, sizeof idx);
-    for (int t = 0; t < 2; t++) {
-        sr_kv_dtype dt = t ? SR_KV_BF16 : SR_KV_F32;
-        size_t es = sr_kv_dtype_size(dt), bytes = (size_t)dst_n * row * es;
-        unsigned char *c = malloc(bytes), *h = malloc(bytes);
-        for (size_t i = 0; i < bytes; i++)
-            c[i] = (unsigned char)(i * 31 + 7);
-        void *d = gpu_put(gpu, c, bytes);
-        CHECK(gpu->ops->kv_scatter(gpu, d, dt, dx, n, row, di, di + n) == 0, "kv_scatter: %s",
-              sr_error_get());
-        CHECK(cpu->ops->kv_scatter(cpu, c, dt, x, n, row, idx, idx + n) == 0, "cpu kv_scatter");
-        CHECK(gpu->ops->download(gpu, h, d, bytes) == 0, "download");
-        CHECK(memcmp(h, c, bytes) == 0, "kv_scatter %s: device bytes differ from the cpu's",
-              t ? "bf16" : "f32");
-        gpu->ops->free(gpu, d), free(c), free(h);
-    }
-    gpu->ops->free(gpu, dx), gpu->ops->free(gpu, di);
-    free(x);
-}
-
-    test_kv_scatter();
