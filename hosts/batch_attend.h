@@ -13,6 +13,13 @@
  *           causally from dest_begin on (a Star block being encoded, or the
  *           query/generated tokens on the query host).
  *
+ * Per layer the launches do not grow with the jobs where the backend has
+ * the batched operations: every segment's src and dest attention go out as
+ * one attention_many, one merge folds all rows (the parts a segment lacks
+ * are o = 0, lse = -inf from a device template, set once per call), and
+ * from layer 1 on one kv_scatter per K and V stores every segment's new
+ * rows (their pool rows are uploaded before the call starts).
+ *
  * Phase 1 is local to a rank (tr == NULL). In phase 2 (tr set) each rank's
  * merged (o, lse) of all rows goes into one packed all-gather per layer for
  * the whole batch, with a failure flag per segment and one for the call,
