@@ -83,6 +83,29 @@ static sr_attn_args attn_args(const float *q, const void *k, const void *v, cons
     return a;
 }
 
+/* A page table of n_pages pages taken from phys_pages in seeded shuffled
+ * order (as a fragmented pool gives them), on the device in *dev_pages;
+ * pos[row] = the index of the key stored at that row (key j at logical
+ * row row0 + j). */
+static void shuffled_pages(int n_pages, int phys_pages, int page_rows, int row0, int nk,
+                           uint64_t seed, std::vector<int32_t> &pos, int32_t **dev_pages)
+{
+    std::vector<int32_t> perm(phys_pages);
+    for (int i = 0; i < phys_pages; i++)
+        perm[i] = i;
+    uint64_t z = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (int i = phys_pages - 1; i > 0; i--) {
+        z ^= z << 13, z ^= z >> 7, z ^= z << 17;
+        std::swap(perm[i], perm[z % (uint64_t)(i + 1)]);
+    }
+    for (int j = 0; j < nk; j++) {
+        const int t = row0 + j;
+        pos[(size_t)perm[t / page_rows] * page_rows + t % page_rows] = j;
+    }
+    CK(cudaMalloc(dev_pages, (size_t)n_pages * 4));
+    CK(cudaMemcpy(*dev_pages, perm.data(), (size_t)n_pages * 4, cudaMemcpyHostToDevice));
+}
+
 static sr_backend *be;
 static cudaStream_t st; /* the backend's stream: all timed work goes there */
 static double copy_gbs, gemm_tflops;
@@ -309,20 +332,7 @@ static void dec_layout_make(dec_layout &L, sr_kv_dtype dt, bool paged, int ctx, 
     L.bytes = (double)ctx * KV * D * es * 2 + (double)ctx * 4 + (double)n_pages * 4;
     std::vector<int32_t> pos((size_t)L.rows, -1000000);
     if (paged) {
-        std::vector<int32_t> perm(phys_pages);
-        for (int i = 0; i < phys_pages; i++)
-            perm[i] = i;
-        uint64_t z = seed * 0x9E3779B97F4A7C15ull + 1;
-        for (int i = phys_pages - 1; i > 0; i--) {
-            z ^= z << 13, z ^= z >> 7, z ^= z << 17;
-            std::swap(perm[i], perm[z % (uint64_t)(i + 1)]);
-        }
-        for (int j = 0; j < ctx; j++) {
-            const int t = L.row0 + j;
-            pos[(size_t)perm[t / DEC_PAGE_ROWS] * DEC_PAGE_ROWS + t % DEC_PAGE_ROWS] = j;
-        }
-        CK(cudaMalloc(&L.pages, (size_t)n_pages * 4));
-        CK(cudaMemcpy(L.pages, perm.data(), (size_t)n_pages * 4, cudaMemcpyHostToDevice));
+        shuffled_pages(n_pages, phys_pages, DEC_PAGE_ROWS, L.row0, ctx, seed, pos, &L.pages);
     } else {
         for (int j = 0; j < ctx; j++)
             pos[j] = j;
@@ -488,20 +498,7 @@ static void kv_bufs_make(kv_bufs &B, sr_kv_dtype dt, bool paged, int nk, int KV,
     const int rows = paged ? phys_pages * KVB_PAGE_ROWS : nk;
     std::vector<int32_t> pos((size_t)(rows ? rows : 1), -1000000);
     if (paged) {
-        std::vector<int32_t> perm(phys_pages);
-        for (int i = 0; i < phys_pages; i++)
-            perm[i] = i;
-        uint64_t z = seed * 0x9E3779B97F4A7C15ull + 1;
-        for (int i = phys_pages - 1; i > 0; i--) {
-            z ^= z << 13, z ^= z >> 7, z ^= z << 17;
-            std::swap(perm[i], perm[z % (uint64_t)(i + 1)]);
-        }
-        for (int j = 0; j < nk; j++) {
-            const int t = B.row0 + j;
-            pos[(size_t)perm[t / KVB_PAGE_ROWS] * KVB_PAGE_ROWS + t % KVB_PAGE_ROWS] = j;
-        }
-        CK(cudaMalloc(&B.pages, (size_t)n_pages * 4));
-        CK(cudaMemcpy(B.pages, perm.data(), (size_t)n_pages * 4, cudaMemcpyHostToDevice));
+        shuffled_pages(n_pages, phys_pages, KVB_PAGE_ROWS, B.row0, nk, seed, pos, &B.pages);
     } else {
         for (int j = 0; j < nk; j++)
             pos[j] = j;
