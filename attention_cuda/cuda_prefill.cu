@@ -166,16 +166,12 @@ __global__ void __launch_bounds__(PF_WARPS * 32, 3) attn_prefill_tc_kernel(prefi
     const int qp0 = (masked && i0 < p.nq) ? p.q_pos[i0] : INT_MAX;
     const int qp1 = (masked && i1 < p.nq) ? p.q_pos[i1] : INT_MAX;
     uint32_t qf[D / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++)
-        ldsm_x4(qf[kk], Qs + (warp * 16 + (lane & 15)) * LD + kk * 16 + (lane >> 4) * 8);
+    ldsm_q_frags<D>(qf, Qs, warp * 16, LD, lane);
     __syncthreads(); /* Q is in registers; qmin/qmax are final */
     const int qmin = qmin_s, qmax = qmax_s;
 
     float o[D / 8][4];
-#pragma unroll
-    for (int dt = 0; dt < D / 8; dt++)
-        o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+    acc_zero(o);
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 
     const int ntiles = (p.nk + PF_BC - 1) / PF_BC;

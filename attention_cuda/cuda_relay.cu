@@ -311,16 +311,12 @@ __global__ void __launch_bounds__(RL_THREADS, MINB) attn_relay_kernel(relay_para
     }
     __syncthreads();
     uint32_t qf[D / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++)
-        ldsm_x4(qf[kk], qs + (wr * 16 + (lane & 15)) * LDB + kk * 16 + (lane >> 4) * 8);
+    ldsm_q_frags<D>(qf, qs, wr * 16, LDB, lane);
     /* The loop's first barrier keeps the rounding from overwriting qs
      * before every warp has its fragments. */
 
     float o[DW / 8][4];
-#pragma unroll
-    for (int dt = 0; dt < DW / 8; dt++)
-        o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+    acc_zero(o);
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 
     for (int t = 0; t < ntiles; t++) {
@@ -437,14 +433,10 @@ __global__ void __launch_bounds__(RL_THREADS, MINB) attn_relay_bf16_kernel(relay
     relay_stage_q<D, MR>(p, g, rt, qs, tid);
     __syncthreads();
     uint32_t qf[D / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++)
-        ldsm_x4(qf[kk], qs + (wr * 16 + (lane & 15)) * LDB + kk * 16 + (lane >> 4) * 8);
+    ldsm_q_frags<D>(qf, qs, wr * 16, LDB, lane);
 
     float o[DW / 8][4];
-#pragma unroll
-    for (int dt = 0; dt < DW / 8; dt++)
-        o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+    acc_zero(o);
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 
     int slot = 0, next = 2; /* tile t's slot, tile t+2's */

@@ -30,6 +30,28 @@ static __device__ __forceinline__ void ldsm_x4_trans(uint32_t r[4], const __nv_b
                  : "memory");
 }
 
+/* A warp's 16 rows of Q (bf16 in shared memory, `ld` elements per row, its
+ * rows from `row0`) as mma.sync m16n8k16 A fragments, one per 16 columns:
+ * the Q operand every tensor-core attention kernel holds in registers. */
+template <int D>
+static __device__ __forceinline__ void ldsm_q_frags(uint32_t (&qf)[D / 16][4],
+                                                    const __nv_bfloat16 *q, int row0, int ld,
+                                                    int lane)
+{
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+        ldsm_x4(qf[kk], q + (row0 + (lane & 15)) * ld + kk * 16 + (lane >> 4) * 8);
+}
+
+/* Zeroed mma.sync C fragments (a warp's output accumulator). */
+template <int N>
+static __device__ __forceinline__ void acc_zero(float (&o)[N][4])
+{
+#pragma unroll
+    for (int dt = 0; dt < N; dt++)
+        o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+}
+
 /* Two 8x8 matrices, transposed (addresses from lanes 0-15): V for a warp
  * whose slice of the dims is 8 wide. */
 static __device__ __forceinline__ void ldsm_x2_trans(uint32_t r[2], const __nv_bfloat16 *p)
