@@ -106,9 +106,9 @@ int backend_set_kv_dtype(sr_backend *be, const char *name)
 {
     if (!name || !*name || !strcmp(name, "auto"))
         return 0;
-    if (!strcmp(name, "f32") || !strcmp(name, "fp32") || !strcmp(name, "float32"))
+    if (!strcmp(name, "f32"))
         be->kv_dtype = SR_KV_F32;
-    else if (!strcmp(name, "bf16") || !strcmp(name, "bfloat16"))
+    else if (!strcmp(name, "bf16"))
         be->kv_dtype = SR_KV_BF16;
     else
         return sr_error_set("--kv-dtype: '%s' is unknown (auto, f32 or bf16)", name);

@@ -278,7 +278,13 @@ int kv_seq_commit(sr_kv_seq *s, int n)
     return 0;
 }
 
-static int range_check(const sr_kv_seq *s, int begin, int end);
+static int range_check(const sr_kv_seq *s, int begin, int end)
+{
+    if (!s->pool || begin < 0 || end < begin || end > kv_seq_capacity(s))
+        return sr_error_set("kv sequence: rows [%d, %d) of a sequence of %d", begin, end,
+                            kv_seq_capacity(s));
+    return 0;
+}
 
 int kv_seq_pool_rows(const sr_kv_seq *s, int begin, int n, int32_t *rows)
 {
@@ -286,14 +292,6 @@ int kv_seq_pool_rows(const sr_kv_seq *s, int begin, int n, int32_t *rows)
         return -1;
     for (int i = 0; i < n; i++)
         rows[i] = (int32_t)pool_row(s, begin + i);
-    return 0;
-}
-
-static int range_check(const sr_kv_seq *s, int begin, int end)
-{
-    if (!s->pool || begin < 0 || end < begin || end > kv_seq_capacity(s))
-        return sr_error_set("kv sequence: rows [%d, %d) of a sequence of %d", begin, end,
-                            kv_seq_capacity(s));
     return 0;
 }
 

@@ -71,12 +71,10 @@ int batch_attend_init(sr_batch_attend *A, sr_backend *be, sr_transport *tr,
     }
     A->has_parts = calloc((size_t)max_segs, sizeof *A->has_parts);
     A->calls = malloc((size_t)2 * (size_t)max_segs * sizeof *A->calls);
+    A->call_seg = malloc((size_t)2 * (size_t)max_segs * sizeof *A->call_seg);
     A->scatter_host = malloc((size_t)2 * R * sizeof *A->scatter_host);
     A->scatter_dev = be->ops->alloc(be, (size_t)2 * R * sizeof *A->scatter_dev);
-    if (rc == 0 && (!A->scatter_host || !A->scatter_dev))
-        rc = -1;
-    A->call_seg = malloc((size_t)2 * (size_t)max_segs * sizeof *A->call_seg);
-    if (rc == 0 && (!A->calls || !A->call_seg))
+    if (rc == 0 && (!A->calls || !A->call_seg || !A->scatter_host || !A->scatter_dev))
         rc = -1;
     if (rc == 0)
         rc = empty_template_init(A);
@@ -163,31 +161,36 @@ int batch_attend_set_devcomm(sr_batch_attend *A, sr_devcomm *dc)
  * pools. */
 static void scatter_prepare(sr_batch_attend *A)
 {
-    sr_kv_pool *pool = NULL;
-    int m = 0;
     if (!A->be->ops->kv_scatter || !A->batched)
         return;
+    /* first pass: how many rows, all in one pool */
+    sr_kv_pool *pool = NULL;
+    int m = 0;
     for (int i = 0; i < A->n_segs; i++) {
         const sr_batch_seg *s = &A->segs[i];
         if (!s->dest)
             continue;
-        if ((pool && s->dest->pool != pool) ||
-            kv_seq_pool_rows(s->dest, s->dest->len, s->n, A->scatter_host + A->max_rows + m) != 0)
-            return; /* layer 0 will say what is wrong */
+        if (pool && s->dest->pool != pool)
+            return;
         pool = s->dest->pool;
-        for (int r = 0; r < s->n; r++)
-            A->scatter_host[m + r] = s->row0 + r;
         m += s->n;
     }
-    if (m == 0) {
-        A->scatter_n = 0;
-        return;
+    /* source rows [0, m), then their pool rows [m, 2m): one upload */
+    for (int i = 0, done = 0; i < A->n_segs; i++) {
+        const sr_batch_seg *s = &A->segs[i];
+        if (!s->dest)
+            continue;
+        if (kv_seq_pool_rows(s->dest, s->dest->len, s->n, A->scatter_host + m + done) != 0)
+            return; /* layer 0 will say what is wrong */
+        for (int r = 0; r < s->n; r++)
+            A->scatter_host[done + r] = s->row0 + r;
+        done += s->n;
     }
-    /* source rows, then pool rows, packed at the front of one upload */
-    memmove(A->scatter_host + m, A->scatter_host + A->max_rows, (size_t)m * sizeof(int32_t));
-    if (A->be->ops->upload(A->be, A->scatter_dev, A->scatter_host,
-                           (size_t)2 * m * sizeof(int32_t)) == 0)
-        A->scatter_n = m;
+    if (m > 0 && A->be->ops->upload(A->be, A->scatter_dev, A->scatter_host,
+                                    (size_t)2 * m * sizeof(int32_t)) != 0)
+        return;
+    A->scatter_pool = pool;
+    A->scatter_n = m;
 }
 
 void batch_attend_begin(sr_batch_attend *A, sr_batch_seg *segs, int n_segs)
@@ -374,9 +377,7 @@ static void attend_local(sr_batch_attend *A, int layer, const float *q, const fl
     if (layer > 0 && A->scatter_n > 0) {
         /* every segment's new rows in one launch for k and one for v (a
          * segment that failed since writes into its own pages, harmlessly) */
-        sr_kv_pool *p = NULL;
-        for (int i = 0; i < A->n_segs && !p; i++)
-            p = s[i].dest ? s[i].dest->pool : NULL;
+        sr_kv_pool *p = A->scatter_pool;
         const int32_t *src = A->scatter_dev, *dst = A->scatter_dev + A->scatter_n;
         if (A->be->ops->kv_scatter(A->be, p->k[layer], p->dtype, k, A->scatter_n, p->kv_dim, src,
                                    dst) != 0 ||

@@ -93,6 +93,7 @@ typedef struct {
      * kv_scatter for all segments): host [2 * max_rows] source rows then
      * pool rows, their backend copy, and how many (-1: per segment). */
     int32_t *scatter_host, *scatter_dev;
+    sr_kv_pool *scatter_pool;  /* the pool every segment's dest is in */
     int scatter_n;
     bool batched;           /* attention_many and kv_scatter (STARRELAY_BATCHED_OPS=0: off, for
                              * A/B measurements: a launch per job as before) */
