@@ -62,7 +62,7 @@ void backend_cuda_set_attention_splits(sr_backend *be, int splits)
 
 void backend_cuda_set_attention_variant(sr_backend *be, int variant)
 {
-    cuda_ctx_of(be)->split_variant = variant == 1 ? 1 : 0;
+    cuda_ctx_of(be)->split_variant = variant == 1 || variant == 2 ? variant : 0;
 }
 
 void backend_cuda_set_graphs(sr_backend *be, int on)

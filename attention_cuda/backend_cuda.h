@@ -63,9 +63,12 @@ void backend_cuda_set_gemm_path(sr_backend *be, sr_cuda_gemm_path path);
  * device and the shape). For tests of the merge of splits. */
 void backend_cuda_set_attention_splits(sr_backend *be, int splits);
 
-/* The split-key kernel's shape, for benchmarks: 0 (default) 16 dims per
- * lane and 2 keys in flight per lane, 1 8 dims per lane and 4 keys. The
- * relay kernel's: 0 (default) one barrier per key tile, 1 two. */
+/* The split-key kernel's shape, for benchmarks and tests (cuda_attention.cu,
+ * split_shape): 0 (default) each element type's fastest: the tensor-core
+ * form for bf16 K/V of head_dim 64 or 128, the cp.async ring for other bf16,
+ * register loads for fp32; 1 the other CUDA-core shape (register loads for
+ * bf16, the ring for fp32); 2 as 0 without the tensor-core form. The relay
+ * kernel's fp32 pipeline: 1 two barriers per key tile, else one. */
 void backend_cuda_set_attention_variant(sr_backend *be, int variant);
 
 /* Uploads one host weight as `dtype` (SR_DTYPE_BF16 or SR_DTYPE_F32) into a

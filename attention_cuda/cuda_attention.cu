@@ -189,9 +189,13 @@ constexpr size_t split_smem_bytes()
  * with cnt_base >= 0 the last block of a (kv head, query tile) to finish,
  * found by an arrival counter after a fence, merges all ranges itself, so
  * a call is one launch (the separate merge cost 5.4 us at 4K keys). */
+/* One block's key range on the CUDA cores (the forms of the comment
+ * above): leaves each warp's unnormalized o in s_acc, its running maxima
+ * (base 2) and sums in s_m/s_l. */
 template <typename T, int HDP, int QPB, int DPL, int NST>
-__device__ __forceinline__ void split_body(const split_params &p, const unsigned bx, const unsigned by,
-                                           const unsigned nsplit_u)
+__device__ __forceinline__ void split_range_cc(const split_params &p, int g, int qt, int k_begin,
+                                               int k_end, uint4 *s_ring, float (*s_m)[QPB],
+                                               float (*s_l)[QPB], float4 (*s_acc)[QPB][HDP / 4])
 {
     typedef kv_chunk<T> C;
     constexpr int CE = C::CE;          /* elements of a 16-byte chunk */
@@ -201,19 +205,10 @@ __device__ __forceinline__ void split_body(const split_params &p, const unsigned
     constexpr int ROWC = HDP / CE;     /* chunks of a (padded) key row */
     constexpr int STAGEC = KPW * ROWC; /* chunks of one stage's K (or V) */
     static_assert(NC >= 1 && DPL % CE == 0, "a lane holds whole chunks");
-    __shared__ float s_m[SPLIT_WARPS][QPB], s_l[SPLIT_WARPS][QPB];
-    __shared__ float4 s_acc[SPLIT_WARPS][QPB][HDP / 4];
-    __shared__ int s_last;
-    extern __shared__ uint4 s_ring[]; /* [warp][stage][K, V][STAGEC], then positions */
-
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int sub = lane / LPK, l4 = lane % LPK;
-    const int g = bx / p.n_qtiles, qt = bx % p.n_qtiles;
     const int nvec = p.nq * p.group;
     const char *kbase = static_cast<const char *>(p.k), *vbase = static_cast<const char *>(p.v);
-
-    const int k_begin = by * p.keys_per_split;
-    const int k_end = min(p.nk, k_begin + p.keys_per_split);
     const size_t head_off = (size_t)g * p.hd;
     /* Byte offset of chunk c of row `row`'s head g. */
     auto chunk_off = [&](size_t row, int c) {
@@ -437,11 +432,284 @@ __device__ __forceinline__ void split_body(const split_params &p, const unsigned
                 }
         }
     }
+}
+
+/* ---- the tensor-core form (bf16 K/V, head_dim 64 or 128) ---------------- */
+
+/* A 16-key tile of one warp's ring: K and V rows padded to TC_LD bf16
+ * (an odd number of 16-byte chunks per row: ldmatrix without bank
+ * conflicts), then the keys' positions. */
+enum { TC_KEYS = 16 };
+template <int HDP>
+struct tc_tile {
+    static constexpr int LD = HDP + 8;
+    static constexpr size_t BYTES = 2 * TC_KEYS * LD * 2 + TC_KEYS * 4;
+    static_assert(BYTES % 16 == 0, "stages stay 16-byte aligned");
+};
+
+template <int HDP, int NST>
+constexpr size_t split_tc_smem_bytes()
+{
+    return (size_t)SPLIT_WARPS * NST * tc_tile<HDP>::BYTES;
+}
+
+/* x = hi + lo, each a bf16 pair (a in the low half): hi is x rounded to
+ * bf16, lo the remainder rounded again, so hi + lo is x to about 2^-17. */
+static __device__ __forceinline__ void split_bf16_pair(float a, float b, uint32_t &hi,
+                                                       uint32_t &lo)
+{
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    const float2 hf = __bfloat1622float2(h);
+    hi = *reinterpret_cast<const uint32_t *>(&h);
+    lo = pack_bf16(a - hf.x, b - hf.y);
+}
+
+/* One block's key range on the tensor cores: the query vectors of (kv head
+ * g, query tile qt), up to 16, are the 16 rows of mma.sync m16n8k16 A
+ * operands. Each warp takes the range's 16-key tiles warp, warp +
+ * SPLIT_WARPS, ... and streams them through its own ring of NST stages with
+ * cp.async (NST - 1 tiles in flight during the math on one; no block
+ * barrier: a warp's lanes copy and read only its own stages, ordered by
+ * __syncwarp). S = Q K^T and O += P V run on the tensor cores with the
+ * online softmax on the accumulator fragments (ptx.cuh), as in the prefill
+ * kernel. Why not plain bf16 operands: rounding q and the probabilities to
+ * 8 bits would cost this kernel the fp32 accuracy of the other forms (1e-5
+ * of the cpu on the same stored K/V). Each is split into a bf16 high part
+ * and a bf16 remainder and multiplied twice (4 mma per 8 keys x 16 dims
+ * instead of 2): still about 8x fewer instructions per key than the
+ * CUDA-core forms, which are instruction-bound on bf16 rows from 32K keys.
+ * Leaves each warp's unnormalized o (rows x HDP floats, at `part`, in the
+ * warp's own ring space), its running maxima (base 2) and sums in s_m/s_l. */
+template <int HDP, int NST>
+__device__ __forceinline__ void split_range_tc(const split_params &p, int g, int qt, int k_begin,
+                                               int k_end, uint4 *ring_all, float (*s_m)[16],
+                                               float (*s_l)[16])
+{
+    typedef tc_tile<HDP> TL;
+    constexpr int LD = TL::LD, ND = HDP / 8;
+    constexpr int CPR = HDP / 8, RPI = 32 / CPR, NI = TC_KEYS / RPI; /* copy shape */
+    static_assert(NST >= 2, "a tile in flight beside the one in use");
+    static_assert((size_t)NST * TL::BYTES >= (size_t)16 * HDP * 4, "the partial fits the ring");
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int gid = lane >> 2, tig = lane & 3;
+    unsigned char *ring = reinterpret_cast<unsigned char *>(ring_all) +
+                          (size_t)warp * NST * TL::BYTES;
+    const char *kbase = static_cast<const char *>(p.k), *vbase = static_cast<const char *>(p.v);
+    const size_t head_off = (size_t)g * HDP;
+
+    const int ntiles = k_end > k_begin ? (k_end - k_begin + TC_KEYS - 1) / TC_KEYS : 0;
+    const int nsteps = ntiles > warp ? (ntiles - warp + SPLIT_WARPS - 1) / SPLIT_WARPS : 0;
+    auto tile_key0 = [&](int i) { return k_begin + (warp + i * SPLIT_WARPS) * TC_KEYS; };
+
+    /* Rows of this lane's copies for step i (a step ahead of the copies,
+     * so that the page table's latency is off their path): row i * RPI +
+     * lane / CPR of the tile for the K/V chunk lane % CPR, and row `lane`
+     * (lanes below 16) for the key's position. */
+    unsigned rw[NI], rpos;
+    auto find = [&](int i) {
+        const int j0 = tile_key0(i);
+#pragma unroll
+        for (int r = 0; r < NI; r++) {
+            const int j = j0 + r * RPI + lane / CPR;
+            rw[r] = j < k_end ? (unsigned)split_key_row(p, j) : 0u;
+        }
+        const int jp = j0 + (lane & 15);
+        rpos = jp < k_end ? (unsigned)split_key_row(p, jp) : 0u;
+    };
+    auto issue = [&](int i, int slot) {
+        unsigned char *st = ring + (size_t)slot * TL::BYTES;
+        __nv_bfloat16 *kd = reinterpret_cast<__nv_bfloat16 *>(st), *vd = kd + TC_KEYS * LD;
+        const int j0 = tile_key0(i), c = lane % CPR;
+#pragma unroll
+        for (int r = 0; r < NI; r++) {
+            const int row = r * RPI + lane / CPR;
+            const bool ok = j0 + row < k_end;
+            const size_t off = ((size_t)rw[r] * (size_t)p.kv_stride + head_off) * 2 + (size_t)c * 16;
+            cp_async16(kd + row * LD + 8 * c, kbase + (ok ? off : 0), ok ? 16 : 0);
+            cp_async16(vd + row * LD + 8 * c, vbase + (ok ? off : 0), ok ? 16 : 0);
+        }
+        if (p.k_pos && lane < TC_KEYS)
+            cp_async4(reinterpret_cast<int *>(vd + TC_KEYS * LD) + lane, p.k_pos + rpos,
+                      j0 + lane < k_end ? 4 : 0);
+    };
+
+    /* The first tiles go out before q is read. */
+#pragma unroll
+    for (int i = 0; i < NST - 1; i++) {
+        if (i < nsteps) {
+            find(i);
+            issue(i, i);
+        }
+        cp_async_commit(); /* empty groups too: the waits below count groups */
+    }
+    if (NST - 1 < nsteps)
+        find(NST - 1);
+
+    /* q of rows gid and gid + 8 (query vectors qt * 16 + row), scaled to
+     * base 2, as hi/lo A fragments; rows past the last vector are zero and
+     * see no key. */
+    uint32_t qh[HDP / 16][4], ql[HDP / 16][4];
+    int qpos[2];
+    bool qvalid[2];
+    {
+        const int nvec = p.nq * p.group;
+        const float *qr[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int t = qt * 16 + gid + 8 * h;
+            qvalid[h] = t < nvec;
+            const int i = qvalid[h] ? t / p.group : 0;
+            const int head = g * p.group + (qvalid[h] ? t % p.group : 0);
+            qpos[h] = (qvalid[h] && p.k_pos) ? p.q_pos[i] : 0;
+            qr[h] = p.q + (size_t)i * p.q_stride + (size_t)head * HDP;
+        }
+#pragma unroll
+        for (int kk = 0; kk < HDP / 16; kk++) {
+            const int c = kk * 16 + 2 * tig;
+            float2 x[4]; /* (row gid, c), (row gid + 8, c), (gid, c + 8), (gid + 8, c + 8) */
+#pragma unroll
+            for (int f = 0; f < 4; f++) {
+                const int h = f & 1;
+                x[f] = qvalid[h] ? __ldg(reinterpret_cast<const float2 *>(qr[h] + c + 8 * (f >> 1)))
+                                 : make_float2(0.f, 0.f);
+                split_bf16_pair(x[f].x * p.scale_log2, x[f].y * p.scale_log2, qh[kk][f],
+                                ql[kk][f]);
+            }
+        }
+    }
+
+    float o[ND][4];
+    acc_zero(o);
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    int slot = 0;
+    for (int i = 0; i < nsteps; i++) {
+        /* Every lane is past its reads of the stage step i - 1 used before
+         * any copy lands in it. */
+        __syncwarp();
+        const int ahead = i + NST - 1;
+        if (ahead < nsteps)
+            issue(ahead, slot == 0 ? NST - 1 : slot - 1);
+        cp_async_commit();
+        if (ahead + 1 < nsteps)
+            find(ahead + 1);
+        cp_async_wait<NST - 1>();
+        __syncwarp(); /* the other lanes' copies of step i are visible */
+
+        const unsigned char *st = ring + (size_t)slot * TL::BYTES;
+        const __nv_bfloat16 *ks = reinterpret_cast<const __nv_bfloat16 *>(st);
+        const __nv_bfloat16 *vs = ks + TC_KEYS * LD;
+        const int *ps = reinterpret_cast<const int *>(vs + TC_KEYS * LD);
+        /* Each mma starts from zero and its sum is added in fp32: the
+         * tensor cores' own accumulation rounds toward zero, a bias that
+         * grows with every tile chained into one accumulator (1e-5 of o at
+         * 20K keys, measured), where an fp32 add rounds to nearest. */
+        float s[2][4];
+        acc_zero(s);
+#pragma unroll
+        for (int kk = 0; kk < HDP / 16; kk++) {
+            uint32_t b[4];
+            ldsm_x4(b, ks + ((lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8);
+            float t[2][4];
+            acc_zero(t);
+            mma_16816(t[0], ql[kk], b[0], b[1]);
+            mma_16816(t[1], ql[kk], b[2], b[3]);
+            mma_16816(t[0], qh[kk], b[0], b[1]);
+            mma_16816(t[1], qh[kk], b[2], b[3]);
+            acc_add(s, t);
+        }
+        /* Element e of s[nt]: row gid + 8 * (e >> 1), key nt * 8 + 2 * tig + (e & 1). */
+        const int j0 = tile_key0(i);
+        if (p.k_pos || j0 + TC_KEYS > k_end || !qvalid[0] || !qvalid[1]) {
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int key = nt * 8 + 2 * tig + (e & 1), h = e >> 1;
+                    const bool vis = j0 + key < k_end && qvalid[h] &&
+                                     (!p.k_pos || ps[key] <= qpos[h]);
+                    if (!vis)
+                        s[nt][e] = -INFINITY;
+                }
+        }
+        mma_softmax_step(s, o, m0, m1, l0, l1);
+        uint32_t ph[4], pl[4];
+        split_bf16_pair(s[0][0], s[0][1], ph[0], pl[0]);
+        split_bf16_pair(s[0][2], s[0][3], ph[1], pl[1]);
+        split_bf16_pair(s[1][0], s[1][1], ph[2], pl[2]);
+        split_bf16_pair(s[1][2], s[1][3], ph[3], pl[3]);
+        const __nv_bfloat16 *vrow = vs + ((lane & 7) + ((lane >> 3) & 1) * 8) * LD;
+#pragma unroll
+        for (int dp = 0; dp < HDP / 16; dp++) {
+            uint32_t b[4];
+            ldsm_x4_trans(b, vrow + dp * 16 + (lane >> 4) * 8);
+            float t[2][4];
+            acc_zero(t);
+            mma_16816(t[0], pl, b[0], b[1]);
+            mma_16816(t[1], pl, b[2], b[3]);
+            mma_16816(t[0], ph, b[0], b[1]);
+            mma_16816(t[1], ph, b[2], b[3]);
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                o[2 * dp][e] += t[0][e], o[2 * dp + 1][e] += t[1][e];
+        }
+        slot = slot == NST - 1 ? 0 : slot + 1;
+    }
+    cp_async_wait<0>(); /* only empty groups can be left; nothing may land after this */
+    __syncwarp();       /* every lane's reads of the ring are done: it takes the partial */
+
+    /* The quad of lanes sharing a row adds its sums; the warp's partial
+     * goes to its own ring space: o unnormalized, rows of HDP floats. */
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    float *part = reinterpret_cast<float *>(ring);
+#pragma unroll
+    for (int dt = 0; dt < ND; dt++) {
+        const int d = dt * 8 + 2 * tig;
+        *reinterpret_cast<float2 *>(part + gid * HDP + d) = make_float2(o[dt][0], o[dt][1]);
+        *reinterpret_cast<float2 *>(part + (gid + 8) * HDP + d) = make_float2(o[dt][2], o[dt][3]);
+    }
+    if (tig == 0) {
+        s_m[warp][gid] = m0, s_l[warp][gid] = l0;
+        s_m[warp][gid + 8] = m1, s_l[warp][gid + 8] = l1;
+    }
+}
+
+/* One block: its key range (tensor-core form for QPB 16, else the CUDA-core
+ * forms), the fold of its warps, and the fused merge. */
+template <typename T, int HDP, int QPB, int DPL, int NST>
+__device__ __forceinline__ void split_body(const split_params &p, const unsigned bx, const unsigned by,
+                                           const unsigned nsplit_u)
+{
+    constexpr bool TC = QPB == 16;
+    __shared__ float s_m[SPLIT_WARPS][QPB], s_l[SPLIT_WARPS][QPB];
+    /* the CUDA-core forms' partials (the tensor-core form's stay in its ring) */
+    __shared__ float4 s_acc[TC ? 1 : SPLIT_WARPS][TC ? 1 : QPB][TC ? 1 : HDP / 4];
+    __shared__ int s_last;
+    extern __shared__ uint4 s_ring[]; /* per warp: its stages, then positions */
+
+    const int g = bx / p.n_qtiles, qt = bx % p.n_qtiles;
+    const int nvec = p.nq * p.group;
+    const int k_begin = by * p.keys_per_split;
+    const int k_end = min(p.nk, k_begin + p.keys_per_split);
+    const float *sacc;
+    size_t wstride; /* floats from one warp's partial to the next's */
+    if constexpr (TC) {
+        static_assert(sizeof(T) == 2 && (HDP == 64 || HDP == 128), "bf16, head_dim 64 or 128");
+        split_range_tc<HDP, NST>(p, g, qt, k_begin, k_end, s_ring, s_m, s_l);
+        sacc = reinterpret_cast<const float *>(s_ring);
+        wstride = NST * tc_tile<HDP>::BYTES / sizeof(float);
+    } else {
+        split_range_cc<T, HDP, QPB, DPL, NST>(p, g, qt, k_begin, k_end, s_ring, s_m, s_l, s_acc);
+        sacc = reinterpret_cast<const float *>(s_acc);
+        wstride = (size_t)QPB * HDP;
+    }
     __syncthreads();
 
     /* Fold the warps and write: the final (o, lse), or this split's. */
     const int rows = p.nq * p.n_heads;
-    const float *sacc = (const float *)s_acc;
     for (int e = threadIdx.x; e < QPB * p.hd; e += blockDim.x) {
         const int qq = e / p.hd, d = e - qq * p.hd;
         const int t = qt * QPB + qq;
@@ -457,7 +725,7 @@ __device__ __forceinline__ void split_body(const split_params &p, const unsigned
         for (int w = 0; w < SPLIT_WARPS; w++) {
             const float wt = fold_weight(s_m[w][qq], mx);
             L += s_l[w][qq] * wt;
-            O += sacc[((size_t)w * QPB + qq) * HDP + d] * wt;
+            O += sacc[(size_t)w * wstride + (size_t)qq * HDP + d] * wt;
         }
         const float o = L > 0.0f ? O / L : 0.0f;
         const float lse = L > 0.0f ? (mx + log2f(L)) * LN2_F : -INFINITY;
@@ -834,14 +1102,20 @@ int cuda_merge(sr_backend *be, int nparts, const float *const *o_parts,
  * bytes per key are half and arithmetic per byte twice, the ring with 10
  * stages (9 x 2 KB in flight per warp while it computes; the register form
  * reached 0.76 at 256K, the 4-stage ring 0.84). A third shape, 8 dims per
- * lane and 6 stages (three blocks), lost to both for fp32. */
+ * lane and 6 stages (three blocks), lost to both for fp32. QPB 16 is the
+ * tensor-core form (bf16, head_dim 64 or 128; split_qpb picks it): three
+ * 16-key stages per warp at head_dim 128 (105 KB, two blocks per
+ * multiprocessor, 8 warps x 2 tiles x 8.5 KB in flight), four at 64. */
 template <typename T, int HDP, int QPB, int V>
 struct split_shape {
     static constexpr bool BF16 = sizeof(T) == 2;
+    static constexpr bool TC = QPB == 16;
     static constexpr bool RING = BF16 ? V == 0 : V == 1;
     static constexpr int DPL = 16;
-    static constexpr int NST = !RING ? 0 : BF16 ? 10 : 6;
+    static constexpr int NST = TC ? (HDP == 128 ? 3 : 4) : !RING ? 0 : BF16 ? 10 : 6;
     static constexpr int MINB = 2;
+    static constexpr size_t SMEM = TC ? split_tc_smem_bytes<HDP, NST>()
+                                      : split_smem_bytes<T, HDP, DPL, NST>();
 };
 
 /* Raises the kernel's shared-memory limit once and says how many blocks fit
@@ -857,7 +1131,7 @@ template <typename T, int HDP, int QPB, int V, bool MANY>
 static int split_prepare(cuda_ctx *ctx, int *per_sm)
 {
     typedef split_shape<T, HDP, QPB, V> S;
-    constexpr size_t smem = split_smem_bytes<T, HDP, S::DPL, S::NST>();
+    constexpr size_t smem = S::SMEM;
     static int blocks; /* once per kernel instance (one device per process) */
     if (!blocks) {
         if (exceeds(smem, ctx->smem_optin))
@@ -866,14 +1140,12 @@ static int split_prepare(cuda_ctx *ctx, int *per_sm)
         int n = 0;
         if constexpr (MANY) {
             auto *kern = attn_split_many_kernel<T, HDP, QPB, S::DPL, S::NST, S::MINB>;
-            CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          (int)smem));
+            CUDA_TRY(cuda_func_smem(kern, smem));
             CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, SPLIT_WARPS * 32,
                                                                    smem));
         } else {
             auto *kern = attn_split_kernel<T, HDP, QPB, S::DPL, S::NST, S::MINB>;
-            CUDA_TRY(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                          (int)smem));
+            CUDA_TRY(cuda_func_smem(kern, smem));
             CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, SPLIT_WARPS * 32,
                                                                    smem));
         }
@@ -888,7 +1160,7 @@ static int split_launch(cuda_ctx *ctx, dim3 grid, const split_params *p,
                         const split_many_params *mp)
 {
     typedef split_shape<T, HDP, QPB, V> S;
-    constexpr size_t smem = split_smem_bytes<T, HDP, S::DPL, S::NST>();
+    constexpr size_t smem = S::SMEM;
     if (mp) {
         attn_split_many_kernel<T, HDP, QPB, S::DPL, S::NST, S::MINB>
             <<<grid, SPLIT_WARPS * 32, smem, ctx->stream>>>(*mp);
@@ -924,6 +1196,12 @@ template <typename T, int HDP>
 static int split_run_q(cuda_ctx *ctx, int qpb, int launch, int *per_sm, dim3 grid,
                        const split_params *p, const split_many_params *mp)
 {
+    if (qpb == 16) {
+        if constexpr (sizeof(T) == 2 && (HDP == 64 || HDP == 128))
+            return split_run_v<T, HDP, 16>(ctx, launch, per_sm, grid, p, mp);
+        return sr_error_set("cuda attention: the tensor-core split form takes bf16 K/V of "
+                            "head_dim 64 or 128");
+    }
     if (qpb == 1)
         return split_run_v<T, HDP, 1>(ctx, launch, per_sm, grid, p, mp);
     if (qpb == 2)
@@ -982,12 +1260,31 @@ static void split_fill(split_params *pp, const sr_attn_args *a, int n_qtiles, in
     p.out = a->out, p.lse = a->lse;
 }
 
+/* Query vectors per block: 16 for the tensor-core form (bf16 rows of
+ * head_dim 64 or 128 under the default shape), else as many of 4, 2, 1 as
+ * there are. */
+static int split_qpb(const cuda_ctx *ctx, const sr_attn_args *a)
+{
+    if (ctx->split_variant == 0 && a->kv_dtype == SR_KV_BF16 &&
+        (a->head_dim == 64 || a->head_dim == 128))
+        return 16;
+    const long long nvec = (long long)a->nq * (a->n_heads / a->n_kv);
+    return nvec >= 4 ? 4 : nvec >= 2 ? 2 : 1;
+}
+
+static long long split_base(const cuda_ctx *ctx, const sr_attn_args *a)
+{
+    const long long nvec = (long long)a->nq * (a->n_heads / a->n_kv);
+    const int qpb = split_qpb(ctx, a);
+    return (nvec + qpb - 1) / qpb * a->n_kv;
+}
+
 static int split_attention(cuda_ctx *ctx, const sr_attn_args *a)
 {
     const int hd = a->head_dim, group = a->n_heads / a->n_kv;
     const int hdp = hd <= 16 ? 16 : hd <= 32 ? 32 : hd <= 64 ? 64 : hd <= 128 ? 128 : 256;
     const long long nvec = (long long)a->nq * group;
-    const int qpb = nvec >= 4 ? 4 : nvec >= 2 ? 2 : 1;
+    const int qpb = split_qpb(ctx, a);
     const long long n_qtiles = (nvec + qpb - 1) / qpb;
     const long long base = n_qtiles * a->n_kv;
     if (base > INT_MAX || (long long)a->nq * a->n_heads > INT_MAX / 2)
@@ -1003,7 +1300,12 @@ static int split_attention(cuda_ctx *ctx, const sr_attn_args *a)
     const size_t rows = (size_t)a->nq * a->n_heads;
     long long splits = ctx->attn_splits;
     if (splits <= 0) {
-        long long want = (long long)ctx->sm_count * per_sm / base;
+        /* The tensor-core form: one block per multiprocessor (measured on
+         * an H100 at 4K-16K keys: 16 ranges per kv head 8-14% faster than
+         * the 33 two resident blocks allow; the fused merge folds half as
+         * many ranges, in one batch of loads). */
+        const int wave_blocks = qpb == 16 ? 1 : per_sm;
+        long long want = (long long)ctx->sm_count * wave_blocks / base;
         long long by_keys = (a->nk + SPLIT_MIN_KEYS - 1) / SPLIT_MIN_KEYS;
         splits = want < by_keys ? want : by_keys;
     }
@@ -1136,19 +1438,6 @@ int cuda_attention(sr_backend *be, const sr_attn_args *a)
 
 /* ---- many calls --------------------------------------------------------- */
 
-static int split_qpb(const sr_attn_args *a)
-{
-    const long long nvec = (long long)a->nq * (a->n_heads / a->n_kv);
-    return nvec >= 4 ? 4 : nvec >= 2 ? 2 : 1;
-}
-
-static long long split_base(const sr_attn_args *a)
-{
-    const long long nvec = (long long)a->nq * (a->n_heads / a->n_kv);
-    const int qpb = split_qpb(a);
-    return (nvec + qpb - 1) / qpb * a->n_kv;
-}
-
 /* calls[0..n), n >= 2, all split-kernel calls of one element type,
  * head_dim and query vectors per block (qpb), each with base <=
  * SPLIT_CNT_PER_SLOT and the bases together too, as one launch. Split
@@ -1171,7 +1460,7 @@ static int split_launch_many(cuda_ctx *ctx, const sr_attn_args *const *calls, in
     double work = 0;
     long long base[SPLIT_MANY_MAX], splits[SPLIT_MANY_MAX];
     for (int i = 0; i < n; i++) {
-        base[i] = split_base(calls[i]);
+        base[i] = split_base(ctx, calls[i]);
         work += (double)base[i] * (double)calls[i]->nk;
     }
     for (int i = 0; i < n; i++) {
@@ -1265,14 +1554,14 @@ int cuda_attention_many(sr_backend *be, const sr_attn_args *calls, int n)
         const int route = attn_route(ctx, a);
         if (route < 0)
             return -1;
-        const long long base = split_base(a);
+        const long long base = split_base(ctx, a);
         if (!same || route != ROUTE_SPLIT || base > SPLIT_CNT_PER_SLOT ||
             (long long)a->nq * a->n_heads > INT_MAX / 2) {
             if (attn_run(ctx, a) != 0)
                 return -1;
             continue;
         }
-        const int q = split_qpb(a);
+        const int q = split_qpb(ctx, a);
         if (nb > 0 && (q != qpb || nb == SPLIT_MANY_MAX || used + base > SPLIT_CNT_PER_SLOT))
             if (flush() != 0)
                 return -1;

@@ -7,6 +7,21 @@
 #include "attention_cuda/backend_cuda.h"
 #include "attention_cuda/cuda_check.h"
 
+/* Lets kern take `smem` bytes of dynamic shared memory and asks for the
+ * largest shared-memory carveout, so that the L1/shared split the driver
+ * picks holds as many blocks per multiprocessor as the occupancy count
+ * that sizes the launch's split count says (one wave, not two). */
+template <typename K>
+static inline cudaError_t cuda_func_smem(K *kern, size_t smem)
+{
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)smem);
+    if (e == cudaSuccess && smem > 0)
+        e = cudaFuncSetAttribute(kern, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                 (int)cudaSharedmemCarveoutMaxShared);
+    return e;
+}
+
 /* One prepared model's device weights: one allocation for all of them. */
 typedef struct {
     const void *layers; /* the prepared sr_model's layer array, the key */

@@ -511,8 +511,7 @@ static int relay_prepare(cuda_ctx *ctx, int *per_sm)
         if (smem > ctx->smem_optin)
             return sr_error_set("cuda relay attention: %zu bytes of shared memory needed, the "
                                 "device allows %zu", smem, ctx->smem_optin);
-        CUDA_TRY(cudaFuncSetAttribute(relay_kernel<D, WR, KIND>(),
-                                      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        CUDA_TRY(cuda_func_smem(relay_kernel<D, WR, KIND>(), smem));
         int n = 0;
         CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, relay_kernel<D, WR, KIND>(),
                                                                RL_THREADS, smem));

@@ -52,6 +52,15 @@ static __device__ __forceinline__ void acc_zero(float (&o)[N][4])
         o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
 }
 
+/* s += t, fragment by fragment, in fp32 (rounded to nearest). */
+template <int N>
+static __device__ __forceinline__ void acc_add(float (&s)[N][4], const float (&t)[N][4])
+{
+#pragma unroll
+    for (int i = 0; i < N; i++)
+        s[i][0] += t[i][0], s[i][1] += t[i][1], s[i][2] += t[i][2], s[i][3] += t[i][3];
+}
+
 /* Two 8x8 matrices, transposed (addresses from lanes 0-15): V for a warp
  * whose slice of the dims is 8 wide. */
 static __device__ __forceinline__ void ldsm_x2_trans(uint32_t r[2], const __nv_bfloat16 *p)

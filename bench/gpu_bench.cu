@@ -29,6 +29,7 @@
  * exceed the L2 cache where one copy would fit in it. Prints one markdown
  * table per section. */
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -163,11 +164,26 @@ static double median(std::vector<double> v)
     return v[v.size() / 2];
 }
 
+/* Holds the stream for `ns` nanoseconds of the GPU's global timer. */
+__global__ void hold_stream(unsigned long long ns)
+{
+    unsigned long long t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do {
+        __nanosleep(2000);
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    } while (t - t0 < ns);
+}
+
 /* Median milliseconds per call: `reps` timed groups of `inner` back-to-back
  * calls fn(k) (k counts every call, for rotating inputs) after `warm`
  * calls, each group bracketed by events on the stream fn queues its work
- * on. Back-to-back groups keep the device busy, as the decode step does,
- * so small kernels are not charged the host's launch latency. */
+ * on. Each group is queued behind a kernel that holds the stream for twice
+ * the time the host took to queue the previous group (nvbench's blocking
+ * kernel): the group then runs back to back, as from the decode step's
+ * device graphs, and the events time the device, not the host's launch
+ * rate (which bounded calls under ~10 us before: a 64-key call measured
+ * 9.6 us). */
 template <typename F>
 static double time_ms(int warm, int reps, int inner, F fn)
 {
@@ -179,10 +195,18 @@ static double time_ms(int warm, int reps, int inner, F fn)
         fn(k++);
     CK(cudaDeviceSynchronize());
     std::vector<double> t;
+    double host_ns = 50e3 * inner; /* a first guess, then measured */
     for (int i = 0; i < reps; i++) {
+        const double hold = std::min(2.0 * host_ns + 20e3, 5e6);
+        hold_stream<<<1, 1, 0, st>>>((unsigned long long)hold);
+        CK(cudaGetLastError());
         CK(cudaEventRecord(a, st));
+        const auto h0 = std::chrono::steady_clock::now();
         for (int j = 0; j < inner; j++)
             fn(k++);
+        host_ns = (double)std::chrono::duration_cast<std::chrono::nanoseconds>(
+                      std::chrono::steady_clock::now() - h0)
+                      .count();
         CK(cudaEventRecord(b, st));
         CK(cudaEventSynchronize(b));
         float ms;
@@ -427,29 +451,35 @@ static void bench_decode(void)
                 });
                 floor_ratio = L.bytes / (ms * 1e-3) / 1e9 / copy_gbs;
             }
-            for (int variant = 0; variant < 2; variant++) {
-                if (variant == 1 && L.paged)
-                    continue; /* the ring shape: contiguous layouts only, to save time */
+            for (int variant = 0; variant < 3; variant++) {
+                if (variant >= 1 && L.paged)
+                    continue; /* the other shapes: contiguous layouts only, to save time */
+                if (variant == 2 && L.dt != SR_KV_BF16)
+                    continue; /* fp32: variant 2 is variant 0 */
                 backend_cuda_set_attention_variant(be, variant);
                 const double ms = run_sets(sets);
                 const double gbs = L.bytes / (ms * 1e-3) / 1e9;
                 char fl[32] = "";
                 if (!L.paged)
                     snprintf(fl, sizeof fl, "%.2f", floor_ratio);
-                /* variant 0 is each element type's faster shape (cuda_attention.cu) */
-                const bool ring = (L.dt == SR_KV_BF16) == (variant == 0);
+                /* variant 0 is each element type's fastest shape (backend_cuda.h):
+                 * bf16 the tensor cores, 1 register loads, 2 the ring; fp32
+                 * register loads, 1 the ring */
+                const bool bf = L.dt == SR_KV_BF16;
+                const char *shape = bf ? (variant == 0   ? "tensor cores, 3 stages"
+                                          : variant == 1 ? "register loads"
+                                                         : "cp.async ring, 10 stages")
+                                       : (variant == 0 ? "register loads"
+                                                       : "cp.async ring, 6 stages");
                 char ctxs_s[16];
                 if (ctx >= 1024)
                     snprintf(ctxs_s, sizeof ctxs_s, "%dK", ctx / 1024);
                 else
                     snprintf(ctxs_s, sizeof ctxs_s, "%d", ctx);
                 printf("| split-key v%d (%s) | %s | %s | %.1f | %.0f | %.2f | %s |\n", variant,
-                       ring ? (L.dt == SR_KV_BF16 ? "cp.async ring, 10 stages"
-                                                  : "cp.async ring, 6 stages")
-                            : "register loads",
-                       ctxs_s, dec_layout_name(L), ms * 1e3, gbs, gbs / copy_gbs, fl);
+                       shape, ctxs_s, dec_layout_name(L), ms * 1e3, gbs, gbs / copy_gbs, fl);
                 fflush(stdout);
-                if (ctx >= 4096 && ctx <= 16384 && !L.paged)
+                if (variant == 0 && ctx >= 4096 && ctx <= 16384 && !L.paged)
                     for (int sp : sweep) {
                         backend_cuda_set_attention_splits(be, sp);
                         swept.push_back({ctx, dec_layout_name(L), variant, sp, run_sets(sets),

@@ -569,7 +569,9 @@ static void test_attention_kv_layouts(void)
     for (size_t l = 0; l < sizeof layouts / sizeof layouts[0]; l++) {
         kv_dtype = layouts[l].dtype;
         kv_page_rows = layouts[l].page_rows;
-        for (int v = 0; v < 2; v++) { /* both shapes of the split kernel */
+        /* every shape of the split kernel: for bf16 rows of head_dim 64
+         * and 128 the tensor-core form (0), register loads (1), the ring (2) */
+        for (int v = 0; v < 3; v++) {
             backend_cuda_set_attention_variant(gpu, v);
             test_attention(S, 0, 7, 23, 4, 2, 16, MASK_STAR, 1.0f);
             test_attention(S, 0, 1, 4097, 32, 8, 128, MASK_STAR, 1.0f);
@@ -578,6 +580,14 @@ static void test_attention_kv_layouts(void)
             test_attention(S, 5, 5, 2000, 7, 7, 64, MASK_SHUFFLED, 2.0f);
             test_attention(S, 0, 3, 0, 4, 2, 128, MASK_STAR, 1.0f);
             test_attention(S, 3, 600, 100, 16, 2, 32, MASK_STAR, 1.0f);
+            /* the tensor-core form's edges: 20 and 36 query vectors (two
+             * and three 16-row tiles), ranges of 2 keys (partial tiles),
+             * fewer keys than a tile, a sharp softmax, GQA 7 */
+            test_attention(S, 0, 5, 1000, 32, 8, 128, MASK_CAUSAL, 1.0f);
+            test_attention(S, 0, 9, 37, 8, 2, 64, MASK_SHUFFLED, 1.0f);
+            test_attention(S, 50, 1, 100, 32, 8, 128, MASK_STAR, 1.0f);
+            test_attention(S, 0, 1, 9, 8, 8, 64, MASK_NONE, 1.0f);
+            test_attention(S, 0, 2, 5000, 14, 2, 64, MASK_STAR, 8.0f);
         }
         backend_cuda_set_attention_variant(gpu, 0);
         test_attention(T, 0, 64, 64, 2, 2, 64, MASK_CAUSAL, 1.0f);
