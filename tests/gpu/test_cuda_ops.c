@@ -564,7 +564,8 @@ static void test_attention_kv_layouts(void)
     const struct {
         sr_kv_dtype dtype;
         int page_rows;
-    } layouts[] = {{SR_KV_BF16, 0}, {SR_KV_F32, 16}, {SR_KV_BF16, 7}, {SR_KV_BF16, 256}};
+    } layouts[] = {{SR_KV_BF16, 0},  {SR_KV_F32, 16}, {SR_KV_BF16, 7},
+                   {SR_KV_BF16, 16}, {SR_KV_BF16, 256}};
     const sr_cuda_attn_path S = SR_CUDA_ATTN_SPLIT, T = SR_CUDA_ATTN_TC, R = SR_CUDA_ATTN_RELAY;
     for (size_t l = 0; l < sizeof layouts / sizeof layouts[0]; l++) {
         kv_dtype = layouts[l].dtype;
