@@ -513,36 +513,30 @@ __device__ __forceinline__ void split_range_tc(const split_params &p, int g, int
     const bool two_pages = p.pages && p.page_rows >= TC_KEYS;
     auto find = [&](int i) {
         const int j0 = tile_key0(i);
+        const unsigned pr = (unsigned)p.page_rows;
+        unsigned pg0 = 0, b0 = 0, b1 = 0, end0 = 0; /* the tile's two pages */
         if (two_pages) {
             const int jl = min(j0 + TC_KEYS, k_end) - 1; /* the tile's last key */
             const unsigned t0 = (unsigned)p.page_row0 + (unsigned)j0;
-            const unsigned pr = (unsigned)p.page_rows;
-            const unsigned pg0 = p.page_shift >= 0 ? t0 >> p.page_shift : t0 / pr;
-            const unsigned tl = (unsigned)p.page_row0 + (unsigned)max(jl, j0);
+            const unsigned tl = (unsigned)p.page_row0 + (unsigned)jl;
+            pg0 = p.page_shift >= 0 ? t0 >> p.page_shift : t0 / pr;
             const unsigned pg1 = p.page_shift >= 0 ? tl >> p.page_shift : tl / pr;
-            const unsigned b0 = (unsigned)__ldg(p.pages + pg0) * pr;
-            const unsigned b1 = pg1 != pg0 ? (unsigned)__ldg(p.pages + pg1) * pr : b0;
-            const unsigned end0 = (pg0 + 1) * pr; /* first t of the next page */
-            auto row = [&](int j) {
-                const unsigned t = (unsigned)p.page_row0 + (unsigned)j;
-                return t < end0 ? b0 + (t - pg0 * pr) : b1 + (t - end0);
-            };
-#pragma unroll
-            for (int r = 0; r < NI; r++) {
-                const int j = j0 + r * RPI + lane / CPR;
-                rw[r] = j < k_end ? row(j) : 0u;
-            }
-            const int jp = j0 + (lane & 15);
-            rpos = jp < k_end ? row(jp) : 0u;
-            return;
+            b0 = (unsigned)__ldg(p.pages + pg0) * pr;
+            b1 = pg1 != pg0 ? (unsigned)__ldg(p.pages + pg1) * pr : b0;
+            end0 = (pg0 + 1) * pr; /* first t of the next page */
         }
+        auto row = [&](int j) -> unsigned {
+            if (j >= k_end)
+                return 0u;
+            if (!two_pages)
+                return (unsigned)split_key_row(p, j);
+            const unsigned t = (unsigned)p.page_row0 + (unsigned)j;
+            return t < end0 ? b0 + (t - pg0 * pr) : b1 + (t - end0);
+        };
 #pragma unroll
-        for (int r = 0; r < NI; r++) {
-            const int j = j0 + r * RPI + lane / CPR;
-            rw[r] = j < k_end ? (unsigned)split_key_row(p, j) : 0u;
-        }
-        const int jp = j0 + (lane & 15);
-        rpos = jp < k_end ? (unsigned)split_key_row(p, jp) : 0u;
+        for (int r = 0; r < NI; r++)
+            rw[r] = row(j0 + r * RPI + lane / CPR);
+        rpos = row(j0 + (lane & 15));
     };
     auto issue = [&](int i, int slot) {
         unsigned char *st = ring + (size_t)slot * TL::BYTES;
