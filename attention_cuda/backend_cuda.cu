@@ -65,6 +65,11 @@ void backend_cuda_set_attention_variant(sr_backend *be, int variant)
     cuda_ctx_of(be)->split_variant = variant == 1 || variant == 2 ? variant : 0;
 }
 
+int backend_cuda_has_wgmma(const sr_backend *be)
+{
+    return cuda_ctx_of(be)->wgmma;
+}
+
 void backend_cuda_set_graphs(sr_backend *be, int on)
 {
     cuda_ctx_of(be)->graphs = on != 0;
@@ -494,6 +499,8 @@ static int cuda_ctx_init(cuda_ctx *ctx, int device)
     CUBLAS_TRY(cublasSetWorkspace(ctx->cublas, ctx->cublas_ws, ctx->cublas_ws_bytes));
     ctx->attn_ws_bytes = CUDA_ATTN_WS_BYTES;
     CUDA_TRY(cudaMalloc((void **)&ctx->attn_ws, ctx->attn_ws_bytes));
+    if (cuda_wgmma_probe(ctx) != 0)
+        return -1;
     ctx->graphs = env_on("STARRELAY_CUDA_GRAPHS");
     ctx->pdl = env_on("STARRELAY_CUDA_PDL");
     return 0;

@@ -68,8 +68,14 @@ void backend_cuda_set_attention_splits(sr_backend *be, int splits);
  * form for bf16 K/V of head_dim 64 or 128, the cp.async ring for other bf16,
  * register loads for fp32; 1 the other CUDA-core shape (register loads for
  * bf16, the ring for fp32); 2 as 0 without the tensor-core form. The relay
- * kernel's fp32 pipeline: 1 two barriers per key tile, else one. */
+ * kernel's fp32 pipeline: 1 two barriers per key tile, else one. The
+ * prefill (tensor-core) kernel: 1 the mma.sync form, else the wgmma form
+ * where the device runs the build's sm_90a code (H100/H200). */
 void backend_cuda_set_attention_variant(sr_backend *be, int variant);
+
+/* 1 when the prefill kernel's wgmma form can run here (the device runs the
+ * build's sm_90a code), for benchmarks to name what they time. */
+int backend_cuda_has_wgmma(const sr_backend *be);
 
 /* Uploads one host weight as `dtype` (SR_DTYPE_BF16 or SR_DTYPE_F32) into a
  * device allocation of its own; tests and benches use it to build operands

@@ -47,6 +47,7 @@ typedef struct {
     sr_cuda_gemm_path gemm_path;
     int attn_splits;            /* 0 = automatic */
     int split_variant;          /* split-key kernel shape, see cuda_attention.cu */
+    int wgmma;                  /* the device runs the sm_90a code (cuda_wgmma_probe) */
     int split_cnt_slot;         /* 1 + this backend's slice of the split kernel's merge
                                    counters, 0 until its first split call */
     cuda_prepared *prepared;
@@ -113,6 +114,9 @@ int cuda_ws_reserve(cuda_ctx *ctx, void **buf, size_t *bytes, size_t need);
 /* cuda_prefill.cu: the tensor-core path; 1 if it takes these arguments. */
 int cuda_prefill_supported(const sr_attn_args *a);
 int cuda_prefill_attention(cuda_ctx *ctx, const sr_attn_args *a);
+/* Sets ctx->wgmma: 1 when the code the driver runs on this device is the
+ * sm_90a pass (warpgroup mma), else 0. */
+int cuda_wgmma_probe(cuda_ctx *ctx);
 
 /* cuda_relay.cu: many query rows against one unmasked KV (k_pos == NULL),
  * read once for all of them; 1 if it takes these arguments. */

@@ -29,6 +29,7 @@
 
 #include "attention_cuda/cuda_internal.h"
 #include "attention_cuda/ptx.cuh"
+#include "attention_cuda/wgmma.cuh"
 
 #define LOG2E_F 1.4426950408889634f
 #define LN2_F 0.6931471805599453f
@@ -120,6 +121,42 @@ __global__ void tile_ranges_kernel(const int32_t *__restrict__ k_pos, int nk, in
     }
     if (lane == 0)
         tiles[t] = make_int2(mn, mx);
+}
+
+/* A warp's finished rows i0 and i1 (its thread's two rows of the mma C
+ * layout): o normalized by the row sums (gathered across the quad), the
+ * lse in natural-log units; rows past nq are not written. */
+template <int D>
+static __device__ __forceinline__ void prefill_store_rows(const prefill_params &p,
+                                                          float (&o)[D / 8][4], float m0,
+                                                          float m1, float l0, float l1, int h,
+                                                          int i0, int i1, int lane)
+{
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    const size_t ostride = (size_t)p.n_heads * D;
+    const int c = 2 * (lane & 3);
+    if (i0 < p.nq) {
+        const float inv = l0 > 0.0f ? 1.0f / l0 : 0.0f;
+        float *orow = p.out + (size_t)i0 * ostride + (size_t)h * D + c;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++)
+            *reinterpret_cast<float2 *>(orow + dt * 8) = make_float2(o[dt][0] * inv, o[dt][1] * inv);
+        if ((lane & 3) == 0 && p.lse)
+            p.lse[(size_t)i0 * p.n_heads + h] = l0 > 0.0f ? (m0 + log2f(l0)) * LN2_F : -INFINITY;
+    }
+    if (i1 < p.nq) {
+        const float inv = l1 > 0.0f ? 1.0f / l1 : 0.0f;
+        float *orow = p.out + (size_t)i1 * ostride + (size_t)h * D + c;
+#pragma unroll
+        for (int dt = 0; dt < D / 8; dt++)
+            *reinterpret_cast<float2 *>(orow + dt * 8) = make_float2(o[dt][2] * inv, o[dt][3] * inv);
+        if ((lane & 3) == 0 && p.lse)
+            p.lse[(size_t)i1 * p.n_heads + h] = l1 > 0.0f ? (m1 + log2f(l1)) * LN2_F : -INFINITY;
+    }
 }
 
 template <int D>
@@ -271,31 +308,199 @@ __global__ void __launch_bounds__(PF_WARPS * 32, 3) attn_prefill_tc_kernel(prefi
     }
     cp_async_wait<0>();
 
-#pragma unroll
-    for (int off = 1; off < 4; off <<= 1) {
-        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    prefill_store_rows<D>(p, o, m0, m1, l0, l1, h, i0, i1, lane);
+}
+
+/* The same attention on Hopper's warpgroup tensor cores (sm_90a): a block
+ * owns 128 query rows of one head, two warpgroups of 64; a key tile is 128
+ * keys. Q (rounded to bf16 once), K and V sit in shared memory in the
+ * 128-byte swizzled layout wgmma reads (wgmma.cuh), K/V two stages deep
+ * through cp.async as above. Per tile each warpgroup runs S = Q K^T as
+ * D/16 wgmma m64n128k16 from shared memory, the online softmax on the
+ * accumulator fragments (the mma.sync C layout: mma_softmax_step as is),
+ * then O += P V with P from registers (the S fragments packed to bf16 are
+ * wgmma's A fragments) and V read N-major (its rows as stored). */
+enum { WG_BR = 128, WG_BC = 128, WG_THREADS = 256 };
+
+template <int D>
+static constexpr size_t wg_smem_bytes()
+{
+    /* 1024 to align the swizzle atoms, Q, [2 stages][K|V], key positions */
+    return 1024 + (size_t)WG_BR * D * 2 + (size_t)4 * WG_BC * D * 2 + 2 * WG_BC * sizeof(int);
+}
+
+/* Byte offset of element (r, c) (c a multiple of 8) in a swizzled tile of
+ * `rows` rows: 64-column slabs, 128-byte rows, chunk c/8 % 8 at ^ r % 8. */
+#if WGMMA_OK
+static __device__ __forceinline__ uint32_t wg_sw(int r, int c, int rows)
+{
+    return (uint32_t)((c >> 6) * rows * 128 + r * 128 + ((((c >> 3) & 7) ^ (r & 7)) << 4));
+}
+#endif
+
+template <int D>
+__global__ void __launch_bounds__(WG_THREADS, 1) attn_prefill_wg_kernel(prefill_params p)
+{
+#if WGMMA_OK
+    constexpr int KV = WG_BC * D * 2; /* bytes of one K or V tile */
+    extern __shared__ __align__(16) unsigned char wg_smem[];
+    const uint32_t raw = (uint32_t)__cvta_generic_to_shared(wg_smem);
+    const uint32_t pad = ((raw + 1023) & ~1023u) - raw;
+    unsigned char *base = wg_smem + pad;
+    const uint32_t q_s = raw + pad;                   /* [D/64][128 rows][128 B] */
+    const uint32_t kv_s = q_s + WG_BR * D * 2;        /* [stage][K|V] */
+    int *kpos_s = reinterpret_cast<int *>(base + WG_BR * D * 2 + 4 * KV); /* [2][WG_BC] */
+    __shared__ int qmin_s, qmax_s;
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
+    const int h = blockIdx.x % p.n_heads;
+    const int qt = p.n_qtiles - 1 - (int)(blockIdx.x / p.n_heads);
+    const int g = h / p.group;
+    const int q0 = qt * WG_BR;
+    const bool masked = p.k_pos != nullptr;
+
+    for (int idx = tid; idx < WG_BR * (D / 4); idx += WG_THREADS) {
+        const int r = idx / (D / 4), c = 4 * (idx - r * (D / 4));
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (q0 + r < p.nq)
+            x = __ldg((const float4 *)(p.q + (size_t)(q0 + r) * p.q_stride + (size_t)h * D + c));
+        const float m = p.scale_log2;
+        *reinterpret_cast<uint2 *>(base + wg_sw(r, c, WG_BR) + (c & 7) * 2) =
+            make_uint2(pack_bf16(x.x * m, x.y * m), pack_bf16(x.z * m, x.w * m));
     }
-    const size_t ostride = (size_t)p.n_heads * D;
-    const int c = 2 * (lane & 3);
-    if (i0 < p.nq) {
-        const float inv = l0 > 0.0f ? 1.0f / l0 : 0.0f;
-        float *orow = p.out + (size_t)i0 * ostride + (size_t)h * D + c;
-#pragma unroll
-        for (int dt = 0; dt < D / 8; dt++)
-            *reinterpret_cast<float2 *>(orow + dt * 8) = make_float2(o[dt][0] * inv, o[dt][1] * inv);
-        if ((lane & 3) == 0 && p.lse)
-            p.lse[(size_t)i0 * p.n_heads + h] = l0 > 0.0f ? (m0 + log2f(l0)) * LN2_F : -INFINITY;
+    if (tid == 0) {
+        qmin_s = INT_MAX;
+        qmax_s = INT_MIN;
     }
-    if (i1 < p.nq) {
-        const float inv = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-        float *orow = p.out + (size_t)i1 * ostride + (size_t)h * D + c;
-#pragma unroll
-        for (int dt = 0; dt < D / 8; dt++)
-            *reinterpret_cast<float2 *>(orow + dt * 8) = make_float2(o[dt][2] * inv, o[dt][3] * inv);
-        if ((lane & 3) == 0 && p.lse)
-            p.lse[(size_t)i1 * p.n_heads + h] = l1 > 0.0f ? (m1 + log2f(l1)) * LN2_F : -INFINITY;
+    __syncthreads();
+    if (masked && tid < WG_BR && q0 + tid < p.nq) {
+        atomicMin(&qmin_s, p.q_pos[q0 + tid]);
+        atomicMax(&qmax_s, p.q_pos[q0 + tid]);
     }
+    /* This thread's two rows: warp w of warpgroup wg holds 16 of its 64. */
+    const int rr0 = wg * 64 + (warp & 3) * 16 + (lane >> 2), rr1 = rr0 + 8;
+    const int i0 = q0 + rr0, i1 = q0 + rr1;
+    const int qp0 = (masked && i0 < p.nq) ? p.q_pos[i0] : INT_MAX;
+    const int qp1 = (masked && i1 < p.nq) ? p.q_pos[i1] : INT_MAX;
+    __syncthreads(); /* qmin/qmax are final */
+    const int qmin = qmin_s, qmax = qmax_s;
+
+    float o[D / 8][4];
+    acc_zero(o);
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+
+    const int ntiles = (p.nk + WG_BC - 1) / WG_BC;
+    const int nsub = (p.nk + PF_BC - 1) / PF_BC; /* p.tiles: ranges of PF_BC keys */
+    const __nv_bfloat16 *kbase = p.kb + (size_t)g * p.head_stride;
+    const __nv_bfloat16 *vbase = p.vb + (size_t)g * p.head_stride;
+    auto tile_min = [&](int t) {
+        int mn = p.tiles[2 * t].x;
+        if (2 * t + 1 < nsub)
+            mn = min(mn, p.tiles[2 * t + 1].x);
+        return mn;
+    };
+    auto tile_max = [&](int t) {
+        int mx = p.tiles[2 * t].y;
+        if (2 * t + 1 < nsub)
+            mx = max(mx, p.tiles[2 * t + 1].y);
+        return mx;
+    };
+    auto next_tile = [&](int t) {
+        if (masked)
+            while (t < ntiles && tile_min(t) > qmax)
+                t++;
+        return t;
+    };
+    /* Tile t's K and V rows into `stage`, swizzled, in 16-byte chunks;
+     * rows past the last key are zero-filled. */
+    auto issue = [&](int t, int stage) {
+        constexpr int CPR = D / 8, RPP = WG_THREADS / CPR;
+        const int c = tid % CPR;
+        unsigned char *ks = base + WG_BR * D * 2 + (2 * stage) * KV, *vs = ks + KV;
+        for (int r = tid / CPR; r < WG_BC; r += RPP) {
+            const int j = t * WG_BC + r;
+            const int ok = j < p.nk;
+            const size_t off = (size_t)(ok ? j : p.nk - 1) * p.row_stride + 8 * c;
+            const uint32_t so = wg_sw(r, 8 * c, WG_BC);
+            cp_async16(ks + so, kbase + off, ok ? 16 : 0);
+            cp_async16(vs + so, vbase + off, ok ? 16 : 0);
+        }
+        if (masked && tid < WG_BC) {
+            const int j = t * WG_BC + tid;
+            const int ok = j < p.nk;
+            cp_async4(kpos_s + stage * WG_BC + tid, p.k_pos + (ok ? j : p.nk - 1), ok ? 4 : 0);
+        }
+    };
+
+    int cur = next_tile(0), stage = 0;
+    if (cur < ntiles)
+        issue(cur, 0);
+    cp_async_commit();
+    while (cur < ntiles) {
+        const int nxt = next_tile(cur + 1);
+        if (nxt < ntiles)
+            issue(nxt, stage ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>(); /* this thread's copies of tile `cur` have landed */
+        fence_proxy_async(); /* ... visible to the tensor cores (Q's stores too) */
+        __syncthreads();     /* ... and everyone else's */
+        const uint32_t ks = kv_s + (2 * stage) * KV, vs = ks + KV;
+        const int *kps = kpos_s + stage * WG_BC;
+        const int t0 = cur * WG_BC;
+        const bool need_mask = t0 + WG_BC > p.nk || (masked && tile_max(cur) > qmin);
+
+        float s[WG_BC / 8][4];
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            const uint32_t koff = (kk >> 2) * (WG_BC * 128) + (kk & 3) * 32;
+            const uint32_t qoff = (kk >> 2) * (WG_BR * 128) + wg * 64 * 128 + (kk & 3) * 32;
+            wgmma_ss<WG_BC>(s, wgmma_desc(q_s + qoff, 16, 1024), wgmma_desc(ks + koff, 16, 1024),
+                            kk > 0);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_touch(s);
+        if (need_mask) {
+#pragma unroll
+            for (int nt = 0; nt < WG_BC / 8; nt++) {
+                const int jl = nt * 8 + 2 * (lane & 3);
+                const bool in0 = t0 + jl < p.nk, in1 = t0 + jl + 1 < p.nk;
+                const int kp0 = masked ? kps[jl] : INT_MIN, kp1 = masked ? kps[jl + 1] : INT_MIN;
+                if (!in0 || kp0 > qp0) s[nt][0] = -INFINITY;
+                if (!in1 || kp1 > qp0) s[nt][1] = -INFINITY;
+                if (!in0 || kp0 > qp1) s[nt][2] = -INFINITY;
+                if (!in1 || kp1 > qp1) s[nt][3] = -INFINITY;
+            }
+        }
+        mma_softmax_step(s, o, m0, m1, l0, l1);
+        uint32_t pa[WG_BC / 16][4];
+#pragma unroll
+        for (int kb = 0; kb < WG_BC / 16; kb++) {
+            pa[kb][0] = pack_bf16(s[2 * kb][0], s[2 * kb][1]);
+            pa[kb][1] = pack_bf16(s[2 * kb][2], s[2 * kb][3]);
+            pa[kb][2] = pack_bf16(s[2 * kb + 1][0], s[2 * kb + 1][1]);
+            pa[kb][3] = pack_bf16(s[2 * kb + 1][2], s[2 * kb + 1][3]);
+        }
+        wgmma_fence();
+#pragma unroll
+        for (int kb = 0; kb < WG_BC / 16; kb++)
+            /* keys 16kb..16kb+15: two 8-row groups of the V tile (1024 B
+             * apart); dims in 64-wide slabs WG_BC * 128 bytes apart */
+            wgmma_rs_tn<D>(o, pa[kb], wgmma_desc(vs + kb * 16 * 128, WG_BC * 128, 1024));
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_touch(o);
+        __syncthreads(); /* this stage is refilled by the next iteration's copy */
+        cur = nxt;
+        stage ^= 1;
+    }
+    cp_async_wait<0>();
+    prefill_store_rows<D>(p, o, m0, m1, l0, l1, h, i0, i1, lane);
+#else
+    (void)p;
+    __trap();
+#endif
 }
 
 /* Any KV layout: rows that cannot be copied in 16-byte pieces where they
@@ -331,10 +536,59 @@ static int prefill_launch(cuda_ctx *ctx, const prefill_params &p, long long bloc
     return 0;
 }
 
+template <int D>
+static int prefill_launch_wg(cuda_ctx *ctx, const prefill_params &p, long long blocks)
+{
+    const size_t smem = wg_smem_bytes<D>();
+    static int attr_set; /* once per kernel instance (one device per process) */
+    if (!attr_set) {
+        if (smem > ctx->smem_optin)
+            return sr_error_set("cuda attention: %zu bytes of shared memory needed, the device "
+                                "allows %zu", smem, ctx->smem_optin);
+        CUDA_TRY(cuda_func_smem(attn_prefill_wg_kernel<D>, smem));
+        attr_set = 1;
+    }
+    attn_prefill_wg_kernel<D><<<(unsigned)blocks, WG_THREADS, smem, ctx->stream>>>(p);
+    CUDA_CHECK_LAUNCH("attn_prefill_wg_kernel");
+    return 0;
+}
+
+static __global__ void wgmma_probe_kernel(int *out)
+{
+    *out = WGMMA_OK;
+}
+
+int cuda_wgmma_probe(cuda_ctx *ctx)
+{
+    /* The build carries sm_90a and plain sm_90 code; the driver picks one
+     * for the device, and only the first has wgmma. Ask the code that
+     * runs. */
+    ctx->wgmma = 0;
+    cudaDeviceProp prop;
+    CUDA_TRY(cudaGetDeviceProperties(&prop, ctx->device));
+    if (prop.major != 9 || prop.minor != 0)
+        return 0;
+    int *d = nullptr, h = 0;
+    CUDA_TRY(cudaMalloc((void **)&d, sizeof(int)));
+    wgmma_probe_kernel<<<1, 1, 0, ctx->stream>>>(d);
+    cudaError_t e = cudaGetLastError();
+    if (e == cudaSuccess)
+        e = cudaMemcpyAsync(&h, d, sizeof h, cudaMemcpyDeviceToHost, ctx->stream);
+    if (e == cudaSuccess)
+        e = cudaStreamSynchronize(ctx->stream);
+    cudaFree(d);
+    CUDA_TRY(e);
+    ctx->wgmma = h == 1;
+    return 0;
+}
+
 int cuda_prefill_attention(cuda_ctx *ctx, const sr_attn_args *a)
 {
     const int D = a->head_dim;
-    const long long n_qtiles = (a->nq + PF_BR - 1) / PF_BR;
+    /* Hopper's wgmma kernel unless variant 1 asks for the mma.sync one */
+    const int wg = ctx->wgmma && ctx->split_variant != 1;
+    const int br = wg ? (int)WG_BR : (int)PF_BR;
+    const long long n_qtiles = (a->nq + br - 1) / br;
     const long long blocks = n_qtiles * a->n_heads;
     if (blocks > INT_MAX)
         return sr_error_set("cuda attention: %d query rows x %d heads is too many for one call",
@@ -395,5 +649,8 @@ int cuda_prefill_attention(cuda_ctx *ctx, const sr_attn_args *a)
     p.scale_log2 = a->scale * LOG2E_F;
     p.n_qtiles = (int)n_qtiles;
     p.out = a->out, p.lse = a->lse;
+    if (wg)
+        return D == 64 ? prefill_launch_wg<64>(ctx, p, blocks)
+                       : prefill_launch_wg<128>(ctx, p, blocks);
     return D == 64 ? prefill_launch<64>(ctx, p, blocks) : prefill_launch<128>(ctx, p, blocks);
 }

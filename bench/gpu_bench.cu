@@ -588,6 +588,8 @@ static void bench_prefill(void)
     printf("\n| prefill attention (causal, 32/8 heads, d 128, fp32 q/out, bf16 MMA) | KV | tokens | "
            "ms | TFLOP/s |\n");
     printf("|---|---|---|---|---|\n");
+    /* variant 0: wgmma where the device runs sm_90a code; 1: mma.sync (on
+     * bf16 rows read in place, the two kernels' own difference) */
     for (int n : seqs) {
         float *q = dev_f32((size_t)n * H * D, 11, 1.0f), *out, *lse;
         CK(cudaMalloc(&out, (size_t)n * H * D * 4));
@@ -597,18 +599,25 @@ static void bench_prefill(void)
             kv_bufs B;
             kv_bufs_make(B, kd.dt, kd.paged, n, KV, D, 1, 12);
             backend_cuda_set_attention_path(be, SR_CUDA_ATTN_TC);
-            int reps = n >= 32768 ? 3 : 10;
-            double ms = time_ms(1, reps, 1, [&](int) {
-                sr_attn_args a = attn_args(q, NULL, NULL, qpos, qpos, n, n, H, KV, D,
-                                           1.0f / sqrtf((float)D), out, lse);
-                kv_bufs_use(B, 0, a);
-                CKR(be->ops->attention(be, &a));
-            });
+            for (int variant = 0; variant < 2; variant++) {
+                if (variant == 1 && (kd.dt != SR_KV_BF16 || kd.paged))
+                    continue;
+                backend_cuda_set_attention_variant(be, variant);
+                int reps = n >= 32768 ? 3 : 10;
+                double ms = time_ms(1, reps, 1, [&](int) {
+                    sr_attn_args a = attn_args(q, NULL, NULL, qpos, qpos, n, n, H, KV, D,
+                                               1.0f / sqrtf((float)D), out, lse);
+                    kv_bufs_use(B, 0, a);
+                    CKR(be->ops->attention(be, &a));
+                });
+                double flops = 2.0 * (double)n * n * D * H; /* 4 n^2 d h, causal half */
+                printf("| tensor-core flash (%s) | %s | %dK | %.2f | %.0f |\n",
+                       variant == 0 && backend_cuda_has_wgmma(be) ? "wgmma" : "mma.sync", kv_bufs_name(B), n / 1024, ms,
+                       flops / (ms * 1e-3) / 1e12);
+                fflush(stdout);
+            }
+            backend_cuda_set_attention_variant(be, 0);
             backend_cuda_set_attention_path(be, SR_CUDA_ATTN_AUTO);
-            double flops = 2.0 * (double)n * n * D * H; /* 4 n^2 d h, causal half */
-            printf("| tensor-core flash | %s | %dK | %.2f | %.0f |\n", kv_bufs_name(B), n / 1024,
-                   ms, flops / (ms * 1e-3) / 1e12);
-            fflush(stdout);
             kv_bufs_free(B);
         }
         CK(cudaFree(q));

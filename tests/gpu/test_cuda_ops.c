@@ -590,11 +590,13 @@ static void test_attention_kv_layouts(void)
             test_attention(S, 0, 1, 9, 8, 8, 64, MASK_NONE, 1.0f);
             test_attention(S, 0, 2, 5000, 14, 2, 64, MASK_STAR, 8.0f);
         }
-        backend_cuda_set_attention_variant(gpu, 0);
-        test_attention(T, 0, 64, 64, 2, 2, 64, MASK_CAUSAL, 1.0f);
-        test_attention(T, 0, 77, 333, 4, 1, 64, MASK_STAR, 1.0f);
-        test_attention(T, 0, 300, 1200, 4, 4, 128, MASK_SHUFFLED, 1.0f);
-        test_attention(T, 0, 3, 0, 2, 1, 128, MASK_STAR, 1.0f);
+        for (int v = 1; v >= 0; v--) { /* the prefill kernel's two forms */
+            backend_cuda_set_attention_variant(gpu, v);
+            test_attention(T, 0, 64, 64, 2, 2, 64, MASK_CAUSAL, 1.0f);
+            test_attention(T, 0, 77, 333, 4, 1, 64, MASK_STAR, 1.0f);
+            test_attention(T, 0, 300, 1200, 4, 4, 128, MASK_SHUFFLED, 1.0f);
+            test_attention(T, 0, 3, 0, 2, 1, 128, MASK_STAR, 1.0f);
+        }
         test_attention(R, 0, 3, 77, 8, 2, 128, MASK_NONE, 1.0f);
         test_attention(R, 5, 9, 700, 8, 2, 64, MASK_NONE, 1.0f);
         test_attention(R, 0, 33, 2049, 32, 8, 128, MASK_NONE, 1.0f);
@@ -937,17 +939,26 @@ int main(void)
     test_attention_back_to_back();
     test_attention_many();
 
-    /* The tensor-core kernel: head_dim 64 and 128, odd lengths, masks. */
-    test_attention(T, 0, 64, 64, 2, 2, 64, MASK_CAUSAL, 1.0f);
-    test_attention(T, 0, 200, 200, 4, 2, 128, MASK_CAUSAL, 1.0f);
-    test_attention(T, 0, 77, 333, 4, 1, 64, MASK_STAR, 1.0f);
-    test_attention(T, 0, 130, 301, 8, 2, 128, MASK_STAR, 4.0f);
-    if (!quick)
-        test_attention(T, 0, 1000, 1000, 8, 2, 128, MASK_CAUSAL, 1.0f);
-    test_attention(T, 0, 300, 1200, 4, 4, 128, MASK_SHUFFLED, 1.0f);
-    test_attention(T, 0, 65, 5, 2, 1, 64, MASK_NONE, 1.0f);
-    test_attention(T, 0, 3, 0, 2, 1, 128, MASK_STAR, 1.0f); /* empty key set */
-    test_attention(T, 0, 1, 1, 2, 2, 64, MASK_CAUSAL, 1.0f);
+    /* The tensor-core prefill kernel, both forms (0: wgmma on Hopper, 128
+     * query rows and 128 keys a tile; 1: mma.sync, 64 and 64): head_dim 64
+     * and 128, odd lengths, masks, one and several tiles either way, keys
+     * that end mid-tile, positions out of order. */
+    for (int variant = 0; variant < 2; variant++) {
+        backend_cuda_set_attention_variant(gpu, variant);
+        test_attention(T, 0, 64, 64, 2, 2, 64, MASK_CAUSAL, 1.0f);
+        test_attention(T, 0, 200, 200, 4, 2, 128, MASK_CAUSAL, 1.0f);
+        test_attention(T, 0, 77, 333, 4, 1, 64, MASK_STAR, 1.0f);
+        test_attention(T, 0, 130, 301, 8, 2, 128, MASK_STAR, 4.0f);
+        test_attention(T, 0, 129, 129, 2, 1, 128, MASK_CAUSAL, 1.0f);
+        test_attention(T, 0, 256, 640, 4, 2, 64, MASK_NONE, 1.0f);
+        if (!quick)
+            test_attention(T, 0, 1000, 1000, 8, 2, 128, MASK_CAUSAL, 1.0f);
+        test_attention(T, 0, 300, 1200, 4, 4, 128, MASK_SHUFFLED, 1.0f);
+        test_attention(T, 0, 65, 5, 2, 1, 64, MASK_NONE, 1.0f);
+        test_attention(T, 0, 3, 0, 2, 1, 128, MASK_STAR, 1.0f); /* empty key set */
+        test_attention(T, 0, 1, 1, 2, 2, 64, MASK_CAUSAL, 1.0f);
+    }
+    backend_cuda_set_attention_variant(gpu, 0);
     /* AUTO picks the tensor cores for prefill, the split kernel for decode */
     if (!quick)
         test_attention(SR_CUDA_ATTN_AUTO, 0, 512, 1536, 32, 8, 128, MASK_CAUSAL, 1.0f);
