@@ -117,18 +117,35 @@ static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi)
     return *reinterpret_cast<uint32_t *>(&v);
 }
 
-/* One key tile's online-softmax step on mma accumulator fragments: a lane
- * holds scores of two rows (s[nt][0..1]: row 0, s[nt][2..3]: row 1) in
- * base-2 units, -inf where masked. The scores become unnormalized
- * probabilities against the new running maxima m0/m1; the per-lane sums
- * l0/l1 and the output fragments o[ND][4] are rescaled to them. The quad
- * of lanes sharing a row exchanges maxima; sums stay per lane until the
- * end. A row that has seen nothing yet keeps -inf; subtracting 0 then
- * turns every -inf score into p = 0 without NaN. */
-template <int NT, int ND>
-static __device__ __forceinline__ void mma_softmax_step(float (&s)[NT][4], float (&o)[ND][4],
-                                                        float &m0, float &m1, float &l0,
-                                                        float &l1)
+/* 2^x on the special-function unit alone (one instruction; exp2f adds
+ * denormal handling around it): relative error 2^-22, flushes results
+ * below 2^-126 to zero, far inside the bf16 of the probabilities. */
+static __device__ __forceinline__ float ex2_fast(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+template <bool FAST>
+static __device__ __forceinline__ float ex2f(float x)
+{
+    return FAST ? ex2_fast(x) : exp2f(x);
+}
+
+/* One key tile's online-softmax statistics on mma accumulator fragments: a
+ * lane holds scores of two rows (s[nt][0..1]: row 0, s[nt][2..3]: row 1)
+ * in base-2 units, -inf where masked. The scores become unnormalized
+ * probabilities against the new running maxima m0/m1 and the per-lane sums
+ * l0/l1 are rescaled to them; a0/a1 are the factors the rows' output
+ * accumulators need (acc_scale). The quad of lanes sharing a row exchanges
+ * maxima; sums stay per lane until the end. A row that has seen nothing
+ * yet keeps -inf; subtracting 0 then turns every -inf score into p = 0
+ * without NaN. FAST: 2^x as ex2_fast. */
+template <int NT, bool FAST = false>
+static __device__ __forceinline__ void mma_softmax_probs(float (&s)[NT][4], float &m0, float &m1,
+                                                         float &l0, float &l1, float &a0,
+                                                         float &a1)
 {
     float mx0 = -INFINITY, mx1 = -INFINITY;
 #pragma unroll
@@ -143,25 +160,43 @@ static __device__ __forceinline__ void mma_softmax_step(float (&s)[NT][4], float
     }
     const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
     const float u0 = mn0 == -INFINITY ? 0.0f : mn0, u1 = mn1 == -INFINITY ? 0.0f : mn1;
-    const float a0 = exp2f(m0 - u0), a1 = exp2f(m1 - u1);
+    a0 = ex2f<FAST>(m0 - u0), a1 = ex2f<FAST>(m1 - u1);
     m0 = mn0, m1 = mn1;
     float ps0 = 0.0f, ps1 = 0.0f;
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) {
-        s[nt][0] = exp2f(s[nt][0] - u0);
-        s[nt][1] = exp2f(s[nt][1] - u0);
-        s[nt][2] = exp2f(s[nt][2] - u1);
-        s[nt][3] = exp2f(s[nt][3] - u1);
+        s[nt][0] = ex2f<FAST>(s[nt][0] - u0);
+        s[nt][1] = ex2f<FAST>(s[nt][1] - u0);
+        s[nt][2] = ex2f<FAST>(s[nt][2] - u1);
+        s[nt][3] = ex2f<FAST>(s[nt][3] - u1);
         ps0 += s[nt][0] + s[nt][1];
         ps1 += s[nt][2] + s[nt][3];
     }
     l0 = l0 * a0 + ps0;
     l1 = l1 * a1 + ps1;
+}
+
+/* Output fragments of the lane's two rows times a0 and a1. */
+template <int ND>
+static __device__ __forceinline__ void acc_scale(float (&o)[ND][4], float a0, float a1)
+{
 #pragma unroll
     for (int dt = 0; dt < ND; dt++) {
         o[dt][0] *= a0, o[dt][1] *= a0;
         o[dt][2] *= a1, o[dt][3] *= a1;
     }
+}
+
+/* The softmax step with the output rescaled at once (kernels whose output
+ * accumulators are not being written by the tensor cores meanwhile). */
+template <int NT, int ND>
+static __device__ __forceinline__ void mma_softmax_step(float (&s)[NT][4], float (&o)[ND][4],
+                                                        float &m0, float &m1, float &l0,
+                                                        float &l1)
+{
+    float a0, a1;
+    mma_softmax_probs(s, m0, m1, l0, l1, a0, a1);
+    acc_scale(o, a0, a1);
 }
 
 #endif

@@ -73,6 +73,13 @@ static __device__ __forceinline__ void wgmma_touch(float (&d)[N][4])
         asm volatile("" : "+f"(d[j][0]), "+f"(d[j][1]), "+f"(d[j][2]), "+f"(d[j][3])::"memory");
 }
 
+/* The same for two scalars: their computation stays before the next
+ * asm volatile (say, a wgmma_wait), where it can overlap the tensor cores. */
+static __device__ __forceinline__ void reg_touch(float &a, float &b)
+{
+    asm volatile("" : "+f"(a), "+f"(b)::"memory");
+}
+
 /* d (+)= A * B^T: A 64x16 and B Nx16, both K-major in shared memory;
  * accumulate 0 overwrites d. */
 template <int N>
