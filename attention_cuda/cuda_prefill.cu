@@ -123,6 +123,55 @@ __global__ void tile_ranges_kernel(const int32_t *__restrict__ k_pos, int nk, in
         tiles[t] = make_int2(mn, mx);
 }
 
+/* The block's query rows q0 .. q0 + rows - 1 of head h: every 4 elements
+ * of Q scaled to base-2 units and rounded to bf16, handed to put(r, c, v)
+ * for the kernel's shared-memory layout (zeros past nq); and the rows'
+ * position range into *qmin / *qmax (shared memory; final after the
+ * caller's next barrier). */
+template <int D, typename Put>
+static __device__ __forceinline__ void pf_load_q(const prefill_params &p, int q0, int h, int rows,
+                                                 int nthreads, int tid, Put put, int *qmin,
+                                                 int *qmax)
+{
+    for (int idx = tid; idx < rows * (D / 4); idx += nthreads) {
+        const int r = idx / (D / 4), c = 4 * (idx - r * (D / 4));
+        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (q0 + r < p.nq)
+            x = __ldg((const float4 *)(p.q + (size_t)(q0 + r) * p.q_stride + (size_t)h * D + c));
+        const float m = p.scale_log2;
+        put(r, c, make_uint2(pack_bf16(x.x * m, x.y * m), pack_bf16(x.z * m, x.w * m)));
+    }
+    if (tid == 0) {
+        *qmin = INT_MAX;
+        *qmax = INT_MIN;
+    }
+    __syncthreads();
+    if (p.k_pos && tid < rows && q0 + tid < p.nq) {
+        atomicMin(qmin, p.q_pos[q0 + tid]);
+        atomicMax(qmax, p.q_pos[q0 + tid]);
+    }
+}
+
+/* A key tile's mask on the scores of a lane's two rows (mma C layout):
+ * -inf for keys past nk and, with positions, keys after the row's position
+ * (kps: the tile's key positions, qp0/qp1: the rows'). */
+template <int NT>
+static __device__ __forceinline__ void pf_mask_scores(float (&s)[NT][4], const int *kps, int t0,
+                                                      int nk, bool masked, int qp0, int qp1,
+                                                      int lane)
+{
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        const int jl = nt * 8 + 2 * (lane & 3);
+        const bool in0 = t0 + jl < nk, in1 = t0 + jl + 1 < nk;
+        const int kp0 = masked ? kps[jl] : INT_MIN, kp1 = masked ? kps[jl + 1] : INT_MIN;
+        if (!in0 || kp0 > qp0) s[nt][0] = -INFINITY;
+        if (!in1 || kp1 > qp0) s[nt][1] = -INFINITY;
+        if (!in0 || kp0 > qp1) s[nt][2] = -INFINITY;
+        if (!in1 || kp1 > qp1) s[nt][3] = -INFINITY;
+    }
+}
+
 /* A warp's finished rows i0 and i1 (its thread's two rows of the mma C
  * layout): o normalized by the row sums (gathered across the quad), the
  * lse in natural-log units; rows past nq are not written. */
@@ -139,23 +188,20 @@ static __device__ __forceinline__ void prefill_store_rows(const prefill_params &
     }
     const size_t ostride = (size_t)p.n_heads * D;
     const int c = 2 * (lane & 3);
-    if (i0 < p.nq) {
-        const float inv = l0 > 0.0f ? 1.0f / l0 : 0.0f;
-        float *orow = p.out + (size_t)i0 * ostride + (size_t)h * D + c;
+#pragma unroll
+    for (int r = 0; r < 2; r++) { /* o[][2r..2r+1]: row i0, then i1 */
+        const int i = r ? i1 : i0;
+        const float l = r ? l1 : l0, m = r ? m1 : m0;
+        if (i >= p.nq)
+            continue;
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        float *orow = p.out + (size_t)i * ostride + (size_t)h * D + c;
 #pragma unroll
         for (int dt = 0; dt < D / 8; dt++)
-            *reinterpret_cast<float2 *>(orow + dt * 8) = make_float2(o[dt][0] * inv, o[dt][1] * inv);
+            *reinterpret_cast<float2 *>(orow + dt * 8) =
+                make_float2(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
         if ((lane & 3) == 0 && p.lse)
-            p.lse[(size_t)i0 * p.n_heads + h] = l0 > 0.0f ? (m0 + log2f(l0)) * LN2_F : -INFINITY;
-    }
-    if (i1 < p.nq) {
-        const float inv = l1 > 0.0f ? 1.0f / l1 : 0.0f;
-        float *orow = p.out + (size_t)i1 * ostride + (size_t)h * D + c;
-#pragma unroll
-        for (int dt = 0; dt < D / 8; dt++)
-            *reinterpret_cast<float2 *>(orow + dt * 8) = make_float2(o[dt][2] * inv, o[dt][3] * inv);
-        if ((lane & 3) == 0 && p.lse)
-            p.lse[(size_t)i1 * p.n_heads + h] = l1 > 0.0f ? (m1 + log2f(l1)) * LN2_F : -INFINITY;
+            p.lse[(size_t)i * p.n_heads + h] = l > 0.0f ? (m + log2f(l)) * LN2_F : -INFINITY;
     }
 }
 
@@ -179,24 +225,9 @@ __global__ void __launch_bounds__(PF_WARPS * 32, 3) attn_prefill_tc_kernel(prefi
     const bool masked = p.k_pos != nullptr;
 
     __nv_bfloat16 *Qs = kv_s + 2 * TILE;
-    for (int idx = tid; idx < PF_BR * (D / 4); idx += PF_WARPS * 32) {
-        const int r = idx / (D / 4), c4 = idx - r * (D / 4);
-        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (q0 + r < p.nq)
-            x = __ldg((const float4 *)(p.q + (size_t)(q0 + r) * p.q_stride + (size_t)h * D) + c4);
-        const float m = p.scale_log2;
-        *reinterpret_cast<uint2 *>(Qs + r * LD + 4 * c4) =
-            make_uint2(pack_bf16(x.x * m, x.y * m), pack_bf16(x.z * m, x.w * m));
-    }
-    if (tid == 0) {
-        qmin_s = INT_MAX;
-        qmax_s = INT_MIN;
-    }
-    __syncthreads();
-    if (masked && tid < PF_BR && q0 + tid < p.nq) {
-        atomicMin(&qmin_s, p.q_pos[q0 + tid]);
-        atomicMax(&qmax_s, p.q_pos[q0 + tid]);
-    }
+    pf_load_q<D>(p, q0, h, PF_BR, PF_WARPS * 32, tid,
+                 [&](int r, int c, uint2 v) { *reinterpret_cast<uint2 *>(Qs + r * LD + c) = v; },
+                 &qmin_s, &qmax_s);
     /* This thread's two rows (mma C layout: lane/4 and lane/4 + 8). */
     const int rr0 = warp * 16 + (lane >> 2), rr1 = rr0 + 8;
     const int i0 = q0 + rr0, i1 = q0 + rr1;
@@ -273,18 +304,8 @@ __global__ void __launch_bounds__(PF_WARPS * 32, 3) attn_prefill_tc_kernel(prefi
                 mma_16816(s[2 * np + 1], qf[kk], b[2], b[3]);
             }
         }
-        if (need_mask) {
-#pragma unroll
-            for (int nt = 0; nt < PF_BC / 8; nt++) {
-                const int jl = nt * 8 + 2 * (lane & 3);
-                const bool in0 = t0 + jl < p.nk, in1 = t0 + jl + 1 < p.nk;
-                const int kp0 = masked ? kps[jl] : INT_MIN, kp1 = masked ? kps[jl + 1] : INT_MIN;
-                if (!in0 || kp0 > qp0) s[nt][0] = -INFINITY;
-                if (!in1 || kp1 > qp0) s[nt][1] = -INFINITY;
-                if (!in0 || kp0 > qp1) s[nt][2] = -INFINITY;
-                if (!in1 || kp1 > qp1) s[nt][3] = -INFINITY;
-            }
-        }
+        if (need_mask)
+            pf_mask_scores(s, kps, t0, p.nk, masked, qp0, qp1, lane);
         mma_softmax_step(s, o, m0, m1, l0, l1);
 #pragma unroll
         for (int kb = 0; kb < PF_BC / 16; kb++) {
@@ -354,9 +375,10 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attn_prefill_wg_kernel(prefill_
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(wg_smem);
     const uint32_t pad = ((raw + 1023) & ~1023u) - raw;
     unsigned char *base = wg_smem + pad;
-    const uint32_t q_s = raw + pad;                   /* [D/64][128 rows][128 B] */
-    const uint32_t kv_s = q_s + WG_BR * D * 2;        /* K 0..2, V 0..2 */
-    int *kpos_s = reinterpret_cast<int *>(base + WG_BR * D * 2 + 2 * WG_NBUF * KV); /* [K buf][WG_BC] */
+    const uint32_t q_s = raw + pad;            /* Q: [D/64][128 rows][128 B] */
+    const uint32_t kv_s = q_s + WG_BR * D * 2; /* K 0..2, V 0..2 */
+    /* [K buffer][WG_BC]: the positions of the keys in each K buffer */
+    int *kpos_s = reinterpret_cast<int *>(base + WG_BR * D * 2 + 2 * WG_NBUF * KV);
     __shared__ int qmin_s, qmax_s;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
@@ -366,24 +388,11 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attn_prefill_wg_kernel(prefill_
     const int q0 = qt * WG_BR;
     const bool masked = p.k_pos != nullptr;
 
-    for (int idx = tid; idx < WG_BR * (D / 4); idx += WG_THREADS) {
-        const int r = idx / (D / 4), c = 4 * (idx - r * (D / 4));
-        float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (q0 + r < p.nq)
-            x = __ldg((const float4 *)(p.q + (size_t)(q0 + r) * p.q_stride + (size_t)h * D + c));
-        const float m = p.scale_log2;
-        *reinterpret_cast<uint2 *>(base + wg_sw(r, c, WG_BR) + (c & 7) * 2) =
-            make_uint2(pack_bf16(x.x * m, x.y * m), pack_bf16(x.z * m, x.w * m));
-    }
-    if (tid == 0) {
-        qmin_s = INT_MAX;
-        qmax_s = INT_MIN;
-    }
-    __syncthreads();
-    if (masked && tid < WG_BR && q0 + tid < p.nq) {
-        atomicMin(&qmin_s, p.q_pos[q0 + tid]);
-        atomicMax(&qmax_s, p.q_pos[q0 + tid]);
-    }
+    pf_load_q<D>(p, q0, h, WG_BR, WG_THREADS, tid,
+                 [&](int r, int c, uint2 v) {
+                     *reinterpret_cast<uint2 *>(base + wg_sw(r, c, WG_BR) + (c & 7) * 2) = v;
+                 },
+                 &qmin_s, &qmax_s);
     /* This thread's two rows: warp w of warpgroup wg holds 16 of its 64. */
     const int rr0 = wg * 64 + (warp & 3) * 16 + (lane >> 2), rr1 = rr0 + 8;
     const int i0 = q0 + rr0, i1 = q0 + rr1;
@@ -418,18 +427,22 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attn_prefill_wg_kernel(prefill_
                 t++;
         return t;
     };
-    /* Tile t's K (with the keys' positions) or V rows into buffer `buf`,
-     * swizzled, in 16-byte chunks; rows past the last key are zero-filled. */
-    auto issue_k = [&](int t, int buf) {
+    /* Tile t's rows of K or V (src) into dst, swizzled, in 16-byte chunks;
+     * rows past the last key are zero-filled. */
+    auto copy_tile = [&](unsigned char *dst, const __nv_bfloat16 *src, int t) {
         constexpr int CPR = D / 8, RPP = WG_THREADS / CPR;
         const int c = tid % CPR;
-        unsigned char *ks = base + WG_BR * D * 2 + buf * KV;
         for (int r = tid / CPR; r < WG_BC; r += RPP) {
             const int j = t * WG_BC + r;
             const int ok = j < p.nk;
-            cp_async16(ks + wg_sw(r, 8 * c, WG_BC),
-                       kbase + (size_t)(ok ? j : p.nk - 1) * p.row_stride + 8 * c, ok ? 16 : 0);
+            cp_async16(dst + wg_sw(r, 8 * c, WG_BC),
+                       src + (size_t)(ok ? j : p.nk - 1) * p.row_stride + 8 * c, ok ? 16 : 0);
         }
+    };
+    /* K of tile t (with its keys' positions) into K buffer `buf`; V into
+     * V buffer `buf`. */
+    auto issue_k = [&](int t, int buf) {
+        copy_tile(base + WG_BR * D * 2 + buf * KV, kbase, t);
         if (masked && tid < WG_BC) {
             const int j = t * WG_BC + tid;
             const int ok = j < p.nk;
@@ -437,15 +450,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attn_prefill_wg_kernel(prefill_
         }
     };
     auto issue_v = [&](int t, int buf) {
-        constexpr int CPR = D / 8, RPP = WG_THREADS / CPR;
-        const int c = tid % CPR;
-        unsigned char *vs = base + WG_BR * D * 2 + (WG_NBUF + buf) * KV;
-        for (int r = tid / CPR; r < WG_BC; r += RPP) {
-            const int j = t * WG_BC + r;
-            const int ok = j < p.nk;
-            cp_async16(vs + wg_sw(r, 8 * c, WG_BC),
-                       vbase + (size_t)(ok ? j : p.nk - 1) * p.row_stride + 8 * c, ok ? 16 : 0);
-        }
+        copy_tile(base + WG_BR * D * 2 + (WG_NBUF + buf) * KV, vbase, t);
     };
     /* O += P V for the tile whose V is in buffer vb, P in pa. */
     uint32_t pa[WG_BC / 16][4];
@@ -481,18 +486,8 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attn_prefill_wg_kernel(prefill_
     auto softmax = [&](int t, int kbuf, bool mask) {
         const int *kps = kpos_s + kbuf * WG_BC;
         const int t0 = t * WG_BC;
-        if (mask) {
-#pragma unroll
-            for (int nt = 0; nt < WG_BC / 8; nt++) {
-                const int jl = nt * 8 + 2 * (lane & 3);
-                const bool in0 = t0 + jl < p.nk, in1 = t0 + jl + 1 < p.nk;
-                const int kp0 = masked ? kps[jl] : INT_MIN, kp1 = masked ? kps[jl + 1] : INT_MIN;
-                if (!in0 || kp0 > qp0) s[nt][0] = -INFINITY;
-                if (!in1 || kp1 > qp0) s[nt][1] = -INFINITY;
-                if (!in0 || kp0 > qp1) s[nt][2] = -INFINITY;
-                if (!in1 || kp1 > qp1) s[nt][3] = -INFINITY;
-            }
-        }
+        if (mask)
+            pf_mask_scores(s, kps, t0, p.nk, masked, qp0, qp1, lane);
         mma_softmax_probs<WG_BC / 8, true>(s, m0, m1, l0, l1, a0, a1);
     };
     auto pack_p = [&]() {
