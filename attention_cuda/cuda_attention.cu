@@ -1265,6 +1265,19 @@ static int split_counter_slot(cuda_ctx *ctx)
 
 /* The parameters of call a that do not depend on the launch: all but the
  * workspace and the counters. */
+/* nk keys cut into about `splits` ranges (1 for no keys): the keys per
+ * range, *kps (at least 1), and the ranges that leaves, none of them empty. */
+static long long split_even(int nk, long long splits, int *kps)
+{
+    if (splits < 1 || nk == 0)
+        splits = 1;
+    *kps = (int)((nk + splits - 1) / splits);
+    if (*kps < 1)
+        *kps = 1;
+    splits = (nk + *kps - 1) / *kps;
+    return splits < 1 ? 1 : splits;
+}
+
 static void split_fill(split_params *pp, const sr_attn_args *a, int n_qtiles, int kps)
 {
     split_params &p = *pp;
@@ -1336,14 +1349,8 @@ static int split_attention(cuda_ctx *ctx, const sr_attn_args *a)
         splits = by_ws;
     if (splits > 65535)
         splits = 65535;
-    if (splits < 1 || a->nk == 0)
-        splits = 1;
-    int kps = (int)((a->nk + splits - 1) / splits);
-    if (kps < 1)
-        kps = 1;
-    splits = (a->nk + kps - 1) / kps;
-    if (splits < 1)
-        splits = 1;
+    int kps;
+    splits = split_even(a->nk, splits, &kps);
 
     split_fill(&p, a, (int)n_qtiles, kps);
     p.ws_o = ctx->attn_ws;
@@ -1502,13 +1509,8 @@ static int split_launch_many(cuda_ctx *ctx, const sr_attn_args *const *calls, in
         int blk = 0, cnt = split_counter_slot(ctx) * SPLIT_CNT_PER_SLOT;
         for (int i = 0; i < n; i++) {
             const sr_attn_args *a = calls[i];
-            long long s = a->nk == 0 ? 1 : splits[i];
-            int kps = (int)((a->nk + s - 1) / s);
-            if (kps < 1)
-                kps = 1;
-            s = (a->nk + kps - 1) / kps;
-            if (s < 1)
-                s = 1;
+            int kps;
+            const long long s = split_even(a->nk, splits[i], &kps);
             split_params &p = m.c[i];
             p = split_params();
             split_fill(&p, a, (int)(base[i] / a->n_kv), kps);
