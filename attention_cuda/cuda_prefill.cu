@@ -29,7 +29,7 @@
 
 #include "attention_cuda/cuda_internal.h"
 #include "attention_cuda/ptx.cuh"
-#include "attention_cuda/wgmma.cuh"
+#include "attention_cuda/wg_attend.cuh"
 
 #define LOG2E_F 1.4426950408889634f
 #define LN2_F 0.6931471805599453f
@@ -149,26 +149,6 @@ static __device__ __forceinline__ void pf_load_q(const prefill_params &p, int q0
     if (p.k_pos && tid < rows && q0 + tid < p.nq) {
         atomicMin(qmin, p.q_pos[q0 + tid]);
         atomicMax(qmax, p.q_pos[q0 + tid]);
-    }
-}
-
-/* A key tile's mask on the scores of a lane's two rows (mma C layout):
- * -inf for keys past nk and, with positions, keys after the row's position
- * (kps: the tile's key positions, qp0/qp1: the rows'). */
-template <int NT>
-static __device__ __forceinline__ void pf_mask_scores(float (&s)[NT][4], const int *kps, int t0,
-                                                      int nk, bool masked, int qp0, int qp1,
-                                                      int lane)
-{
-#pragma unroll
-    for (int nt = 0; nt < NT; nt++) {
-        const int jl = nt * 8 + 2 * (lane & 3);
-        const bool in0 = t0 + jl < nk, in1 = t0 + jl + 1 < nk;
-        const int kp0 = masked ? kps[jl] : INT_MIN, kp1 = masked ? kps[jl + 1] : INT_MIN;
-        if (!in0 || kp0 > qp0) s[nt][0] = -INFINITY;
-        if (!in1 || kp1 > qp0) s[nt][1] = -INFINITY;
-        if (!in0 || kp0 > qp1) s[nt][2] = -INFINITY;
-        if (!in1 || kp1 > qp1) s[nt][3] = -INFINITY;
     }
 }
 
@@ -305,7 +285,7 @@ __global__ void __launch_bounds__(PF_WARPS * 32, 3) attn_prefill_tc_kernel(prefi
             }
         }
         if (need_mask)
-            pf_mask_scores(s, kps, t0, p.nk, masked, qp0, qp1, lane);
+            mma_mask_scores(s, kps, t0, p.nk, masked, qp0, qp1, lane);
         mma_softmax_step(s, o, m0, m1, l0, l1);
 #pragma unroll
         for (int kb = 0; kb < PF_BC / 16; kb++) {
@@ -333,52 +313,15 @@ __global__ void __launch_bounds__(PF_WARPS * 32, 3) attn_prefill_tc_kernel(prefi
 }
 
 /* The same attention on Hopper's warpgroup tensor cores (sm_90a): a block
- * owns 128 query rows of one head, two warpgroups of 64; a key tile is 128
- * keys. Q (rounded to bf16 once), K and V sit in shared memory in the
- * 128-byte swizzled layout wgmma reads (wgmma.cuh), K and V three tiles
- * deep each through cp.async. Per tile each warpgroup runs S = Q K^T as
- * D/16 wgmma m64n128k16 from shared memory, the online softmax on the
- * accumulator fragments (the mma.sync C layout: the helpers of ptx.cuh as
- * they are), then O += P V with P from registers (the S fragments packed
- * to bf16 are wgmma's A fragments) and V read N-major (its rows as
- * stored); a tile's S = Q K^T is issued beside the previous tile's P V.
- * Masks, tile skipping and the output are the mma.sync kernel's. Measured
- * on an H100: 1.4-1.5x the mma.sync kernel from 8K tokens; ptxas still
- * places the exponentials after the wait for P V rather than beside it
- * (SASS), which a producer warp and ping-pong warpgroups would address. */
-enum { WG_BR = 128, WG_BC = 128, WG_THREADS = 256, WG_NBUF = 3 };
-
-template <int D>
-static constexpr size_t wg_smem_bytes()
-{
-    /* 1024 to align the swizzle atoms, Q, K x 3, V x 3, key positions x 3
-     * (227 KB for head_dim 128: all an H100 block may have) */
-    return 1024 + (size_t)WG_BR * D * 2 + (size_t)2 * WG_NBUF * WG_BC * D * 2 +
-           WG_NBUF * WG_BC * sizeof(int);
-}
-
-/* Byte offset of element (r, c) (c a multiple of 8) in a swizzled tile of
- * `rows` rows: 64-column slabs, 128-byte rows, chunk c/8 % 8 at ^ r % 8. */
-#if WGMMA_OK
-static __device__ __forceinline__ uint32_t wg_sw(int r, int c, int rows)
-{
-    return (uint32_t)((c >> 6) * rows * 128 + r * 128 + ((((c >> 3) & 7) ^ (r & 7)) << 4));
-}
-#endif
-
+ * owns 128 query rows of one head and runs wg_attend (wg_attend.cuh) over
+ * the key tiles its rows may see; masks, tile skipping and the output are
+ * the mma.sync kernel's. */
 template <int D>
 __global__ void __launch_bounds__(WG_THREADS, 1) attn_prefill_wg_kernel(prefill_params p)
 {
 #if WGMMA_OK
-    constexpr int KV = WG_BC * D * 2; /* bytes of one K or V tile */
-    extern __shared__ __align__(16) unsigned char wg_smem[];
-    const uint32_t raw = (uint32_t)__cvta_generic_to_shared(wg_smem);
-    const uint32_t pad = ((raw + 1023) & ~1023u) - raw;
-    unsigned char *base = wg_smem + pad;
-    const uint32_t q_s = raw + pad;            /* Q: [D/64][128 rows][128 B] */
-    const uint32_t kv_s = q_s + WG_BR * D * 2; /* K 0..2, V 0..2 */
-    /* [K buffer][WG_BC]: the positions of the keys in each K buffer */
-    int *kpos_s = reinterpret_cast<int *>(base + WG_BR * D * 2 + 2 * WG_NBUF * KV);
+    extern __shared__ __align__(16) unsigned char wg_dyn[];
+    const wg_smem<D> sm = wg_smem_carve<D>(wg_dyn);
     __shared__ int qmin_s, qmax_s;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
@@ -389,10 +332,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attn_prefill_wg_kernel(prefill_
     const bool masked = p.k_pos != nullptr;
 
     pf_load_q<D>(p, q0, h, WG_BR, WG_THREADS, tid,
-                 [&](int r, int c, uint2 v) {
-                     *reinterpret_cast<uint2 *>(base + wg_sw(r, c, WG_BR) + (c & 7) * 2) = v;
-                 },
-                 &qmin_s, &qmax_s);
+                 [&](int r, int c, uint2 v) { wg_put_q(sm.base, r, c, v); }, &qmin_s, &qmax_s);
     /* This thread's two rows: warp w of warpgroup wg holds 16 of its 64. */
     const int rr0 = wg * 64 + (warp & 3) * 16 + (lane >> 2), rr1 = rr0 + 8;
     const int i0 = q0 + rr0, i1 = q0 + rr1;
@@ -400,10 +340,6 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attn_prefill_wg_kernel(prefill_
     const int qp1 = (masked && i1 < p.nq) ? p.q_pos[i1] : INT_MAX;
     __syncthreads(); /* qmin/qmax are final */
     const int qmin = qmin_s, qmax = qmax_s;
-
-    float o[D / 8][4];
-    acc_zero(o);
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 
     const int ntiles = (p.nk + WG_BC - 1) / WG_BC;
     const int nsub = (p.nk + PF_BC - 1) / PF_BC; /* p.tiles: ranges of PF_BC keys */
@@ -427,153 +363,35 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attn_prefill_wg_kernel(prefill_
                 t++;
         return t;
     };
-    /* Tile t's rows of K or V (src) into dst, swizzled, in 16-byte chunks;
-     * rows past the last key are zero-filled. */
-    auto copy_tile = [&](unsigned char *dst, const __nv_bfloat16 *src, int t) {
-        constexpr int CPR = D / 8, RPP = WG_THREADS / CPR;
-        const int c = tid % CPR;
-        for (int r = tid / CPR; r < WG_BC; r += RPP) {
-            const int j = t * WG_BC + r;
-            const int ok = j < p.nk;
-            cp_async16(dst + wg_sw(r, 8 * c, WG_BC),
-                       src + (size_t)(ok ? j : p.nk - 1) * p.row_stride + 8 * c, ok ? 16 : 0);
-        }
-    };
-    /* K of tile t (with its keys' positions) into K buffer `buf`; V into
-     * V buffer `buf`. */
-    auto issue_k = [&](int t, int buf) {
-        copy_tile(base + WG_BR * D * 2 + buf * KV, kbase, t);
-        if (masked && tid < WG_BC) {
-            const int j = t * WG_BC + tid;
-            const int ok = j < p.nk;
-            cp_async4(kpos_s + buf * WG_BC + tid, p.k_pos + (ok ? j : p.nk - 1), ok ? 4 : 0);
-        }
-    };
-    auto issue_v = [&](int t, int buf) {
-        copy_tile(base + WG_BR * D * 2 + (WG_NBUF + buf) * KV, vbase, t);
-    };
-    /* O += P V for the tile whose V is in buffer vb, P in pa. */
-    uint32_t pa[WG_BC / 16][4];
-    auto issue_pv = [&](int vb) {
-        const uint32_t vs = kv_s + (WG_NBUF + vb) * KV;
-#pragma unroll
-        for (int kb = 0; kb < WG_BC / 16; kb++)
-            /* keys 16kb..16kb+15: two 8-row groups of the V tile (1024 B
-             * apart); dims in 64-wide slabs WG_BC * 128 bytes apart */
-            wgmma_rs_tn<D>(o, pa[kb], wgmma_desc(vs + kb * 16 * 128, WG_BC * 128, 1024));
-        wgmma_commit();
-    };
-
-    /* S = Q K for the tile whose K is in buffer kb (issued, committed). */
-    float s[WG_BC / 8][4];
-    auto issue_s = [&](int kbuf) {
-        const uint32_t ks = kv_s + kbuf * KV;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-            const uint32_t koff = (kk >> 2) * (WG_BC * 128) + (kk & 3) * 32;
-            const uint32_t qoff = (kk >> 2) * (WG_BR * 128) + wg * 64 * 128 + (kk & 3) * 32;
-            wgmma_ss<WG_BC>(s, wgmma_desc(q_s + qoff, 16, 1024), wgmma_desc(ks + koff, 16, 1024),
-                            kk > 0);
-        }
-        wgmma_commit();
-    };
-    /* Tile t's mask on s (keys past the end, positions after the row's)
-     * and its softmax statistics; a0/a1 rescale O. */
-    float a0, a1;
     auto need_mask = [&](int t) {
         return (t + 1) * WG_BC > p.nk || (masked && tile_max(t) > qmin);
     };
-    auto softmax = [&](int t, int kbuf, bool mask) {
-        const int *kps = kpos_s + kbuf * WG_BC;
-        const int t0 = t * WG_BC;
-        if (mask)
-            pf_mask_scores(s, kps, t0, p.nk, masked, qp0, qp1, lane);
-        mma_softmax_probs<WG_BC / 8, true>(s, m0, m1, l0, l1, a0, a1);
+    auto mask = [&](float(&s)[WG_BC / 8][4], int t, int kbuf) {
+        mma_mask_scores(s, sm.kpos + kbuf * WG_BC, t * WG_BC, p.nk, masked, qp0, qp1, lane);
     };
-    auto pack_p = [&]() {
-#pragma unroll
-        for (int k = 0; k < WG_BC / 16; k++) {
-            pa[k][0] = pack_bf16(s[2 * k][0], s[2 * k][1]);
-            pa[k][1] = pack_bf16(s[2 * k][2], s[2 * k][3]);
-            pa[k][2] = pack_bf16(s[2 * k + 1][0], s[2 * k + 1][1]);
-            pa[k][3] = pack_bf16(s[2 * k + 1][2], s[2 * k + 1][3]);
+    /* Rows past the last key are zero-filled (their source: the last key). */
+    auto rows_of = [&](const __nv_bfloat16 *src, int t) {
+        return [=](int r, int, bool &ok) {
+            const int j = t * WG_BC + r;
+            ok = j < p.nk;
+            return src + (size_t)(ok ? j : p.nk - 1) * p.row_stride;
+        };
+    };
+    /* K of tile t with its keys' positions; V of tile t. */
+    auto load_k = [&](int t, int buf) {
+        wg_copy_tile<D>(sm.kv_gen + buf * wg_smem<D>::KV, tid, rows_of(kbase, t));
+        if (masked && tid < WG_BC) {
+            const int j = t * WG_BC + tid;
+            const int ok = j < p.nk;
+            cp_async4(sm.kpos + buf * WG_BC + tid, p.k_pos + (ok ? j : p.nk - 1), ok ? 4 : 0);
         }
+    };
+    auto load_v = [&](int t, int buf) {
+        wg_copy_tile<D>(sm.kv_gen + (WG_NBUF + buf) * wg_smem<D>::KV, tid, rows_of(vbase, t));
     };
 
-    /* Software pipeline, three buffers each for K and V: after the first
-     * tile, iteration j issues S_j = Q K_j and O += P_{j-1} V_{j-1} on the
-     * tensor cores, starts the copies of K_{j+2} and V_{j+1} (two
-     * iterations before their use), and runs tile j's softmax while P V
-     * is still on the tensor cores; O is rescaled only after that
-     * finishes. A buffer refilled in iteration j was last read by wgmma
-     * of iteration j - 1, which both warpgroups waited for before j's
-     * barrier. The next tiles and whether a tile needs its mask (loads of
-     * tile position ranges) are found after the tensor cores have their
-     * work, so those loads' latency hides behind it. */
-    auto next3 = [](int b) { return b == WG_NBUF - 1 ? 0 : b + 1; };
-    int cur = next_tile(0);
-    if (cur < ntiles) {
-        int nxt = next_tile(cur + 1);
-        bool mask_cur = need_mask(cur);
-        issue_k(cur, 0);
-        issue_v(cur, 0);
-        if (nxt < ntiles)
-            issue_k(nxt, 1);
-        cp_async_commit();
-        cp_async_wait<0>();  /* K_0, V_0, K_1 have landed (this thread's copies) */
-        fence_proxy_async(); /* ... visible to the tensor cores (Q's stores too) */
-        __syncthreads();     /* ... and everyone else's */
-        wgmma_fence();
-        issue_s(0);
-        int nxt2 = nxt < ntiles ? next_tile(nxt + 1) : ntiles;
-        if (nxt2 < ntiles)
-            issue_k(nxt2, 2);
-        if (nxt < ntiles)
-            issue_v(nxt, 1);
-        cp_async_commit();
-        wgmma_wait<0>();
-        wgmma_touch(s);
-        softmax(cur, 0, mask_cur);
-        pack_p();
-        int kb = 1, pv = 0; /* buffers of K_j and V_{j-1} */
-        for (cur = nxt, nxt = nxt2; cur < ntiles; cur = nxt, nxt = nxt2) {
-            cp_async_wait<1>(); /* K_j and V_{j-1}; K_{j+1}, V_j may be in flight */
-            fence_proxy_async();
-            __syncthreads();
-            wgmma_fence();
-            issue_s(kb);
-            /* O = O * alpha_{j-1} + P_{j-1} V_{j-1}: the rescale waits for
-             * no tensor core work here, and the softmax below writes only
-             * S's registers until P V is done (P is packed after it) */
-            acc_scale(o, a0, a1);
-            wgmma_fence();
-            issue_pv(pv);
-            nxt2 = nxt < ntiles ? next_tile(nxt + 1) : ntiles;
-            if (nxt2 < ntiles)
-                issue_k(nxt2, next3(next3(kb)));
-            if (nxt < ntiles)
-                issue_v(nxt, next3(kb));
-            cp_async_commit();
-            mask_cur = need_mask(cur);
-            wgmma_wait<1>(); /* S_j is done; P_{j-1} V_{j-1} may still run */
-            wgmma_touch(s);
-            softmax(cur, kb, mask_cur);
-            wgmma_touch(s);
-            wgmma_wait<0>(); /* P_{j-1} V_{j-1} is done: O and pa are free */
-            wgmma_touch(o);
-            pack_p();
-            pv = kb;
-            kb = next3(kb);
-        }
-        cp_async_wait<0>(); /* the last tile's V */
-        fence_proxy_async();
-        __syncthreads();
-        acc_scale(o, a0, a1);
-        wgmma_fence();
-        issue_pv(pv);
-        wgmma_wait<0>();
-        wgmma_touch(o);
-    }
+    float o[D / 8][4], m0, m1, l0, l1;
+    wg_attend<D>(sm, wg, ntiles, next_tile, need_mask, mask, load_k, load_v, o, m0, m1, l0, l1);
     prefill_store_rows<D>(p, o, m0, m1, l0, l1, h, i0, i1, lane);
 #else
     (void)p;
@@ -617,7 +435,7 @@ static int prefill_launch(cuda_ctx *ctx, const prefill_params &p, long long bloc
 template <int D>
 static int prefill_launch_wg(cuda_ctx *ctx, const prefill_params &p, long long blocks)
 {
-    const size_t smem = wg_smem_bytes<D>();
+    const size_t smem = wg_smem_bytes<D, WG_NBUF>(); /* positions of each K buffer */
     static int attr_set; /* once per kernel instance (one device per process) */
     if (!attr_set) {
         if (smem > ctx->smem_optin)

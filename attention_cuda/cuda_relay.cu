@@ -37,7 +37,7 @@
 #include <limits.h>
 
 #include "attention_cuda/cuda_internal.h"
-#include "attention_cuda/ptx.cuh"
+#include "attention_cuda/wg_attend.cuh"
 
 #define LOG2E_F 1.4426950408889634f
 #define LN2_F 0.6931471805599453f
@@ -66,6 +66,9 @@ typedef struct {
  * tiles. */
 enum { RL_F32_PIPE0 = 0, RL_F32_PIPE1 = 1, RL_BF16 = 2 };
 enum { RL_BF16_STAGES = 3 };
+
+/* Packed rows of a kv head from which bf16 rows take the warpgroup kernel. */
+enum { RL_WG_ROWS = 128 };
 
 /* Shared memory: fp32 rows: two raw fp32 stages of K and V, then the bf16
  * K and V tiles, one set (pipe 0) or two (pipe 1); bf16 rows: the ring of
@@ -172,14 +175,14 @@ __device__ __forceinline__ void relay_tile(const uint32_t (&qf)[D / 16][4], floa
  * and the rounding of tile t+1 by warps that are ahead overlaps the
  * tensor-core work on tile t of the others. Two fp32 tiles stay in flight
  * during the math of a third. */
-/* Q of a block's packed rows (row tile rt of kv head g), scaled and
- * rounded to bf16, into qs (rows of LDB), zero past the last row. */
-template <int D, int MR>
-__device__ __forceinline__ void relay_stage_q(const relay_params &p, int g, int rt,
-                                              __nv_bfloat16 *qs, int tid)
+/* Q of a block's packed rows (row tile rt of MR rows of kv head g),
+ * scaled and rounded to bf16, every 4 elements handed to put(r, c, v) for
+ * the kernel's shared-memory layout; zero past the last row. */
+template <int D, int MR, int NTHREADS, typename Put>
+__device__ __forceinline__ void relay_stage_q(const relay_params &p, int g, int rt, int tid,
+                                              Put put)
 {
-    constexpr int LDB = D + 8;
-    for (int idx = tid; idx < MR * (D / 4); idx += RL_THREADS) {
+    for (int idx = tid; idx < MR * (D / 4); idx += NTHREADS) {
         const int r = idx / (D / 4), c = idx - r * (D / 4);
         const int t = rt * MR + r;
         float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -188,8 +191,7 @@ __device__ __forceinline__ void relay_stage_q(const relay_params &p, int g, int 
             x = __ldg((const float4 *)(p.q + (size_t)i * p.q_stride + (size_t)h * D) + c);
         }
         const float m = p.scale_log2;
-        *reinterpret_cast<uint2 *>(qs + r * LDB + 4 * c) =
-            make_uint2(pack_bf16(x.x * m, x.y * m), pack_bf16(x.z * m, x.w * m));
+        put(r, 4 * c, make_uint2(pack_bf16(x.x * m, x.y * m), pack_bf16(x.z * m, x.w * m)));
     }
 }
 
@@ -300,7 +302,10 @@ __global__ void __launch_bounds__(RL_THREADS, MINB) attn_relay_kernel(relay_para
     /* Q of this block's packed rows, scaled and rounded, staged through
      * the last bf16 tile (not in use yet) on the way to registers. */
     __nv_bfloat16 *qs = bf + (PIPE ? BUF : 0);
-    relay_stage_q<D, MR>(p, g, rt, qs, tid);
+    relay_stage_q<D, MR, RL_THREADS>(
+        p, g, rt, tid, [&](int r, int c, uint2 v) {
+            *reinterpret_cast<uint2 *>(qs + r * LDB + c) = v;
+        });
     if (PIPE) {
         cp_async_wait<1>(); /* this thread's chunks of tile 0 */
         if (ntiles > 0)
@@ -430,7 +435,10 @@ __global__ void __launch_bounds__(RL_THREADS, MINB) attn_relay_bf16_kernel(relay
     /* Q through the third slot, which tile 2 takes after the loop's first
      * barrier (every warp has its fragments by then). */
     __nv_bfloat16 *qs = bf + 2 * BUF;
-    relay_stage_q<D, MR>(p, g, rt, qs, tid);
+    relay_stage_q<D, MR, RL_THREADS>(
+        p, g, rt, tid, [&](int r, int c, uint2 v) {
+            *reinterpret_cast<uint2 *>(qs + r * LDB + c) = v;
+        });
     __syncthreads();
     uint32_t qf[D / 16][4];
     ldsm_q_frags<D>(qf, qs, wr * 16, LDB, lane);
@@ -458,6 +466,81 @@ __global__ void __launch_bounds__(RL_THREADS, MINB) attn_relay_bf16_kernel(relay
     }
     cp_async_wait<0>(); /* only empty groups can remain; leave none behind */
     relay_store<D, WR, DW>(p, o, m0, m1, l0, l1, g, rt, wr, wk, lane);
+}
+
+/* Many rows (bf16 K/V, sm_90a): the flash loop of Hopper's warpgroup
+ * tensor cores (wg_attend.cuh) on 128 packed rows of a kv head and one key
+ * range, the prefill kernel's pipeline with no position mask: per 64-row
+ * warpgroup the tensor cores read each K and V tile from shared memory
+ * once (mma.sync reads them once per 16-row warp through ldmatrix, the
+ * limit of the kernels above from about 64 jobs). */
+template <int D>
+__global__ void __launch_bounds__(WG_THREADS, 1) attn_relay_wg_kernel(relay_params p)
+{
+#if WGMMA_OK
+    extern __shared__ __align__(16) unsigned char wg_dyn[];
+    const wg_smem<D> sm = wg_smem_carve<D>(wg_dyn);
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int g = blockIdx.x / p.n_rtiles, rt = blockIdx.x % p.n_rtiles;
+    const int k_begin = blockIdx.y * p.keys_per_split;
+    const int nk = max(0, min(p.nk - k_begin, p.keys_per_split)); /* this split's keys */
+    const __nv_bfloat16 *kg = (const __nv_bfloat16 *)p.k + (size_t)g * D;
+    const __nv_bfloat16 *vg = (const __nv_bfloat16 *)p.v + (size_t)g * D;
+
+    relay_stage_q<D, WG_BR, WG_THREADS>(p, g, rt, tid,
+                                        [&](int r, int c, uint2 v) { wg_put_q(sm.base, r, c, v); });
+    /* Key k_begin + j of a tile's rows, consecutive or through the page
+     * table; past the split's end zero-filled (source: its last key). With
+     * pages, the entries of tile t's rows wait in shared memory slot t % 4
+     * (sm.kpos), copied there with tile t - 2's K: wg_attend copies K two
+     * tiles ahead of its use and waits for all but the newest copies, so
+     * they have landed when tile t's K and V copies need them, and slot
+     * t % 4 is refilled (with tile t + 4's, beside K of t + 2) only in the
+     * iteration after the one that copies V of t. */
+    const int ntiles = (nk + WG_BC - 1) / WG_BC;
+    auto fetch_pages = [&](int t) {
+        if (p.pages && tid < WG_BC) {
+            const int j = k_begin + min(t * WG_BC + tid, nk - 1);
+            cp_async4(sm.kpos + (t & 3) * WG_BC + tid, p.pages + rl_slot(p, j), 4);
+        }
+    };
+    auto load = [&](unsigned char *dst, const __nv_bfloat16 *src, int t) {
+        const int *pg = sm.kpos + (t & 3) * WG_BC;
+        wg_copy_tile<D>(dst, tid, [&](int r, int, bool &ok) {
+            ok = t * WG_BC + r < nk;
+            const int j = k_begin + min(t * WG_BC + r, nk - 1);
+            const size_t row =
+                p.pages ? (size_t)pg[r] * (size_t)p.page_rows + rl_in_page(p, j) : (size_t)j;
+            return src + row * p.kv_stride;
+        });
+    };
+    if (ntiles > 0 && p.pages) {
+        fetch_pages(0);
+        fetch_pages(1);
+        cp_async_commit();
+        cp_async_wait<0>();
+    }
+    __syncthreads(); /* the first two tiles' entries */
+    float o[D / 8][4], m0, m1, l0, l1;
+    wg_attend<D>(
+        sm, warp >> 2, ntiles, [](int t) { return t; },
+        [&](int t) { return (t + 1) * WG_BC > nk; },
+        [&](float(&s)[WG_BC / 8][4], int t, int) {
+            mma_mask_scores(s, nullptr, t * WG_BC, nk, false, 0, 0, lane);
+        },
+        [&](int t, int buf) {
+            load(sm.kv_gen + buf * wg_smem<D>::KV, kg, t);
+            if (t + 2 < ntiles)
+                fetch_pages(t + 2);
+        },
+        [&](int t, int buf) { load(sm.kv_gen + (WG_NBUF + buf) * wg_smem<D>::KV, vg, t); },
+        o, m0, m1, l0, l1);
+    /* warp w's 16 rows are the block's rows 16w.. (wg_attend's layout) */
+    relay_store<D, 8, D>(p, o, m0, m1, l0, l1, g, rt, warp, 0, lane);
+#else
+    (void)p;
+    __trap();
+#endif
 }
 
 /* Blocks per multiprocessor the register budget is set for: two of the
@@ -521,25 +604,24 @@ static int relay_prepare(cuda_ctx *ctx, int *per_sm)
     return 0;
 }
 
-template <int D, int WR, int KIND>
-static int relay_run(cuda_ctx *ctx, const sr_attn_args *a, relay_params p, long long base)
+/* One wave of blocks: the row tiles of every kv head (`base` blocks) times
+ * as many key ranges as fit beside them (`per_sm` blocks a
+ * multiprocessor; every block has the same work, so a second partial wave
+ * would only add a tail), no range shorter than a tile of `tile` keys, and
+ * the partials must fit the workspace. Sets p's range length and
+ * workspace; returns the number of ranges. */
+static long long relay_splits(cuda_ctx *ctx, const sr_attn_args *a, relay_params *p,
+                              long long base, int per_sm, int tile)
 {
-    int per_sm = 1;
-    if (relay_prepare<D, WR, KIND>(ctx, &per_sm) != 0)
-        return -1;
-    /* One wave of blocks: the row tiles of every kv head times as many key
-     * ranges as fit beside them (every block has the same work, so a
-     * second partial wave would only add a tail), no range shorter than a
-     * tile, and the partials must fit the workspace. */
-    const long long tiles = (a->nk + RL_BK - 1) / RL_BK;
+    const long long tiles = (a->nk + tile - 1) / tile;
     long long splits = ctx->attn_splits;
     if (splits <= 0)
         splits = (long long)ctx->sm_count * per_sm / base;
     if (splits > tiles)
         splits = tiles;
     const size_t rows = (size_t)a->nq * a->n_heads;
-    const long long by_ws =
-        (long long)(ctx->attn_ws_bytes / (rows * (size_t)(D + 1) * sizeof(float)));
+    const long long by_ws = (long long)(ctx->attn_ws_bytes /
+                                        (rows * (size_t)(a->head_dim + 1) * sizeof(float)));
     if (splits > by_ws)
         splits = by_ws;
     if (splits > 65535)
@@ -548,17 +630,57 @@ static int relay_run(cuda_ctx *ctx, const sr_attn_args *a, relay_params p, long 
         splits = 1;
     const long long tiles_per = tiles > 0 ? (tiles + splits - 1) / splits : 1;
     splits = tiles > 0 ? (tiles + tiles_per - 1) / tiles_per : 1;
-    p.keys_per_split = (int)(tiles_per * RL_BK > INT_MAX ? INT_MAX / RL_BK * RL_BK
-                                                          : tiles_per * RL_BK);
-    p.ws_o = ctx->attn_ws;
-    p.ws_lse = ctx->attn_ws + (size_t)splits * rows * D;
+    p->keys_per_split = (int)(tiles_per * tile > INT_MAX ? INT_MAX / tile * tile
+                                                         : tiles_per * tile);
+    p->ws_o = ctx->attn_ws;
+    p->ws_lse = ctx->attn_ws + (size_t)splits * rows * a->head_dim;
+    return splits;
+}
+
+/* After a launch of `splits` key ranges: their partials merged into the
+ * result (one range wrote it directly). */
+static int relay_finish(cuda_ctx *ctx, const sr_attn_args *a, const relay_params &p,
+                        long long splits, const char *kernel)
+{
+    CUDA_CHECK_LAUNCH(kernel);
+    const size_t rows = (size_t)a->nq * a->n_heads;
+    if (splits > 1)
+        return cuda_merge_strided(ctx, (int)splits, p.ws_o, rows * a->head_dim, p.ws_lse, rows,
+                                  (int)rows, a->head_dim, a->out, a->lse);
+    return 0;
+}
+
+template <int D, int WR, int KIND>
+static int relay_run(cuda_ctx *ctx, const sr_attn_args *a, relay_params p, long long base)
+{
+    int per_sm = 1;
+    if (relay_prepare<D, WR, KIND>(ctx, &per_sm) != 0)
+        return -1;
+    const long long splits = relay_splits(ctx, a, &p, base, per_sm, RL_BK);
     const dim3 grid((unsigned)base, (unsigned)splits);
     relay_kernel<D, WR, KIND>()<<<grid, RL_THREADS, relay_smem_bytes<D, KIND>(), ctx->stream>>>(p);
-    CUDA_CHECK_LAUNCH("attn_relay_kernel");
-    if (splits > 1)
-        return cuda_merge_strided(ctx, (int)splits, p.ws_o, rows * D, p.ws_lse, rows, (int)rows,
-                                  D, a->out, a->lse);
-    return 0;
+    return relay_finish(ctx, a, p, splits, "attn_relay_kernel");
+}
+
+/* The warpgroup form: 128 packed rows a block, one block a multiprocessor. */
+template <int D>
+static int relay_run_wg(cuda_ctx *ctx, const sr_attn_args *a, relay_params p)
+{
+    constexpr size_t smem = wg_smem_bytes<D, 4>(); /* a ring of page-table entries */
+    static int attr_set; /* once per kernel instance (one device per process) */
+    if (!attr_set) {
+        if (smem > ctx->smem_optin)
+            return sr_error_set("cuda relay attention: %zu bytes of shared memory needed, the "
+                                "device allows %zu", smem, ctx->smem_optin);
+        CUDA_TRY(cuda_func_smem(attn_relay_wg_kernel<D>, smem));
+        attr_set = 1;
+    }
+    p.n_rtiles = (p.nvec + WG_BR - 1) / WG_BR;
+    const long long base = (long long)p.n_rtiles * a->n_kv;
+    const long long splits = relay_splits(ctx, a, &p, base, 1, WG_BC);
+    const dim3 grid((unsigned)base, (unsigned)splits);
+    attn_relay_wg_kernel<D><<<grid, WG_THREADS, smem, ctx->stream>>>(p);
+    return relay_finish(ctx, a, p, splits, "attn_relay_wg_kernel");
 }
 
 template <int KIND>
@@ -619,6 +741,11 @@ int cuda_relay_attention(cuda_ctx *ctx, const sr_attn_args *a)
     p.scale_log2 = a->scale * LOG2E_F;
     p.out = a->out, p.lse = a->lse;
     p.ws_o = p.ws_lse = nullptr;
+    /* bf16 rows on Hopper: the warpgroup kernel from RL_WG_ROWS packed
+     * rows, where mma.sync runs out of shared-memory bandwidth (variant 1:
+     * mma.sync always) */
+    if (bf16 && ctx->wgmma && ctx->split_variant != 1 && nvec >= RL_WG_ROWS)
+        return D == 64 ? relay_run_wg<64>(ctx, a, p) : relay_run_wg<128>(ctx, a, p);
     if (bf16)
         return relay_dispatch<RL_BF16>(ctx, a, p, base, D, wr);
     /* the kernel-shape knob for fp32 rows: 0 (default) pipe 1, 1 the first version */

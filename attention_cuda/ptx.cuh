@@ -7,6 +7,7 @@
 #define SR_ATTENTION_CUDA_PTX_CUH
 
 #include <cuda_bf16.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 
@@ -131,6 +132,26 @@ template <bool FAST>
 static __device__ __forceinline__ float ex2f(float x)
 {
     return FAST ? ex2_fast(x) : exp2f(x);
+}
+
+/* A key tile's mask on the scores of a lane's two rows (mma C layout):
+ * -inf for keys past nk and, with positions, keys after the row's position
+ * (kps: the tile's key positions, qp0/qp1: the rows'). */
+template <int NT>
+static __device__ __forceinline__ void mma_mask_scores(float (&s)[NT][4], const int *kps,
+                                                       int t0, int nk, bool masked, int qp0,
+                                                       int qp1, int lane)
+{
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) {
+        const int jl = nt * 8 + 2 * (lane & 3);
+        const bool in0 = t0 + jl < nk, in1 = t0 + jl + 1 < nk;
+        const int kp0 = masked ? kps[jl] : INT_MIN, kp1 = masked ? kps[jl + 1] : INT_MIN;
+        if (!in0 || kp0 > qp0) s[nt][0] = -INFINITY;
+        if (!in1 || kp1 > qp0) s[nt][1] = -INFINITY;
+        if (!in0 || kp0 > qp1) s[nt][2] = -INFINITY;
+        if (!in1 || kp1 > qp1) s[nt][3] = -INFINITY;
+    }
 }
 
 /* One key tile's online-softmax statistics on mma accumulator fragments: a

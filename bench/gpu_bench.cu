@@ -639,7 +639,10 @@ static void bench_prefill(void)
  * speedup / bound is when the per-job path runs at its roofline). "one
  * split call" is the split-key kernel given all B rows at once (the path
  * before the relay kernel). Paged K/V: relay alone (per-job reads the same
- * bytes). Inputs rotate among copies that together exceed the L2 cache. */
+ * bytes). "relay v1" is variant 1: for fp32 rows the first pipeline, for
+ * bf16 rows of 128 packed rows and more the mma.sync kernel (the default
+ * there is the warpgroup one on Hopper). Inputs rotate among copies that
+ * together exceed the L2 cache. */
 static void bench_relay(void)
 {
     const int H = 32, KV = 8, D = 128, BMAX = 128;
@@ -690,8 +693,10 @@ static void bench_relay(void)
                     CKR(be->ops->attention(be, &a));
                 });
                 double t_relay1 = 0;
-                if (kd.dt == SR_KV_F32) {
-                    backend_cuda_set_attention_variant(be, 1); /* the first pipeline */
+                /* variant 1: fp32 rows' first pipeline; bf16 rows from 128
+                 * packed rows: mma.sync instead of the warpgroup kernel */
+                if (kd.dt == SR_KV_F32 || B * (H / KV) >= 128) {
+                    backend_cuda_set_attention_variant(be, 1);
                     t_relay1 = time_ms(3, 15, 5, [&](int r) {
                         sr_attn_args a = args(r, 0, B);
                         CKR(be->ops->attention(be, &a));

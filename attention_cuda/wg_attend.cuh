@@ -1,0 +1,244 @@
+/* The flash-attention main loop on Hopper's warpgroup tensor cores
+ * (sm_90a), shared by the prefill kernel (cuda_prefill.cu) and the relay
+ * kernel's many-row form (cuda_relay.cu); the kernels differ in which keys
+ * a block walks, how a key tile's rows are found and which scores are
+ * masked, and hand those in as callables.
+ *
+ * A block is two warpgroups (256 threads) owning 128 query rows, 64 each;
+ * a key tile is 128 keys. Q (rounded to bf16 once), K and V sit in shared
+ * memory in the 128-byte swizzled layout wgmma reads (wgmma.cuh), K and V
+ * three tiles deep each through cp.async. Per tile each warpgroup runs
+ * S = Q K^T as D/16 wgmma m64n128k16 from shared memory, the online
+ * softmax on the accumulator fragments (the mma.sync C layout: the helpers
+ * of ptx.cuh as they are), then O += P V with P from registers (the S
+ * fragments packed to bf16 are wgmma's A fragments) and V read N-major
+ * (its rows as stored); a tile's S = Q K^T is issued beside the previous
+ * tile's P V. Measured on an H100 (causal prefill): 1.4-1.5x mma.sync from
+ * 8K tokens; ptxas places the exponentials after the wait for P V rather
+ * than beside it (SASS), which a producer warp and ping-pong warpgroups
+ * would address. */
+#ifndef SR_ATTENTION_CUDA_WG_ATTEND_CUH
+#define SR_ATTENTION_CUDA_WG_ATTEND_CUH
+
+#include "attention_cuda/ptx.cuh"
+#include "attention_cuda/wgmma.cuh"
+
+enum { WG_BR = 128, WG_BC = 128, WG_THREADS = 256, WG_NBUF = 3 };
+
+/* Dynamic shared memory of a block: 1024 to align the swizzle atoms, Q,
+ * K x 3, V x 3, then `slots` tiles' worth of per-key ints (the prefill's
+ * key positions, the relay's page-table entries): 226.5 and 227 KB for
+ * head_dim 128 with 3 and 4 slots, the second all an H100 block may
+ * have. */
+template <int D, int slots>
+static constexpr size_t wg_smem_bytes()
+{
+    return 1024 + (size_t)WG_BR * D * 2 + (size_t)2 * WG_NBUF * WG_BC * D * 2 +
+           slots * WG_BC * sizeof(int);
+}
+
+/* The block's shared memory carved up: Q at q_s ([D/64][128 rows][128 B]),
+ * K buffers 0..2 then V buffers 0..2 from kv_s (shared-state addresses for
+ * the descriptors; base and kv_gen the same places as generic pointers),
+ * kpos: the per-key ints, [slot][WG_BC]. */
+template <int D>
+struct wg_smem {
+    static constexpr int KV = WG_BC * D * 2; /* bytes of one K or V tile */
+    unsigned char *base, *kv_gen;
+    uint32_t q_s, kv_s;
+    int *kpos;
+};
+
+template <int D>
+static __device__ __forceinline__ wg_smem<D> wg_smem_carve(unsigned char *dyn)
+{
+    wg_smem<D> m;
+    const uint32_t raw = (uint32_t)__cvta_generic_to_shared(dyn);
+    const uint32_t pad = ((raw + 1023) & ~1023u) - raw;
+    m.base = dyn + pad;
+    m.q_s = raw + pad;
+    m.kv_gen = m.base + WG_BR * D * 2;
+    m.kv_s = m.q_s + WG_BR * D * 2;
+    m.kpos = reinterpret_cast<int *>(m.kv_gen + 2 * WG_NBUF * wg_smem<D>::KV);
+    return m;
+}
+
+/* Byte offset of element (r, c) (c a multiple of 8) in a swizzled tile of
+ * `rows` rows: 64-column slabs, 128-byte rows, chunk c/8 % 8 at ^ r % 8. */
+static __device__ __forceinline__ uint32_t wg_sw(int r, int c, int rows)
+{
+    return (uint32_t)((c >> 6) * rows * 128 + r * 128 + ((((c >> 3) & 7) ^ (r & 7)) << 4));
+}
+
+/* Four scaled bf16 elements (c .. c+3 of Q row r) into the swizzled Q. */
+static __device__ __forceinline__ void wg_put_q(unsigned char *base, int r, int c, uint2 v)
+{
+    *reinterpret_cast<uint2 *>(base + wg_sw(r, c, WG_BR) + (c & 7) * 2) = v;
+}
+
+#if WGMMA_OK
+/* A thread's rows of a tile in wg_copy_tile: tid / WG_CPR + i * WG_RPP,
+ * i < WG_NROWS, all in 16-byte column tid % WG_CPR. */
+template <int D>
+struct wg_rows {
+    static constexpr int CPR = D / 8, RPP = WG_THREADS / CPR, N = WG_BC / RPP;
+};
+
+/* A 128-row K or V tile into dst, swizzled, in 16-byte cp.async chunks:
+ * row r (the thread's i-th) from row_ptr(r, i, ok), a bf16 pointer valid
+ * even where it sets ok to false: those rows are zero-filled, their
+ * source not read. */
+template <int D, typename RowPtr>
+static __device__ __forceinline__ void wg_copy_tile(unsigned char *dst, int tid, RowPtr row_ptr)
+{
+    using R = wg_rows<D>;
+    const int c = tid % R::CPR;
+#pragma unroll
+    for (int i = 0; i < R::N; i++) {
+        const int r = tid / R::CPR + i * R::RPP;
+        bool ok;
+        const __nv_bfloat16 *src = row_ptr(r, i, ok);
+        cp_async16(dst + wg_sw(r, 8 * c, WG_BC), src + 8 * c, ok ? 16 : 0);
+    }
+}
+
+/* The main loop over key tiles for the block's 128 rows (Q already stored,
+ * not yet fenced): o, m, l as the online softmax leaves them (o not
+ * normalized). The callables, all of the tile index t (ntiles tiles):
+ *   next(t):          the first tile at or after t any row may see (same
+ *                     answer in every thread);
+ *   need_mask(t):     whether tile t needs mask() at all;
+ *   mask(s, t, kbuf): -inf into tile t's scores s where a key is not seen
+ *                     (its positions, if any, in sm.kpos + kbuf * WG_BC);
+ *   load_k(t, buf), load_v(t, buf): issue the cp.async copies of tile t
+ *                     into K (V) buffer buf (not committed).
+ *
+ * Software pipeline, three buffers each for K and V: after the first tile,
+ * iteration j issues S_j = Q K_j and O += P_{j-1} V_{j-1} on the tensor
+ * cores, starts the copies of K_{j+2} and V_{j+1} (two iterations before
+ * their use), and runs tile j's softmax while P V is still on the tensor
+ * cores; O is rescaled only after that finishes. A buffer refilled in
+ * iteration j was last read by wgmma of iteration j - 1, which both
+ * warpgroups waited for before j's barrier. The next tiles and whether a
+ * tile needs its mask are found after the tensor cores have their work,
+ * so the latency of the loads behind them hides there. */
+template <int D, typename Next, typename NeedMask, typename Mask, typename LoadK, typename LoadV>
+static __device__ __forceinline__ void wg_attend(const wg_smem<D> &sm, int wg, int ntiles,
+                                                 Next next_tile, NeedMask need_mask, Mask mask,
+                                                 LoadK issue_k, LoadV issue_v,
+                                                 float (&o)[D / 8][4], float &m0, float &m1,
+                                                 float &l0, float &l1)
+{
+    constexpr int KV = wg_smem<D>::KV;
+    acc_zero(o);
+    m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+
+    /* O += P V for the tile whose V is in buffer vb, P in pa. */
+    uint32_t pa[WG_BC / 16][4];
+    auto issue_pv = [&](int vb) {
+        const uint32_t vs = sm.kv_s + (WG_NBUF + vb) * KV;
+#pragma unroll
+        for (int kb = 0; kb < WG_BC / 16; kb++)
+            /* keys 16kb..16kb+15: two 8-row groups of the V tile (1024 B
+             * apart); dims in 64-wide slabs WG_BC * 128 bytes apart */
+            wgmma_rs_tn<D>(o, pa[kb], wgmma_desc(vs + kb * 16 * 128, WG_BC * 128, 1024));
+        wgmma_commit();
+    };
+    /* S = Q K for the tile whose K is in buffer kbuf (issued, committed). */
+    float s[WG_BC / 8][4];
+    auto issue_s = [&](int kbuf) {
+        const uint32_t ks = sm.kv_s + kbuf * KV;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            const uint32_t koff = (kk >> 2) * (WG_BC * 128) + (kk & 3) * 32;
+            const uint32_t qoff = (kk >> 2) * (WG_BR * 128) + wg * 64 * 128 + (kk & 3) * 32;
+            wgmma_ss<WG_BC>(s, wgmma_desc(sm.q_s + qoff, 16, 1024),
+                            wgmma_desc(ks + koff, 16, 1024), kk > 0);
+        }
+        wgmma_commit();
+    };
+    /* Tile t's mask on s and its softmax statistics; a0/a1 rescale O. */
+    float a0, a1;
+    auto softmax = [&](int t, int kbuf, bool masked) {
+        if (masked)
+            mask(s, t, kbuf);
+        mma_softmax_probs<WG_BC / 8, true>(s, m0, m1, l0, l1, a0, a1);
+    };
+    auto pack_p = [&]() {
+#pragma unroll
+        for (int k = 0; k < WG_BC / 16; k++) {
+            pa[k][0] = pack_bf16(s[2 * k][0], s[2 * k][1]);
+            pa[k][1] = pack_bf16(s[2 * k][2], s[2 * k][3]);
+            pa[k][2] = pack_bf16(s[2 * k + 1][0], s[2 * k + 1][1]);
+            pa[k][3] = pack_bf16(s[2 * k + 1][2], s[2 * k + 1][3]);
+        }
+    };
+
+    auto next3 = [](int b) { return b == WG_NBUF - 1 ? 0 : b + 1; };
+    int cur = next_tile(0);
+    if (cur >= ntiles)
+        return;
+    int nxt = next_tile(cur + 1);
+    bool mask_cur = need_mask(cur);
+    issue_k(cur, 0);
+    issue_v(cur, 0);
+    if (nxt < ntiles)
+        issue_k(nxt, 1);
+    cp_async_commit();
+    cp_async_wait<0>();  /* K_0, V_0, K_1 have landed (this thread's copies) */
+    fence_proxy_async(); /* ... visible to the tensor cores (Q's stores too) */
+    __syncthreads();     /* ... and everyone else's */
+    wgmma_fence();
+    issue_s(0);
+    int nxt2 = nxt < ntiles ? next_tile(nxt + 1) : ntiles;
+    if (nxt2 < ntiles)
+        issue_k(nxt2, 2);
+    if (nxt < ntiles)
+        issue_v(nxt, 1);
+    cp_async_commit();
+    wgmma_wait<0>();
+    wgmma_touch(s);
+    softmax(cur, 0, mask_cur);
+    pack_p();
+    int kb = 1, pv = 0; /* buffers of K_j and V_{j-1} */
+    for (cur = nxt, nxt = nxt2; cur < ntiles; cur = nxt, nxt = nxt2) {
+        cp_async_wait<1>(); /* K_j and V_{j-1}; K_{j+1}, V_j may be in flight */
+        fence_proxy_async();
+        __syncthreads();
+        wgmma_fence();
+        issue_s(kb);
+        /* O = O * alpha_{j-1} + P_{j-1} V_{j-1}: the rescale waits for no
+         * tensor core work here, and the softmax below writes only S's
+         * registers until P V is done (P is packed after it) */
+        acc_scale(o, a0, a1);
+        wgmma_fence();
+        issue_pv(pv);
+        nxt2 = nxt < ntiles ? next_tile(nxt + 1) : ntiles;
+        if (nxt2 < ntiles)
+            issue_k(nxt2, next3(next3(kb)));
+        if (nxt < ntiles)
+            issue_v(nxt, next3(kb));
+        cp_async_commit();
+        mask_cur = need_mask(cur);
+        wgmma_wait<1>(); /* S_j is done; P_{j-1} V_{j-1} may still run */
+        wgmma_touch(s);
+        softmax(cur, kb, mask_cur);
+        wgmma_touch(s);
+        wgmma_wait<0>(); /* P_{j-1} V_{j-1} is done: O and pa are free */
+        wgmma_touch(o);
+        pack_p();
+        pv = kb;
+        kb = next3(kb);
+    }
+    cp_async_wait<0>(); /* the last tile's V */
+    fence_proxy_async();
+    __syncthreads();
+    acc_scale(o, a0, a1);
+    wgmma_fence();
+    issue_pv(pv);
+    wgmma_wait<0>();
+    wgmma_touch(o);
+}
+#endif
+
+#endif
