@@ -316,22 +316,29 @@ __global__ void __launch_bounds__(PF_WARPS * 32, 3) attn_prefill_tc_kernel(prefi
  * owns 128 query rows of one head and runs wg_attend (wg_attend.cuh) over
  * the key tiles its rows may see; masks, tile skipping and the output are
  * the mma.sync kernel's. */
-template <int D>
-__global__ void __launch_bounds__(WG_THREADS, 1) attn_prefill_wg_kernel(prefill_params p)
+template <int D, bool WS>
+__global__ void __launch_bounds__(WS ? (int)WG_WS_THREADS : (int)WG_THREADS, 1)
+    attn_prefill_wg_kernel(prefill_params p)
 {
 #if WGMMA_OK
+    constexpr int NT = WS ? (int)WG_WS_THREADS : (int)WG_THREADS, LOADERS = WS ? 128 : NT;
     extern __shared__ __align__(16) unsigned char wg_dyn[];
     const wg_smem<D> sm = wg_smem_carve<D>(wg_dyn);
     __shared__ int qmin_s, qmax_s;
+    __shared__ wg_bars bars;
 
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wg = warp >> 2;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    /* the warpgroup of 64 rows this thread computes (WS: after the producer) */
+    const int wg = WS ? max(0, (warp >> 2) - 1) : warp >> 2;
+    if (WS)
+        wg_bars_init(&bars, tid);
     const int h = blockIdx.x % p.n_heads;
     const int qt = p.n_qtiles - 1 - (int)(blockIdx.x / p.n_heads);
     const int g = h / p.group;
     const int q0 = qt * WG_BR;
     const bool masked = p.k_pos != nullptr;
 
-    pf_load_q<D>(p, q0, h, WG_BR, WG_THREADS, tid,
+    pf_load_q<D>(p, q0, h, WG_BR, NT, tid,
                  [&](int r, int c, uint2 v) { wg_put_q(sm.base, r, c, v); }, &qmin_s, &qmax_s);
     /* This thread's two rows: warp w of warpgroup wg holds 16 of its 64. */
     const int rr0 = wg * 64 + (warp & 3) * 16 + (lane >> 2), rr1 = rr0 + 8;
@@ -379,7 +386,7 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attn_prefill_wg_kernel(prefill_
     };
     /* K of tile t with its keys' positions; V of tile t. */
     auto load_k = [&](int t, int buf) {
-        wg_copy_tile<D>(sm.kv_gen + buf * wg_smem<D>::KV, tid, rows_of(kbase, t));
+        wg_copy_tile<D, LOADERS>(sm.kv_gen + buf * wg_smem<D>::KV, tid, rows_of(kbase, t));
         if (masked && tid < WG_BC) {
             const int j = t * WG_BC + tid;
             const int ok = j < p.nk;
@@ -387,11 +394,20 @@ __global__ void __launch_bounds__(WG_THREADS, 1) attn_prefill_wg_kernel(prefill_
         }
     };
     auto load_v = [&](int t, int buf) {
-        wg_copy_tile<D>(sm.kv_gen + (WG_NBUF + buf) * wg_smem<D>::KV, tid, rows_of(vbase, t));
+        wg_copy_tile<D, LOADERS>(sm.kv_gen + (WG_NBUF + buf) * wg_smem<D>::KV, tid,
+                                 rows_of(vbase, t));
     };
 
+    if (WS && warp < 4) {
+        wg_produce(&bars, ntiles, next_tile, load_k, load_v);
+        return;
+    }
     float o[D / 8][4], m0, m1, l0, l1;
-    wg_attend<D>(sm, wg, ntiles, next_tile, need_mask, mask, load_k, load_v, o, m0, m1, l0, l1);
+    if (WS)
+        wg_consume<D>(sm, &bars, wg, ntiles, next_tile, need_mask, mask, o, m0, m1, l0, l1);
+    else
+        wg_attend<D>(sm, wg, ntiles, next_tile, need_mask, mask, load_k, load_v, o, m0, m1, l0,
+                     l1);
     prefill_store_rows<D>(p, o, m0, m1, l0, l1, h, i0, i1, lane);
 #else
     (void)p;
@@ -432,7 +448,7 @@ static int prefill_launch(cuda_ctx *ctx, const prefill_params &p, long long bloc
     return 0;
 }
 
-template <int D>
+template <int D, bool WS>
 static int prefill_launch_wg(cuda_ctx *ctx, const prefill_params &p, long long blocks)
 {
     const size_t smem = wg_smem_bytes<D, WG_NBUF>(); /* positions of each K buffer */
@@ -441,10 +457,11 @@ static int prefill_launch_wg(cuda_ctx *ctx, const prefill_params &p, long long b
         if (smem > ctx->smem_optin)
             return sr_error_set("cuda attention: %zu bytes of shared memory needed, the device "
                                 "allows %zu", smem, ctx->smem_optin);
-        CUDA_TRY(cuda_func_smem(attn_prefill_wg_kernel<D>, smem));
+        CUDA_TRY(cuda_func_smem(attn_prefill_wg_kernel<D, WS>, smem));
         attr_set = 1;
     }
-    attn_prefill_wg_kernel<D><<<(unsigned)blocks, WG_THREADS, smem, ctx->stream>>>(p);
+    attn_prefill_wg_kernel<D, WS>
+        <<<(unsigned)blocks, WS ? (int)WG_WS_THREADS : (int)WG_THREADS, smem, ctx->stream>>>(p);
     CUDA_CHECK_LAUNCH("attn_prefill_wg_kernel");
     return 0;
 }
@@ -546,7 +563,12 @@ int cuda_prefill_attention(cuda_ctx *ctx, const sr_attn_args *a)
     p.n_qtiles = (int)n_qtiles;
     p.out = a->out, p.lse = a->lse;
     if (wg)
-        return D == 64 ? prefill_launch_wg<64>(ctx, p, blocks)
-                       : prefill_launch_wg<128>(ctx, p, blocks);
+    {
+        if (ctx->split_variant == 2) /* the single-role wgmma kernel */
+            return D == 64 ? prefill_launch_wg<64, false>(ctx, p, blocks)
+                           : prefill_launch_wg<128, false>(ctx, p, blocks);
+        return D == 64 ? prefill_launch_wg<64, true>(ctx, p, blocks)
+                       : prefill_launch_wg<128, true>(ctx, p, blocks);
+    }
     return D == 64 ? prefill_launch<64>(ctx, p, blocks) : prefill_launch<128>(ctx, p, blocks);
 }

@@ -25,6 +25,14 @@
 
 enum { WG_BR = 128, WG_BC = 128, WG_THREADS = 256, WG_NBUF = 3 };
 
+/* The warp-specialized form (wg_attend_ws): its threads, the registers
+ * its producer gives up and its consumers take, and its barriers. */
+enum { WG_WS_THREADS = 384, WG_PRODUCER_REGS = 40, WG_CONSUMER_REGS = 232 };
+
+struct wg_bars {
+    uint64_t full_k[WG_NBUF], full_v[WG_NBUF], empty_k[WG_NBUF], empty_v[WG_NBUF];
+};
+
 /* Dynamic shared memory of a block: 1024 to align the swizzle atoms, Q,
  * K x 3, V x 3, then `slots` tiles' worth of per-key ints (the prefill's
  * key positions, the relay's page-table entries): 226.5 and 227 KB for
@@ -77,21 +85,21 @@ static __device__ __forceinline__ void wg_put_q(unsigned char *base, int r, int 
 }
 
 #if WGMMA_OK
-/* A thread's rows of a tile in wg_copy_tile: tid / WG_CPR + i * WG_RPP,
- * i < WG_NROWS, all in 16-byte column tid % WG_CPR. */
-template <int D>
+/* A thread's rows of a tile in wg_copy_tile when NT threads copy it:
+ * tid / CPR + i * RPP, i < N, all in 16-byte column tid % CPR. */
+template <int D, int NT = WG_THREADS>
 struct wg_rows {
-    static constexpr int CPR = D / 8, RPP = WG_THREADS / CPR, N = WG_BC / RPP;
+    static constexpr int CPR = D / 8, RPP = NT / CPR, N = WG_BC / RPP;
 };
 
-/* A 128-row K or V tile into dst, swizzled, in 16-byte cp.async chunks:
- * row r (the thread's i-th) from row_ptr(r, i, ok), a bf16 pointer valid
- * even where it sets ok to false: those rows are zero-filled, their
- * source not read. */
-template <int D, typename RowPtr>
+/* A 128-row K or V tile into dst, swizzled, in 16-byte cp.async chunks by
+ * NT threads (tid < NT): row r (the thread's i-th) from row_ptr(r, i, ok),
+ * a bf16 pointer valid even where it sets ok to false: those rows are
+ * zero-filled, their source not read. */
+template <int D, int NT = WG_THREADS, typename RowPtr>
 static __device__ __forceinline__ void wg_copy_tile(unsigned char *dst, int tid, RowPtr row_ptr)
 {
-    using R = wg_rows<D>;
+    using R = wg_rows<D, NT>;
     const int c = tid % R::CPR;
 #pragma unroll
     for (int i = 0; i < R::N; i++) {
@@ -233,6 +241,164 @@ static __device__ __forceinline__ void wg_attend(const wg_smem<D> &sm, int wg, i
     cp_async_wait<0>(); /* the last tile's V */
     fence_proxy_async();
     __syncthreads();
+    acc_scale(o, a0, a1);
+    wgmma_fence();
+    issue_pv(pv);
+    wgmma_wait<0>();
+    wgmma_touch(o);
+}
+
+/* The warp-specialized form (FlashAttention-3's structure): a block of
+ * three warpgroups, WG_WS_THREADS threads. Warpgroup 0 is the producer:
+ * with few registers it copies K and V tiles (load_k/load_v with its 128
+ * threads, tid < 128) into the three buffers as soon as the consumers
+ * release them (mbarriers: a buffer's copies arrive on its "full" barrier
+ * when they land, the consumers' 256 threads on its "empty" one when the
+ * tensor cores have read it), so no block barrier remains in the loop.
+ * Warpgroups 1 and 2 own 64 rows each (role 1, 2) and take turns at the
+ * tensor cores (two named barriers, ping-pong): one issues its S = Q K^T
+ * and P V while the other runs its softmax, so the exponentials of one
+ * overlap the matrix products of the other. Same callables and results
+ * as wg_attend, split in wg_produce and wg_consume; the caller
+ * initializes the barriers (wg_bars_init). */
+
+/* Thread 0 sets the barriers up; a block barrier must follow before use. */
+static __device__ __forceinline__ void wg_bars_init(wg_bars *b, int tid)
+{
+    if (tid == 0)
+        for (int i = 0; i < WG_NBUF; i++) {
+            mbar_init(&b->full_k[i], 128);
+            mbar_init(&b->full_v[i], 128);
+            mbar_init(&b->empty_k[i], 2 * 128);
+            mbar_init(&b->empty_v[i], 2 * 128);
+        }
+}
+
+/* The producer's part (warpgroup 0; the kernel returns after it, so that
+ * its code and the consumers' never meet and each keeps its own register
+ * budget). */
+template <typename Next, typename LoadK, typename LoadV>
+static __device__ __forceinline__ void wg_produce(wg_bars *bars, int ntiles, Next next_tile,
+                                                  LoadK issue_k, LoadV issue_v)
+{
+    regs_lower<WG_PRODUCER_REGS>();
+    /* use u of buffer b waits for the consumers' release of use u - 1 */
+    int b = 0, u = 0;
+    for (int t = next_tile(0); t < ntiles; t = next_tile(t + 1)) {
+        if (u > 0)
+            mbar_wait(&bars->empty_k[b], (u - 1) & 1);
+        issue_k(t, b);
+        mbar_arrive_cp_async(&bars->full_k[b]);
+        if (u > 0)
+            mbar_wait(&bars->empty_v[b], (u - 1) & 1);
+        issue_v(t, b);
+        mbar_arrive_cp_async(&bars->full_v[b]);
+        if (++b == WG_NBUF)
+            b = 0, u++;
+    }
+    cp_async_wait<0>();
+}
+
+/* The consumers' part: warpgroup wg (0, 1) of the two that own the rows. */
+template <int D, typename Next, typename NeedMask, typename Mask>
+static __device__ __forceinline__ void wg_consume(const wg_smem<D> &sm, wg_bars *bars, int wg,
+                                                  int ntiles, Next next_tile, NeedMask need_mask,
+                                                  Mask mask, float (&o)[D / 8][4], float &m0,
+                                                  float &m1, float &l0, float &l1)
+{
+    constexpr int KV = wg_smem<D>::KV;
+    regs_raise<WG_CONSUMER_REGS>();
+    acc_zero(o);
+    m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    uint32_t pa[WG_BC / 16][4];
+    auto issue_pv = [&](int vb) {
+        const uint32_t vs = sm.kv_s + (WG_NBUF + vb) * KV;
+#pragma unroll
+        for (int kb = 0; kb < WG_BC / 16; kb++)
+            wgmma_rs_tn<D>(o, pa[kb], wgmma_desc(vs + kb * 16 * 128, WG_BC * 128, 1024));
+        wgmma_commit();
+    };
+    float s[WG_BC / 8][4];
+    auto issue_s = [&](int kbuf) {
+        const uint32_t ks = sm.kv_s + kbuf * KV;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            const uint32_t koff = (kk >> 2) * (WG_BC * 128) + (kk & 3) * 32;
+            const uint32_t qoff = (kk >> 2) * (WG_BR * 128) + wg * 64 * 128 + (kk & 3) * 32;
+            wgmma_ss<WG_BC>(s, wgmma_desc(sm.q_s + qoff, 16, 1024),
+                            wgmma_desc(ks + koff, 16, 1024), kk > 0);
+        }
+        wgmma_commit();
+    };
+    float a0, a1;
+    auto softmax = [&](int t, int kbuf, bool masked) {
+        if (masked)
+            mask(s, t, kbuf);
+        mma_softmax_probs<WG_BC / 8, true>(s, m0, m1, l0, l1, a0, a1);
+    };
+    auto pack_p = [&]() {
+#pragma unroll
+        for (int k = 0; k < WG_BC / 16; k++) {
+            pa[k][0] = pack_bf16(s[2 * k][0], s[2 * k][1]);
+            pa[k][1] = pack_bf16(s[2 * k][2], s[2 * k][3]);
+            pa[k][2] = pack_bf16(s[2 * k + 1][0], s[2 * k + 1][1]);
+            pa[k][3] = pack_bf16(s[2 * k + 1][2], s[2 * k + 1][3]);
+        }
+    };
+    /* Turns at the tensor cores: warpgroup w waits on barrier 1 + w and,
+     * once its products are issued, lets the other go (barrier 2 - w);
+     * warpgroup 1 gives the first turn to 0 and takes no turn after its
+     * last tile, so every barrier phase has its 128 + 128 threads. */
+    int cur = next_tile(0);
+    if (cur >= ntiles)
+        return;
+    if (wg == 1)
+        bar_arrive_n(1, 2 * 128);
+    int kb = 0, kph = 0; /* K buffer of the current tile, its use parity */
+    mbar_wait(&bars->full_k[0], 0);
+    fence_proxy_async();
+    bar_sync_n(1 + wg, 2 * 128);
+    wgmma_fence();
+    issue_s(0);
+    int nxt = next_tile(cur + 1);
+    if (wg == 0 || nxt < ntiles)
+        bar_arrive_n(2 - wg, 2 * 128);
+    bool mask_cur = need_mask(cur);
+    wgmma_wait<0>();
+    wgmma_touch(s);
+    softmax(cur, 0, mask_cur);
+    mbar_arrive(&bars->empty_k[0]); /* after the mask read its key positions */
+    pack_p();
+    int pv = 0, pvph = 0; /* V buffer of the previous tile, its parity */
+    for (cur = nxt; cur < ntiles; cur = nxt) {
+        if (++kb == WG_NBUF)
+            kb = 0, kph ^= 1;
+        mbar_wait(&bars->full_k[kb], kph);
+        mbar_wait(&bars->full_v[pv], pvph);
+        fence_proxy_async();
+        bar_sync_n(1 + wg, 2 * 128);
+        wgmma_fence();
+        issue_s(kb);
+        acc_scale(o, a0, a1);
+        wgmma_fence();
+        issue_pv(pv);
+        nxt = next_tile(cur + 1);
+        if (wg == 0 || nxt < ntiles)
+            bar_arrive_n(2 - wg, 2 * 128);
+        mask_cur = need_mask(cur);
+        wgmma_wait<1>(); /* S is done; P V may still run */
+        wgmma_touch(s);
+        softmax(cur, kb, mask_cur);
+        wgmma_touch(s);
+        mbar_arrive(&bars->empty_k[kb]);
+        wgmma_wait<0>();
+        wgmma_touch(o);
+        mbar_arrive(&bars->empty_v[pv]);
+        pack_p();
+        pv = kb, pvph = kph;
+    }
+    mbar_wait(&bars->full_v[pv], pvph);
+    fence_proxy_async();
     acc_scale(o, a0, a1);
     wgmma_fence();
     issue_pv(pv);

@@ -61,7 +61,69 @@ static __device__ __forceinline__ void fence_proxy_async()
 {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
+/* mbarriers in shared memory (a producer's copies and the consumers'
+ * releases of a buffer): init before any use (then a block barrier),
+ * plain arrivals, the arrival a thread's earlier cp.async copies make when
+ * they land (noinc: counted in the init count), and the wait for the
+ * phase of the given parity to complete. */
+static __device__ __forceinline__ void mbar_init(uint64_t *bar, int count)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(
+                     (uint32_t)__cvta_generic_to_shared(bar)),
+                 "r"(count)
+                 : "memory");
+}
+
+static __device__ __forceinline__ void mbar_arrive(uint64_t *bar)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(
+                     (uint32_t)__cvta_generic_to_shared(bar))
+                 : "memory");
+}
+
+static __device__ __forceinline__ void mbar_arrive_cp_async(uint64_t *bar)
+{
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(
+                     (uint32_t)__cvta_generic_to_shared(bar))
+                 : "memory");
+}
+
+static __device__ __forceinline__ void mbar_wait(uint64_t *bar, int parity)
+{
+    asm volatile("{\n.reg .pred done;\nwait_again:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+                 "@!done bra wait_again;\n}\n" ::"r"((uint32_t)__cvta_generic_to_shared(bar)),
+                 "r"(parity)
+                 : "memory");
+}
+
+/* Named barrier `id` (1..15; 0 is __syncthreads) of n threads: wait for it,
+ * or only count toward it. */
+static __device__ __forceinline__ void bar_sync_n(int id, int n)
+{
+    asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+
+static __device__ __forceinline__ void bar_arrive_n(int id, int n)
+{
+    asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(n) : "memory");
+}
+
+/* A warpgroup's per-thread register budget, raised or lowered (every
+ * thread of the warpgroup executes it). */
+template <int N>
+static __device__ __forceinline__ void regs_raise()
+{
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+
+template <int N>
+static __device__ __forceinline__ void regs_lower()
+{
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
 #endif
+
 
 /* Keeps the compiler from moving accesses of the accumulators across a
  * wgmma_wait (the registers change behind its back until then). */

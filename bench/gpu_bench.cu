@@ -588,8 +588,10 @@ static void bench_prefill(void)
     printf("\n| prefill attention (causal, 32/8 heads, d 128, fp32 q/out, bf16 MMA) | KV | tokens | "
            "ms | TFLOP/s |\n");
     printf("|---|---|---|---|---|\n");
-    /* variant 0: wgmma where the device runs sm_90a code; 1: mma.sync (on
-     * bf16 rows read in place, the two kernels' own difference) */
+    /* variant 0: wgmma where the device runs sm_90a code (a producer
+     * warpgroup and two consumers taking turns); 2: wgmma with every warp
+     * copying and computing; 1: mma.sync (on bf16 rows read in place, the
+     * kernels' own difference) */
     for (int n : seqs) {
         float *q = dev_f32((size_t)n * H * D, 11, 1.0f), *out, *lse;
         CK(cudaMalloc(&out, (size_t)n * H * D * 4));
@@ -599,8 +601,10 @@ static void bench_prefill(void)
             kv_bufs B;
             kv_bufs_make(B, kd.dt, kd.paged, n, KV, D, 1, 12);
             backend_cuda_set_attention_path(be, SR_CUDA_ATTN_TC);
-            for (int variant = 0; variant < 2; variant++) {
-                if (variant == 1 && (kd.dt != SR_KV_BF16 || kd.paged))
+            for (int variant = 0; variant < 3; variant++) {
+                if (variant > 0 && (kd.dt != SR_KV_BF16 || kd.paged))
+                    continue;
+                if (variant == 2 && !backend_cuda_has_wgmma(be))
                     continue;
                 backend_cuda_set_attention_variant(be, variant);
                 int reps = n >= 32768 ? 3 : 10;
@@ -612,7 +616,9 @@ static void bench_prefill(void)
                 });
                 double flops = 2.0 * (double)n * n * D * H; /* 4 n^2 d h, causal half */
                 printf("| tensor-core flash (%s) | %s | %dK | %.2f | %.0f |\n",
-                       variant == 0 && backend_cuda_has_wgmma(be) ? "wgmma" : "mma.sync", kv_bufs_name(B), n / 1024, ms,
+                       variant == 1 || !backend_cuda_has_wgmma(be) ? "mma.sync"
+                       : variant == 0 ? "wgmma, producer + ping-pong" : "wgmma, one role",
+                       kv_bufs_name(B), n / 1024, ms,
                        flops / (ms * 1e-3) / 1e12);
                 fflush(stdout);
             }

@@ -590,7 +590,7 @@ static void test_attention_kv_layouts(void)
             test_attention(S, 0, 1, 9, 8, 8, 64, MASK_NONE, 1.0f);
             test_attention(S, 0, 2, 5000, 14, 2, 64, MASK_STAR, 8.0f);
         }
-        for (int v = 1; v >= 0; v--) { /* the prefill kernel's two forms */
+        for (int v = 2; v >= 0; v--) { /* the prefill kernel's forms */
             backend_cuda_set_attention_variant(gpu, v);
             test_attention(T, 0, 64, 64, 2, 2, 64, MASK_CAUSAL, 1.0f);
             test_attention(T, 0, 77, 333, 4, 1, 64, MASK_STAR, 1.0f);
@@ -601,12 +601,13 @@ static void test_attention_kv_layouts(void)
         test_attention(R, 5, 9, 700, 8, 2, 64, MASK_NONE, 1.0f);
         test_attention(R, 0, 33, 2049, 32, 8, 128, MASK_NONE, 1.0f);
         test_attention(R, 0, 3, 0, 8, 2, 128, MASK_NONE, 1.0f);
-        /* bf16 rows from 128 packed rows: the warpgroup relay kernel (0 on
-         * Hopper) and mma.sync (1): partial row tiles (132, 257 rows),
+        /* bf16 rows from 128 packed rows: the warpgroup relay kernel on
+         * Hopper (0: producer + two consumers, 2: one role) and mma.sync
+         * (1): partial row tiles (132, 257 rows),
          * keys ending mid-tile, one key, ranges of one tile with the last
          * partial (forced splits), more splits than tiles, no keys, MHA,
          * GQA 8, a sharp softmax */
-        for (int v = 1; v >= 0; v--) {
+        for (int v = 2; v >= 0; v--) {
             backend_cuda_set_attention_variant(gpu, v);
             test_attention(R, 0, 32, 1000, 32, 8, 128, MASK_NONE, 1.0f);
             test_attention(R, 0, 257, 515, 4, 1, 64, MASK_NONE, 1.0f);
@@ -954,11 +955,12 @@ int main(void)
     test_attention_back_to_back();
     test_attention_many();
 
-    /* The tensor-core prefill kernel, both forms (0: wgmma on Hopper, 128
-     * query rows and 128 keys a tile; 1: mma.sync, 64 and 64): head_dim 64
-     * and 128, odd lengths, masks, one and several tiles either way, keys
-     * that end mid-tile, positions out of order. */
-    for (int variant = 0; variant < 2; variant++) {
+    /* The tensor-core prefill kernel, every form (0: wgmma on Hopper, 128
+     * query rows and 128 keys a tile, a producer warpgroup and two
+     * consumers; 2: the same with one role for every warp; 1: mma.sync, 64
+     * and 64): head_dim 64 and 128, odd lengths, masks, one and several
+     * tiles either way, keys that end mid-tile, positions out of order. */
+    for (int variant = 0; variant < 3; variant++) {
         backend_cuda_set_attention_variant(gpu, variant);
         test_attention(T, 0, 64, 64, 2, 2, 64, MASK_CAUSAL, 1.0f);
         test_attention(T, 0, 200, 200, 4, 2, 128, MASK_CAUSAL, 1.0f);
