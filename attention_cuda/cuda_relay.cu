@@ -473,27 +473,25 @@ __global__ void __launch_bounds__(RL_THREADS, MINB) attn_relay_bf16_kernel(relay
  * range, the prefill kernel's pipeline with no position mask: per 64-row
  * warpgroup the tensor cores read each K and V tile from shared memory
  * once (mma.sync reads them once per 16-row warp through ldmatrix, the
- * limit of the kernels above from about 64 jobs). */
-template <int D, bool WS>
-__global__ void __launch_bounds__(WS ? (int)WG_WS_THREADS : (int)WG_THREADS, 1)
-    attn_relay_wg_kernel(relay_params p)
+ * limit of the kernels above from about 64 jobs). The warp-specialized
+ * loop (wg_consume) made this kernel 1.3-1.7x slower on an H100 where it
+ * made the prefill faster (not yet profiled), so it keeps the one-role
+ * loop. */
+template <int D>
+__global__ void __launch_bounds__(WG_THREADS, 1) attn_relay_wg_kernel(relay_params p)
 {
 #if WGMMA_OK
-    constexpr int NT = WS ? (int)WG_WS_THREADS : (int)WG_THREADS, LOADERS = WS ? 128 : NT;
     extern __shared__ __align__(16) unsigned char wg_dyn[];
     const wg_smem<D> sm = wg_smem_carve<D>(wg_dyn);
-    __shared__ wg_bars bars;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    if (WS)
-        wg_bars_init(&bars, tid);
     const int g = blockIdx.x / p.n_rtiles, rt = blockIdx.x % p.n_rtiles;
     const int k_begin = blockIdx.y * p.keys_per_split;
     const int nk = max(0, min(p.nk - k_begin, p.keys_per_split)); /* this split's keys */
     const __nv_bfloat16 *kg = (const __nv_bfloat16 *)p.k + (size_t)g * D;
     const __nv_bfloat16 *vg = (const __nv_bfloat16 *)p.v + (size_t)g * D;
 
-    relay_stage_q<D, WG_BR, NT>(p, g, rt, tid,
-                                [&](int r, int c, uint2 v) { wg_put_q(sm.base, r, c, v); });
+    relay_stage_q<D, WG_BR, WG_THREADS>(p, g, rt, tid,
+                                        [&](int r, int c, uint2 v) { wg_put_q(sm.base, r, c, v); });
     /* Key k_begin + j of a tile's rows, consecutive or through the page
      * table; past the split's end zero-filled (source: its last key). With
      * pages, the entries of tile t's rows wait in shared memory slot t % 4
@@ -501,23 +499,21 @@ __global__ void __launch_bounds__(WS ? (int)WG_WS_THREADS : (int)WG_THREADS, 1)
      * tiles ahead of its use and waits for all but the newest copies, so
      * they have landed when tile t's K and V copies need them, and slot
      * t % 4 is refilled (with tile t + 4's, beside K of t + 2) only in the
-     * iteration after the one that copies V of t. The warp-specialized
-     * form's producer reads the entries itself (its waits stall no math). */
+     * iteration after the one that copies V of t. */
     const int ntiles = (nk + WG_BC - 1) / WG_BC;
     auto fetch_pages = [&](int t) {
-        if (!WS && p.pages && tid < WG_BC) {
+        if (p.pages && tid < WG_BC) {
             const int j = k_begin + min(t * WG_BC + tid, nk - 1);
             cp_async4(sm.kpos + (t & 3) * WG_BC + tid, p.pages + rl_slot(p, j), 4);
         }
     };
     auto load = [&](unsigned char *dst, const __nv_bfloat16 *src, int t) {
         const int *pg = sm.kpos + (t & 3) * WG_BC;
-        wg_copy_tile<D, LOADERS>(dst, tid, [&](int r, int, bool &ok) {
+        wg_copy_tile<D>(dst, tid, [&](int r, int, bool &ok) {
             ok = t * WG_BC + r < nk;
             const int j = k_begin + min(t * WG_BC + r, nk - 1);
-            const int page = !p.pages ? 0 : WS ? __ldg(p.pages + rl_slot(p, j)) : pg[r];
             const size_t row =
-                p.pages ? (size_t)page * (size_t)p.page_rows + rl_in_page(p, j) : (size_t)j;
+                p.pages ? (size_t)pg[r] * (size_t)p.page_rows + rl_in_page(p, j) : (size_t)j;
             return src + row * p.kv_stride;
         });
     };
@@ -527,33 +523,23 @@ __global__ void __launch_bounds__(WS ? (int)WG_WS_THREADS : (int)WG_THREADS, 1)
         cp_async_commit();
         cp_async_wait<0>();
     }
-    __syncthreads(); /* the first two tiles' entries; Q; the barriers */
-    auto next = [](int t) { return t; };
-    auto need_mask = [&](int t) { return (t + 1) * WG_BC > nk; };
-    auto mask = [&](float(&s)[WG_BC / 8][4], int t, int) {
-        mma_mask_scores(s, nullptr, t * WG_BC, nk, false, 0, 0, lane);
-    };
-    auto load_k = [&](int t, int buf) {
-        load(sm.kv_gen + buf * wg_smem<D>::KV, kg, t);
-        if (t + 2 < ntiles)
-            fetch_pages(t + 2);
-    };
-    auto load_v = [&](int t, int buf) {
-        load(sm.kv_gen + (WG_NBUF + buf) * wg_smem<D>::KV, vg, t);
-    };
-    if (WS && warp < 4) {
-        wg_produce(&bars, ntiles, next, load_k, load_v);
-        return;
-    }
-    /* warp w of the rows' warps holds the block's rows 16w.. */
-    const int w = WS ? warp - 4 : warp;
+    __syncthreads(); /* the first two tiles' entries */
     float o[D / 8][4], m0, m1, l0, l1;
-    if (WS)
-        wg_consume<D>(sm, &bars, w >> 2, ntiles, next, need_mask, mask, o, m0, m1, l0, l1);
-    else
-        wg_attend<D>(sm, w >> 2, ntiles, next, need_mask, mask, load_k, load_v, o, m0, m1, l0,
-                     l1);
-    relay_store<D, 8, D>(p, o, m0, m1, l0, l1, g, rt, w, 0, lane);
+    wg_attend<D>(
+        sm, warp >> 2, ntiles, [](int t) { return t; },
+        [&](int t) { return (t + 1) * WG_BC > nk; },
+        [&](float(&s)[WG_BC / 8][4], int t, int) {
+            mma_mask_scores(s, nullptr, t * WG_BC, nk, false, 0, 0, lane);
+        },
+        [&](int t, int buf) {
+            load(sm.kv_gen + buf * wg_smem<D>::KV, kg, t);
+            if (t + 2 < ntiles)
+                fetch_pages(t + 2);
+        },
+        [&](int t, int buf) { load(sm.kv_gen + (WG_NBUF + buf) * wg_smem<D>::KV, vg, t); },
+        o, m0, m1, l0, l1);
+    /* warp w's 16 rows are the block's rows 16w.. (wg_attend's layout) */
+    relay_store<D, 8, D>(p, o, m0, m1, l0, l1, g, rt, warp, 0, lane);
 #else
     (void)p;
     __trap();
@@ -679,28 +665,24 @@ static int relay_run(cuda_ctx *ctx, const sr_attn_args *a, relay_params p, long 
     return relay_finish(ctx, a, p, splits, "attn_relay_kernel");
 }
 
-/* The warpgroup form: 128 packed rows a block, one block a multiprocessor;
- * WS: a producer warpgroup and two consumers (wg_attend.cuh). */
-template <int D, bool WS>
+/* The warpgroup form: 128 packed rows a block, one block a multiprocessor. */
+template <int D>
 static int relay_run_wg(cuda_ctx *ctx, const sr_attn_args *a, relay_params p)
 {
-    /* one-role form: a ring of page-table entries (the producer of the
-     * other reads them itself) */
-    constexpr size_t smem = wg_smem_bytes<D, WS ? 0 : 4>();
+    constexpr size_t smem = wg_smem_bytes<D, 4>(); /* a ring of page-table entries */
     static int attr_set; /* once per kernel instance (one device per process) */
     if (!attr_set) {
         if (smem > ctx->smem_optin)
             return sr_error_set("cuda relay attention: %zu bytes of shared memory needed, the "
                                 "device allows %zu", smem, ctx->smem_optin);
-        CUDA_TRY(cuda_func_smem(attn_relay_wg_kernel<D, WS>, smem));
+        CUDA_TRY(cuda_func_smem(attn_relay_wg_kernel<D>, smem));
         attr_set = 1;
     }
     p.n_rtiles = (p.nvec + WG_BR - 1) / WG_BR;
     const long long base = (long long)p.n_rtiles * a->n_kv;
     const long long splits = relay_splits(ctx, a, &p, base, 1, WG_BC);
     const dim3 grid((unsigned)base, (unsigned)splits);
-    attn_relay_wg_kernel<D, WS>
-        <<<grid, WS ? (int)WG_WS_THREADS : (int)WG_THREADS, smem, ctx->stream>>>(p);
+    attn_relay_wg_kernel<D><<<grid, WG_THREADS, smem, ctx->stream>>>(p);
     return relay_finish(ctx, a, p, splits, "attn_relay_wg_kernel");
 }
 
@@ -766,12 +748,7 @@ int cuda_relay_attention(cuda_ctx *ctx, const sr_attn_args *a)
      * rows, where mma.sync runs out of shared-memory bandwidth (variant 1:
      * mma.sync always) */
     if (bf16 && ctx->wgmma && ctx->split_variant != 1 && nvec >= RL_WG_ROWS)
-    {
-        if (ctx->split_variant == 2) /* one role for every warp */
-            return D == 64 ? relay_run_wg<64, false>(ctx, a, p)
-                           : relay_run_wg<128, false>(ctx, a, p);
-        return D == 64 ? relay_run_wg<64, true>(ctx, a, p) : relay_run_wg<128, true>(ctx, a, p);
-    }
+        return D == 64 ? relay_run_wg<64>(ctx, a, p) : relay_run_wg<128>(ctx, a, p);
     if (bf16)
         return relay_dispatch<RL_BF16>(ctx, a, p, base, D, wr);
     /* the kernel-shape knob for fp32 rows: 0 (default) pipe 1, 1 the first version */
