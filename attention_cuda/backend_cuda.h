@@ -68,9 +68,11 @@ void backend_cuda_set_attention_splits(sr_backend *be, int splits);
  * form for bf16 K/V of head_dim 64 or 128, the cp.async ring for other bf16,
  * register loads for fp32; 1 the other CUDA-core shape (register loads for
  * bf16, the ring for fp32); 2 as 0 without the tensor-core form. The relay
- * kernel's fp32 pipeline: 1 two barriers per key tile, else one. The
- * prefill (tensor-core) kernel: 1 the mma.sync form, else the wgmma form
- * where the device runs the build's sm_90a code (H100/H200). */
+ * kernel: for fp32 rows 1 two barriers per key tile, else one; for bf16
+ * rows 1 mma.sync always, else the wgmma form from 128 packed rows on
+ * H100/H200. The prefill (tensor-core) kernel: 1 the mma.sync form, else
+ * the wgmma form where the device runs the build's sm_90a code (H100/H200),
+ * 0 with a producer warpgroup and ping-pong consumers, 2 with one role. */
 void backend_cuda_set_attention_variant(sr_backend *be, int variant);
 
 /* 1 when the prefill kernel's wgmma form can run here (the device runs the

@@ -32,6 +32,11 @@
  * tile there once per block; no separate pass rewrites the KV. Rows beyond
  * the last key are zero-filled by the copy and their scores set to -inf.
  *
+ * bf16 rows of 128 packed rows and more take attn_relay_wg_kernel on
+ * Hopper (warpgroup mma, wg_attend.cuh): 128 packed rows a block, 128-key
+ * tiles, each K and V tile read from shared memory once per 64-row
+ * warpgroup; variant 1 keeps them on mma.sync.
+ *
  * A row that sees no key (nk == 0) gets o = 0 and lse = -inf.
  * Reference: backend_cpu/cpu_attention.c. */
 #include <limits.h>
