@@ -113,6 +113,52 @@ static __device__ __forceinline__ void wg_copy_tile(unsigned char *dst, int tid,
     }
 }
 
+/* A warpgroup's tile math, the same in both loop shapes. S = Q K^T of the
+ * tile whose K is in buffer kbuf, for warpgroup wg's 64 rows (issued and
+ * committed). */
+template <int D>
+static __device__ __forceinline__ void wg_issue_s(float (&s)[WG_BC / 8][4], const wg_smem<D> &sm,
+                                                  int wg, int kbuf)
+{
+    const uint32_t ks = sm.kv_s + kbuf * wg_smem<D>::KV;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        const uint32_t koff = (kk >> 2) * (WG_BC * 128) + (kk & 3) * 32;
+        const uint32_t qoff = (kk >> 2) * (WG_BR * 128) + wg * 64 * 128 + (kk & 3) * 32;
+        wgmma_ss<WG_BC>(s, wgmma_desc(sm.q_s + qoff, 16, 1024), wgmma_desc(ks + koff, 16, 1024),
+                        kk > 0);
+    }
+    wgmma_commit();
+}
+
+/* O += P V for the tile whose V is in buffer vb (issued and committed). */
+template <int D>
+static __device__ __forceinline__ void wg_issue_pv(float (&o)[D / 8][4],
+                                                   const uint32_t (&pa)[WG_BC / 16][4],
+                                                   const wg_smem<D> &sm, int vb)
+{
+    const uint32_t vs = sm.kv_s + (WG_NBUF + vb) * wg_smem<D>::KV;
+#pragma unroll
+    for (int kb = 0; kb < WG_BC / 16; kb++)
+        /* keys 16kb..16kb+15: two 8-row groups of the V tile (1024 B
+         * apart); dims in 64-wide slabs WG_BC * 128 bytes apart */
+        wgmma_rs_tn<D>(o, pa[kb], wgmma_desc(vs + kb * 16 * 128, WG_BC * 128, 1024));
+    wgmma_commit();
+}
+
+/* The probabilities as bf16 A fragments of P V. */
+static __device__ __forceinline__ void wg_pack_p(uint32_t (&pa)[WG_BC / 16][4],
+                                                 const float (&s)[WG_BC / 8][4])
+{
+#pragma unroll
+    for (int k = 0; k < WG_BC / 16; k++) {
+        pa[k][0] = pack_bf16(s[2 * k][0], s[2 * k][1]);
+        pa[k][1] = pack_bf16(s[2 * k][2], s[2 * k][3]);
+        pa[k][2] = pack_bf16(s[2 * k + 1][0], s[2 * k + 1][1]);
+        pa[k][3] = pack_bf16(s[2 * k + 1][2], s[2 * k + 1][3]);
+    }
+}
+
 /* The main loop over key tiles for the block's 128 rows (Q already stored,
  * not yet fenced): o, m, l as the online softmax leaves them (o not
  * normalized). The callables, all of the tile index t (ntiles tiles):
@@ -140,34 +186,13 @@ static __device__ __forceinline__ void wg_attend(const wg_smem<D> &sm, int wg, i
                                                  float (&o)[D / 8][4], float &m0, float &m1,
                                                  float &l0, float &l1)
 {
-    constexpr int KV = wg_smem<D>::KV;
     acc_zero(o);
     m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 
-    /* O += P V for the tile whose V is in buffer vb, P in pa. */
     uint32_t pa[WG_BC / 16][4];
-    auto issue_pv = [&](int vb) {
-        const uint32_t vs = sm.kv_s + (WG_NBUF + vb) * KV;
-#pragma unroll
-        for (int kb = 0; kb < WG_BC / 16; kb++)
-            /* keys 16kb..16kb+15: two 8-row groups of the V tile (1024 B
-             * apart); dims in 64-wide slabs WG_BC * 128 bytes apart */
-            wgmma_rs_tn<D>(o, pa[kb], wgmma_desc(vs + kb * 16 * 128, WG_BC * 128, 1024));
-        wgmma_commit();
-    };
-    /* S = Q K for the tile whose K is in buffer kbuf (issued, committed). */
     float s[WG_BC / 8][4];
-    auto issue_s = [&](int kbuf) {
-        const uint32_t ks = sm.kv_s + kbuf * KV;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-            const uint32_t koff = (kk >> 2) * (WG_BC * 128) + (kk & 3) * 32;
-            const uint32_t qoff = (kk >> 2) * (WG_BR * 128) + wg * 64 * 128 + (kk & 3) * 32;
-            wgmma_ss<WG_BC>(s, wgmma_desc(sm.q_s + qoff, 16, 1024),
-                            wgmma_desc(ks + koff, 16, 1024), kk > 0);
-        }
-        wgmma_commit();
-    };
+    auto issue_pv = [&](int vb) { wg_issue_pv<D>(o, pa, sm, vb); };
+    auto issue_s = [&](int kbuf) { wg_issue_s<D>(s, sm, wg, kbuf); };
     /* Tile t's mask on s and its softmax statistics; a0/a1 rescale O. */
     float a0, a1;
     auto softmax = [&](int t, int kbuf, bool masked) {
@@ -175,15 +200,7 @@ static __device__ __forceinline__ void wg_attend(const wg_smem<D> &sm, int wg, i
             mask(s, t, kbuf);
         mma_softmax_probs<WG_BC / 8, true>(s, m0, m1, l0, l1, a0, a1);
     };
-    auto pack_p = [&]() {
-#pragma unroll
-        for (int k = 0; k < WG_BC / 16; k++) {
-            pa[k][0] = pack_bf16(s[2 * k][0], s[2 * k][1]);
-            pa[k][1] = pack_bf16(s[2 * k][2], s[2 * k][3]);
-            pa[k][2] = pack_bf16(s[2 * k + 1][0], s[2 * k + 1][1]);
-            pa[k][3] = pack_bf16(s[2 * k + 1][2], s[2 * k + 1][3]);
-        }
-    };
+    auto pack_p = [&]() { wg_pack_p(pa, s); };
 
     auto next3 = [](int b) { return b == WG_NBUF - 1 ? 0 : b + 1; };
     int cur = next_tile(0);
@@ -309,45 +326,20 @@ static __device__ __forceinline__ void wg_consume(const wg_smem<D> &sm, wg_bars 
                                                   Mask mask, float (&o)[D / 8][4], float &m0,
                                                   float &m1, float &l0, float &l1)
 {
-    constexpr int KV = wg_smem<D>::KV;
     regs_raise<WG_CONSUMER_REGS>();
     acc_zero(o);
     m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
     uint32_t pa[WG_BC / 16][4];
-    auto issue_pv = [&](int vb) {
-        const uint32_t vs = sm.kv_s + (WG_NBUF + vb) * KV;
-#pragma unroll
-        for (int kb = 0; kb < WG_BC / 16; kb++)
-            wgmma_rs_tn<D>(o, pa[kb], wgmma_desc(vs + kb * 16 * 128, WG_BC * 128, 1024));
-        wgmma_commit();
-    };
     float s[WG_BC / 8][4];
-    auto issue_s = [&](int kbuf) {
-        const uint32_t ks = sm.kv_s + kbuf * KV;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-            const uint32_t koff = (kk >> 2) * (WG_BC * 128) + (kk & 3) * 32;
-            const uint32_t qoff = (kk >> 2) * (WG_BR * 128) + wg * 64 * 128 + (kk & 3) * 32;
-            wgmma_ss<WG_BC>(s, wgmma_desc(sm.q_s + qoff, 16, 1024),
-                            wgmma_desc(ks + koff, 16, 1024), kk > 0);
-        }
-        wgmma_commit();
-    };
+    auto issue_pv = [&](int vb) { wg_issue_pv<D>(o, pa, sm, vb); };
+    auto issue_s = [&](int kbuf) { wg_issue_s<D>(s, sm, wg, kbuf); };
     float a0, a1;
     auto softmax = [&](int t, int kbuf, bool masked) {
         if (masked)
             mask(s, t, kbuf);
         mma_softmax_probs<WG_BC / 8, true>(s, m0, m1, l0, l1, a0, a1);
     };
-    auto pack_p = [&]() {
-#pragma unroll
-        for (int k = 0; k < WG_BC / 16; k++) {
-            pa[k][0] = pack_bf16(s[2 * k][0], s[2 * k][1]);
-            pa[k][1] = pack_bf16(s[2 * k][2], s[2 * k][3]);
-            pa[k][2] = pack_bf16(s[2 * k + 1][0], s[2 * k + 1][1]);
-            pa[k][3] = pack_bf16(s[2 * k + 1][2], s[2 * k + 1][3]);
-        }
-    };
+    auto pack_p = [&]() { wg_pack_p(pa, s); };
     /* Turns at the tensor cores: warpgroup w waits on barrier 1 + w and,
      * once its products are issued, lets the other go (barrier 2 - w);
      * warpgroup 1 gives the first turn to 0 and takes no turn after its
