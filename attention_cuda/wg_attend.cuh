@@ -159,6 +159,18 @@ static __device__ __forceinline__ void wg_pack_p(uint32_t (&pa)[WG_BC / 16][4],
     }
 }
 
+/* Tile t's mask on s (when `masked`) and its softmax statistics: s
+ * becomes the probabilities, a0/a1 the factors that rescale O. */
+template <typename Mask>
+static __device__ __forceinline__ void wg_softmax(float (&s)[WG_BC / 8][4], Mask &mask, int t,
+                                                  int kbuf, bool masked, float &m0, float &m1,
+                                                  float &l0, float &l1, float &a0, float &a1)
+{
+    if (masked)
+        mask(s, t, kbuf);
+    mma_softmax_probs<WG_BC / 8, true>(s, m0, m1, l0, l1, a0, a1);
+}
+
 /* The main loop over key tiles for the block's 128 rows (Q already stored,
  * not yet fenced): o, m, l as the online softmax leaves them (o not
  * normalized). The callables, all of the tile index t (ntiles tiles):
@@ -189,18 +201,9 @@ static __device__ __forceinline__ void wg_attend(const wg_smem<D> &sm, int wg, i
     acc_zero(o);
     m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
 
-    uint32_t pa[WG_BC / 16][4];
-    float s[WG_BC / 8][4];
-    auto issue_pv = [&](int vb) { wg_issue_pv<D>(o, pa, sm, vb); };
-    auto issue_s = [&](int kbuf) { wg_issue_s<D>(s, sm, wg, kbuf); };
-    /* Tile t's mask on s and its softmax statistics; a0/a1 rescale O. */
-    float a0, a1;
-    auto softmax = [&](int t, int kbuf, bool masked) {
-        if (masked)
-            mask(s, t, kbuf);
-        mma_softmax_probs<WG_BC / 8, true>(s, m0, m1, l0, l1, a0, a1);
-    };
-    auto pack_p = [&]() { wg_pack_p(pa, s); };
+    uint32_t pa[WG_BC / 16][4]; /* P of the previous tile (P V's A operand) */
+    float s[WG_BC / 8][4];      /* S, then P, of the current tile */
+    float a0, a1;               /* O's rescale for the current tile */
 
     auto next3 = [](int b) { return b == WG_NBUF - 1 ? 0 : b + 1; };
     int cur = next_tile(0);
@@ -217,7 +220,7 @@ static __device__ __forceinline__ void wg_attend(const wg_smem<D> &sm, int wg, i
     fence_proxy_async(); /* ... visible to the tensor cores (Q's stores too) */
     __syncthreads();     /* ... and everyone else's */
     wgmma_fence();
-    issue_s(0);
+    wg_issue_s<D>(s, sm, wg, 0);
     int nxt2 = nxt < ntiles ? next_tile(nxt + 1) : ntiles;
     if (nxt2 < ntiles)
         issue_k(nxt2, 2);
@@ -226,21 +229,21 @@ static __device__ __forceinline__ void wg_attend(const wg_smem<D> &sm, int wg, i
     cp_async_commit();
     wgmma_wait<0>();
     wgmma_touch(s);
-    softmax(cur, 0, mask_cur);
-    pack_p();
+    wg_softmax(s, mask, cur, 0, mask_cur, m0, m1, l0, l1, a0, a1);
+    wg_pack_p(pa, s);
     int kb = 1, pv = 0; /* buffers of K_j and V_{j-1} */
     for (cur = nxt, nxt = nxt2; cur < ntiles; cur = nxt, nxt = nxt2) {
         cp_async_wait<1>(); /* K_j and V_{j-1}; K_{j+1}, V_j may be in flight */
         fence_proxy_async();
         __syncthreads();
         wgmma_fence();
-        issue_s(kb);
+        wg_issue_s<D>(s, sm, wg, kb);
         /* O = O * alpha_{j-1} + P_{j-1} V_{j-1}: the rescale waits for no
          * tensor core work here, and the softmax below writes only S's
          * registers until P V is done (P is packed after it) */
         acc_scale(o, a0, a1);
         wgmma_fence();
-        issue_pv(pv);
+        wg_issue_pv<D>(o, pa, sm, pv);
         nxt2 = nxt < ntiles ? next_tile(nxt + 1) : ntiles;
         if (nxt2 < ntiles)
             issue_k(nxt2, next3(next3(kb)));
@@ -250,11 +253,11 @@ static __device__ __forceinline__ void wg_attend(const wg_smem<D> &sm, int wg, i
         mask_cur = need_mask(cur);
         wgmma_wait<1>(); /* S_j is done; P_{j-1} V_{j-1} may still run */
         wgmma_touch(s);
-        softmax(cur, kb, mask_cur);
+        wg_softmax(s, mask, cur, kb, mask_cur, m0, m1, l0, l1, a0, a1);
         wgmma_touch(s);
         wgmma_wait<0>(); /* P_{j-1} V_{j-1} is done: O and pa are free */
         wgmma_touch(o);
-        pack_p();
+        wg_pack_p(pa, s);
         pv = kb;
         kb = next3(kb);
     }
@@ -263,7 +266,7 @@ static __device__ __forceinline__ void wg_attend(const wg_smem<D> &sm, int wg, i
     __syncthreads();
     acc_scale(o, a0, a1);
     wgmma_fence();
-    issue_pv(pv);
+    wg_issue_pv<D>(o, pa, sm, pv);
     wgmma_wait<0>();
     wgmma_touch(o);
 }
@@ -329,17 +332,9 @@ static __device__ __forceinline__ void wg_consume(const wg_smem<D> &sm, wg_bars 
     regs_raise<WG_CONSUMER_REGS>();
     acc_zero(o);
     m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
-    uint32_t pa[WG_BC / 16][4];
-    float s[WG_BC / 8][4];
-    auto issue_pv = [&](int vb) { wg_issue_pv<D>(o, pa, sm, vb); };
-    auto issue_s = [&](int kbuf) { wg_issue_s<D>(s, sm, wg, kbuf); };
-    float a0, a1;
-    auto softmax = [&](int t, int kbuf, bool masked) {
-        if (masked)
-            mask(s, t, kbuf);
-        mma_softmax_probs<WG_BC / 8, true>(s, m0, m1, l0, l1, a0, a1);
-    };
-    auto pack_p = [&]() { wg_pack_p(pa, s); };
+    uint32_t pa[WG_BC / 16][4]; /* P of the previous tile (P V's A operand) */
+    float s[WG_BC / 8][4];      /* S, then P, of the current tile */
+    float a0, a1;               /* O's rescale for the current tile */
     /* Turns at the tensor cores: warpgroup w waits on barrier 1 + w and,
      * once its products are issued, lets the other go (barrier 2 - w);
      * warpgroup 1 gives the first turn to 0 and takes no turn after its
@@ -354,16 +349,16 @@ static __device__ __forceinline__ void wg_consume(const wg_smem<D> &sm, wg_bars 
     fence_proxy_async();
     bar_sync_n(1 + wg, 2 * 128);
     wgmma_fence();
-    issue_s(0);
+    wg_issue_s<D>(s, sm, wg, 0);
     int nxt = next_tile(cur + 1);
     if (wg == 0 || nxt < ntiles)
         bar_arrive_n(2 - wg, 2 * 128);
     bool mask_cur = need_mask(cur);
     wgmma_wait<0>();
     wgmma_touch(s);
-    softmax(cur, 0, mask_cur);
+    wg_softmax(s, mask, cur, 0, mask_cur, m0, m1, l0, l1, a0, a1);
     mbar_arrive(&bars->empty_k[0]); /* after the mask read its key positions */
-    pack_p();
+    wg_pack_p(pa, s);
     int pv = 0, pvph = 0; /* V buffer of the previous tile, its parity */
     for (cur = nxt; cur < ntiles; cur = nxt) {
         if (++kb == WG_NBUF)
@@ -373,30 +368,30 @@ static __device__ __forceinline__ void wg_consume(const wg_smem<D> &sm, wg_bars 
         fence_proxy_async();
         bar_sync_n(1 + wg, 2 * 128);
         wgmma_fence();
-        issue_s(kb);
+        wg_issue_s<D>(s, sm, wg, kb);
         acc_scale(o, a0, a1);
         wgmma_fence();
-        issue_pv(pv);
+        wg_issue_pv<D>(o, pa, sm, pv);
         nxt = next_tile(cur + 1);
         if (wg == 0 || nxt < ntiles)
             bar_arrive_n(2 - wg, 2 * 128);
         mask_cur = need_mask(cur);
         wgmma_wait<1>(); /* S is done; P V may still run */
         wgmma_touch(s);
-        softmax(cur, kb, mask_cur);
+        wg_softmax(s, mask, cur, kb, mask_cur, m0, m1, l0, l1, a0, a1);
         wgmma_touch(s);
         mbar_arrive(&bars->empty_k[kb]);
         wgmma_wait<0>();
         wgmma_touch(o);
         mbar_arrive(&bars->empty_v[pv]);
-        pack_p();
+        wg_pack_p(pa, s);
         pv = kb, pvph = kph;
     }
     mbar_wait(&bars->full_v[pv], pvph);
     fence_proxy_async();
     acc_scale(o, a0, a1);
     wgmma_fence();
-    issue_pv(pv);
+    wg_issue_pv<D>(o, pa, sm, pv);
     wgmma_wait<0>();
     wgmma_touch(o);
 }
