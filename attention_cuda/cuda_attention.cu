@@ -447,10 +447,10 @@ struct tc_tile {
     static_assert(BYTES % 16 == 0, "stages stay 16-byte aligned");
 };
 
-template <int HDP, int NST>
+template <int HDP, int NST, int NW>
 constexpr size_t split_tc_smem_bytes()
 {
-    return (size_t)SPLIT_WARPS * NST * tc_tile<HDP>::BYTES;
+    return (size_t)NW * NST * tc_tile<HDP>::BYTES;
 }
 
 /* x = hi + lo, each a bf16 pair (a in the low half): hi is x rounded to
@@ -467,7 +467,7 @@ static __device__ __forceinline__ void split_bf16_pair(float a, float b, uint32_
 /* One block's key range on the tensor cores: the query vectors of (kv head
  * g, query tile qt), up to 16, are the 16 rows of mma.sync m16n8k16 A
  * operands. Each warp takes the range's 16-key tiles warp, warp +
- * SPLIT_WARPS, ... and streams them through its own ring of NST stages with
+ * NW, ... and streams them through its own ring of NST stages with
  * cp.async (NST - 1 tiles in flight during the math on one; no block
  * barrier: a warp's lanes copy and read only its own stages, ordered by
  * __syncwarp). S = Q K^T and O += P V run on the tensor cores with the
@@ -480,7 +480,7 @@ static __device__ __forceinline__ void split_bf16_pair(float a, float b, uint32_
  * CUDA-core forms, which are instruction-bound on bf16 rows from 32K keys.
  * Leaves each warp's unnormalized o (rows x HDP floats, at `part`, in the
  * warp's own ring space), its running maxima (base 2) and sums in s_m/s_l. */
-template <int HDP, int NST>
+template <int HDP, int NST, int NW>
 __device__ __forceinline__ void split_range_tc(const split_params &p, int g, int qt, int k_begin,
                                                int k_end, uint4 *ring_all, float (*s_m)[16],
                                                float (*s_l)[16])
@@ -498,8 +498,8 @@ __device__ __forceinline__ void split_range_tc(const split_params &p, int g, int
     const size_t head_off = (size_t)g * HDP;
 
     const int ntiles = k_end > k_begin ? (k_end - k_begin + TC_KEYS - 1) / TC_KEYS : 0;
-    const int nsteps = ntiles > warp ? (ntiles - warp + SPLIT_WARPS - 1) / SPLIT_WARPS : 0;
-    auto tile_key0 = [&](int i) { return k_begin + (warp + i * SPLIT_WARPS) * TC_KEYS; };
+    const int nsteps = ntiles > warp ? (ntiles - warp + NW - 1) / NW : 0;
+    auto tile_key0 = [&](int i) { return k_begin + (warp + i * NW) * TC_KEYS; };
 
     /* Rows of this lane's copies for step i (a step ahead of the copies,
      * so that the page table's latency is off their path): row i * RPI +
@@ -699,14 +699,95 @@ __device__ __forceinline__ void split_range_tc(const split_params &p, int g, int
     }
 }
 
+/* The fused merge, in the last block of a (kv head, query tile): the
+ * (o, lse) of its nsplit ranges (DESIGN.md §1). One thread per query vector
+ * finds the row's largest lse and its sum of weights (its loads go out
+ * together); then, 32 ranges at a time, all threads put each
+ * (range, row) weight into shared memory and scale float4s of o by them,
+ * one output float4 per thread and step. Empty ranges (lse -inf) weigh 0; a
+ * row with no key anywhere gets o = 0, lse = -inf, as the merge operation
+ * gives. */
+template <int HDP, int QPB, int NW>
+__device__ __forceinline__ void split_merge_ranges(const split_params &p, int nsplit, int rows,
+                                                   const int *s_row)
+{
+    constexpr int MC = 32, N4 = HDP / 4;
+    constexpr int EPT = (QPB * N4 + NW * 32 - 1) / (NW * 32);
+    __shared__ float s_mr[QPB], s_il[QPB]; /* a row's largest lse (base 2), 1 / its sum */
+    __shared__ float s_mw[MC][QPB];
+    if (threadIdx.x < QPB) {
+        const int r = s_row[threadIdx.x];
+        float mr = -INFINITY, lr = 0.0f;
+        if (r >= 0) {
+#pragma unroll 8
+            for (int sp = 0; sp < nsplit; sp++) {
+                const float l2 = __ldcg(p.ws_lse + (size_t)sp * rows + r) * LOG2E_F;
+                const float mn = fmaxf(mr, l2);
+                lr = lr * fold_weight(mr, mn) + (l2 == -INFINITY ? 0.0f : exp2f(l2 - mn));
+                mr = mn;
+            }
+            if (p.lse)
+                p.lse[r] = lr > 0.0f ? (mr + log2f(lr)) * LN2_F : -INFINITY;
+        }
+        s_mr[threadIdx.x] = mr, s_il[threadIdx.x] = lr > 0.0f ? 1.0f / lr : 0.0f;
+    }
+    float4 acc[EPT];
+#pragma unroll
+    for (int k = 0; k < EPT; k++)
+        acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
+    const int n4 = p.hd / 4;
+    for (int c0 = 0; c0 < nsplit; c0 += MC) {
+        const int nc = min(MC, nsplit - c0);
+        __syncthreads(); /* s_mr is set; the last chunk's weights are read */
+        for (int e = threadIdx.x; e < nc * QPB; e += blockDim.x) {
+            const int sp = e / QPB, qq = e % QPB, r = s_row[qq];
+            float w = 0.0f;
+            if (r >= 0) {
+                const float l2 = __ldcg(p.ws_lse + (size_t)(c0 + sp) * rows + r) * LOG2E_F;
+                w = l2 == -INFINITY ? 0.0f : exp2f(l2 - s_mr[qq]) * s_il[qq];
+            }
+            s_mw[sp][qq] = w;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < EPT; k++) {
+            const int e = threadIdx.x + k * NW * 32;
+            const int qq = e / N4, d4 = e % N4;
+            if (e >= QPB * N4 || d4 >= n4 || s_row[qq] < 0)
+                continue;
+            const float4 *o = reinterpret_cast<const float4 *>(
+                                  p.ws_o + ((size_t)c0 * rows + s_row[qq]) * p.hd) + d4;
+            const size_t step = (size_t)rows * p.hd / 4; /* float4s from a range to the next */
+#pragma unroll 8
+            for (int sp = 0; sp < nc; sp++) {
+                const float w = s_mw[sp][qq];
+                const float4 x = __ldcg(o + (size_t)sp * step);
+                if (w != 0.0f)
+                    acc[k].x += w * x.x, acc[k].y += w * x.y, acc[k].z += w * x.z,
+                        acc[k].w += w * x.w;
+            }
+        }
+    }
+#pragma unroll
+    for (int k = 0; k < EPT; k++) {
+        const int e = threadIdx.x + k * NW * 32;
+        const int qq = e / N4, d4 = e % N4;
+        if (e >= QPB * N4 || d4 >= n4 || s_row[qq] < 0)
+            continue;
+        float *o = p.out + (size_t)s_row[qq] * p.hd + 4 * d4;
+        o[0] = acc[k].x, o[1] = acc[k].y, o[2] = acc[k].z, o[3] = acc[k].w;
+    }
+}
+
 /* One block: its key range (tensor-core form for QPB 16, else the CUDA-core
  * forms), the fold of its warps, and the fused merge. */
-template <typename T, int HDP, int QPB, int DPL, int NST>
+template <typename T, int HDP, int QPB, int DPL, int NST, int NW>
 __device__ __forceinline__ void split_body(const split_params &p, const unsigned bx, const unsigned by,
                                            const unsigned nsplit_u)
 {
     constexpr bool TC = QPB == 16;
-    __shared__ float s_m[SPLIT_WARPS][QPB], s_l[SPLIT_WARPS][QPB];
+    static_assert(TC || NW == SPLIT_WARPS, "the CUDA-core forms run SPLIT_WARPS warps");
+    __shared__ float s_m[NW][QPB], s_l[NW][QPB];
     /* the CUDA-core forms' partials (the tensor-core form's stay in its ring) */
     __shared__ float4 s_acc[TC ? 1 : SPLIT_WARPS][TC ? 1 : QPB][TC ? 1 : HDP / 4];
     __shared__ int s_last;
@@ -720,7 +801,7 @@ __device__ __forceinline__ void split_body(const split_params &p, const unsigned
     size_t wstride; /* floats from one warp's partial to the next's */
     if constexpr (TC) {
         static_assert(sizeof(T) == 2 && (HDP == 64 || HDP == 128), "bf16, head_dim 64 or 128");
-        split_range_tc<HDP, NST>(p, g, qt, k_begin, k_end, s_ring, s_m, s_l);
+        split_range_tc<HDP, NST, NW>(p, g, qt, k_begin, k_end, s_ring, s_m, s_l);
         sacc = reinterpret_cast<const float *>(s_ring);
         wstride = NST * tc_tile<HDP>::BYTES / sizeof(float);
     } else {
@@ -730,35 +811,63 @@ __device__ __forceinline__ void split_body(const split_params &p, const unsigned
     }
     __syncthreads();
 
-    /* Fold the warps and write: the final (o, lse), or this split's. */
+    /* Fold the warps and write: the final (o, lse), or this split's. One
+     * thread per query vector works out its row's weights once; then every
+     * thread scales float4s of the warps' partials. (Per element, the row's
+     * index divisions and exponentials had made the fold the larger part of
+     * a short call: a 64-key call took 14K cycles on an H100, issue-bound
+     * at one warp per scheduler.) */
+    __shared__ float s_wt[NW][QPB]; /* a warp's weight over the row's sum */
+    __shared__ int s_row[QPB];               /* the output row, -1 past the last vector */
     const int rows = p.nq * p.n_heads;
-    for (int e = threadIdx.x; e < QPB * p.hd; e += blockDim.x) {
-        const int qq = e / p.hd, d = e - qq * p.hd;
-        const int t = qt * QPB + qq;
-        if (t >= nvec)
-            continue;
-        const int r = (t / p.group) * p.n_heads + g * p.group + t % p.group;
-        float mx = -INFINITY;
+    if (threadIdx.x < QPB) {
+        const int qq = threadIdx.x, t = qt * QPB + qq;
+        int r = -1;
+        if (t < nvec) {
+            r = (t / p.group) * p.n_heads + g * p.group + t % p.group;
+            float mx = -INFINITY, L = 0.0f, wt[NW];
 #pragma unroll
-        for (int w = 0; w < SPLIT_WARPS; w++)
-            mx = fmaxf(mx, s_m[w][qq]);
-        float L = 0.0f, O = 0.0f;
+            for (int w = 0; w < NW; w++)
+                mx = fmaxf(mx, s_m[w][qq]);
 #pragma unroll
-        for (int w = 0; w < SPLIT_WARPS; w++) {
-            const float wt = fold_weight(s_m[w][qq], mx);
-            L += s_l[w][qq] * wt;
-            O += sacc[(size_t)w * wstride + (size_t)qq * HDP + d] * wt;
-        }
-        const float o = L > 0.0f ? O / L : 0.0f;
-        const float lse = L > 0.0f ? (mx + log2f(L)) * LN2_F : -INFINITY;
-        if (nsplit_u == 1) {
-            p.out[(size_t)r * p.hd + d] = o;
-            if (d == 0 && p.lse)
-                p.lse[r] = lse;
-        } else {
-            p.ws_o[((size_t)by * rows + r) * p.hd + d] = o;
-            if (d == 0)
+            for (int w = 0; w < NW; w++) {
+                wt[w] = fold_weight(s_m[w][qq], mx);
+                L += s_l[w][qq] * wt[w];
+            }
+            /* no key anywhere: o = 0 (weights 0), lse = -inf */
+            const float inv = L > 0.0f ? 1.0f / L : 0.0f;
+#pragma unroll
+            for (int w = 0; w < NW; w++)
+                s_wt[w][qq] = wt[w] * inv;
+            const float lse = L > 0.0f ? (mx + log2f(L)) * LN2_F : -INFINITY;
+            if (nsplit_u > 1)
                 p.ws_lse[(size_t)by * rows + r] = lse;
+            else if (p.lse)
+                p.lse[r] = lse;
+        }
+        s_row[qq] = r;
+    }
+    __syncthreads();
+    constexpr int N4 = HDP / 4; /* a power of two: the divisions below are shifts */
+    const int n4 = p.hd / 4;
+    for (int e = threadIdx.x; e < QPB * N4; e += blockDim.x) {
+        const int qq = e / N4, d4 = e % N4, r = s_row[qq];
+        if (r < 0 || d4 >= n4)
+            continue;
+        float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+        for (int w = 0; w < NW; w++) {
+            const float wt = s_wt[w][qq];
+            const float4 x = *reinterpret_cast<const float4 *>(sacc + (size_t)w * wstride +
+                                                               (size_t)qq * HDP + 4 * d4);
+            if (wt != 0.0f) /* a warp with no key may hold anything */
+                a.x += wt * x.x, a.y += wt * x.y, a.z += wt * x.z, a.w += wt * x.w;
+        }
+        if (nsplit_u == 1) {
+            float *o = p.out + (size_t)r * p.hd + 4 * d4; /* out: 4-byte aligned only */
+            o[0] = a.x, o[1] = a.y, o[2] = a.z, o[3] = a.w;
+        } else {
+            *reinterpret_cast<float4 *>(p.ws_o + ((size_t)by * rows + r) * p.hd + 4 * d4) = a;
         }
     }
     if (nsplit_u == 1 || p.cnt_base < 0)
@@ -783,61 +892,13 @@ __device__ __forceinline__ void split_body(const split_params &p, const unsigned
     if (!s_last)
         return;
     __threadfence();
-    /* One thread per (query vector, float4 of dims), folding the ranges in
-     * one pass (the online form of the merge identity, base 2): its loads
-     * of every range's lse and o do not wait on one another, so they go out
-     * together instead of an lse round trip before the o loads. Empty ranges
-     * (lse -inf) weigh 0; a row with no key anywhere gets o = 0, lse = -inf,
-     * as the merge operation gives. */
-    const int n4 = p.hd / 4, nsplit = (int)nsplit_u;
-    for (int e = threadIdx.x; e < QPB * n4; e += blockDim.x) {
-        const int qq = e / n4, d4 = e - qq * n4;
-        const int t = qt * QPB + qq;
-        if (t >= nvec)
-            continue;
-        const int r = (t / p.group) * p.n_heads + g * p.group + t % p.group;
-        float mr = -INFINITY, lr = 0.0f;
-        float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
-        /* MB ranges at a time, every load of a batch issued before its fold
-         * (about nsplit / MB round trips to L2, not nsplit). */
-        constexpr int MB = 16;
-        for (int sp0 = 0; sp0 < nsplit; sp0 += MB) {
-            float ls[MB];
-            float4 x[MB];
-#pragma unroll
-            for (int b = 0; b < MB; b++) {
-                const int sp = sp0 + b;
-                ls[b] = sp < nsplit ? __ldcg(p.ws_lse + (size_t)sp * rows + r) : -INFINITY;
-                x[b] = sp < nsplit ? __ldcg(reinterpret_cast<const float4 *>(
-                                              p.ws_o + ((size_t)sp * rows + r) * p.hd) + d4)
-                                   : make_float4(0.f, 0.f, 0.f, 0.f);
-            }
-#pragma unroll
-            for (int b = 0; b < MB; b++) {
-                const float l2 = ls[b] * LOG2E_F;
-                const float mn = fmaxf(mr, l2);
-                const float wa = fold_weight(mr, mn);
-                const float wb = l2 == -INFINITY ? 0.0f : exp2f(l2 - mn);
-                lr = lr * wa + wb;
-                a.x = a.x * wa + (wb != 0.0f ? wb * x[b].x : 0.0f);
-                a.y = a.y * wa + (wb != 0.0f ? wb * x[b].y : 0.0f);
-                a.z = a.z * wa + (wb != 0.0f ? wb * x[b].z : 0.0f);
-                a.w = a.w * wa + (wb != 0.0f ? wb * x[b].w : 0.0f);
-                mr = mn;
-            }
-        }
-        const float inv = lr > 0.0f ? 1.0f / lr : 0.0f;
-        float *orow = p.out + (size_t)r * p.hd + 4 * d4;
-        orow[0] = a.x * inv, orow[1] = a.y * inv, orow[2] = a.z * inv, orow[3] = a.w * inv;
-        if (d4 == 0 && p.lse)
-            p.lse[r] = lr > 0.0f ? (mr + log2f(lr)) * LN2_F : -INFINITY;
-    }
+    split_merge_ranges<HDP, QPB, NW>(p, (int)nsplit_u, rows, s_row);
 }
 
-template <typename T, int HDP, int QPB, int DPL, int NST, int MINB>
-__global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB) attn_split_kernel(split_params p)
+template <typename T, int HDP, int QPB, int DPL, int NST, int NW, int MINB>
+__global__ void __launch_bounds__(NW * 32, MINB) attn_split_kernel(split_params p)
 {
-    split_body<T, HDP, QPB, DPL, NST>(p, blockIdx.x, blockIdx.y, gridDim.y);
+    split_body<T, HDP, QPB, DPL, NST, NW>(p, blockIdx.x, blockIdx.y, gridDim.y);
 }
 
 /* Many independent calls in one launch (cuda_attention_many): the grid is
@@ -855,8 +916,8 @@ typedef struct {
 } split_many_params;
 static_assert(sizeof(split_many_params) <= 32000, "kernel parameters are at most 32764 bytes");
 
-template <typename T, int HDP, int QPB, int DPL, int NST, int MINB>
-__global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB)
+template <typename T, int HDP, int QPB, int DPL, int NST, int NW, int MINB>
+__global__ void __launch_bounds__(NW * 32, MINB)
     attn_split_many_kernel(const __grid_constant__ split_many_params m)
 {
     const int b = (int)blockIdx.x;
@@ -870,7 +931,7 @@ __global__ void __launch_bounds__(SPLIT_WARPS * 32, MINB)
     }
     const split_params &p = m.c[lo];
     const int local = b - m.blk0[lo], base = p.n_kv * p.n_qtiles;
-    split_body<T, HDP, QPB, DPL, NST>(p, (unsigned)(local % base), (unsigned)(local / base),
+    split_body<T, HDP, QPB, DPL, NST, NW>(p, (unsigned)(local % base), (unsigned)(local / base),
                                       (unsigned)m.nsplit[lo]);
 }
 
@@ -1125,18 +1186,22 @@ int cuda_merge(sr_backend *be, int nparts, const float *const *o_parts,
  * stages (9 x 2 KB in flight per warp while it computes; the register form
  * reached 0.76 at 256K, the 4-stage ring 0.84). A third shape, 8 dims per
  * lane and 6 stages (three blocks), lost to both for fp32. QPB 16 is the
- * tensor-core form (bf16, head_dim 64 or 128; split_qpb picks it): three
- * 16-key stages per warp at head_dim 128 (105 KB, two blocks per
- * multiprocessor, 8 warps x 2 tiles x 8.5 KB in flight), four at 64. */
+ * tensor-core form (bf16, head_dim 64 or 128; split_qpb picks it): 8 warps
+ * with three 16-key stages each at head_dim 128 (210 KB, one block per
+ * multiprocessor, 8 warps x 2 tiles x 8.5 KB in flight), four at 64. On an
+ * H100 (bench/RESULTS.md), 8 warps x 3 stages beat 4 x 3 (two blocks per
+ * multiprocessor) by 7-10% from 16K keys; 4 x 6 and 12 x 2 lost to both,
+ * 8 x 2 was within noise of 8 x 3. */
 template <typename T, int HDP, int QPB, int V>
 struct split_shape {
     static constexpr bool BF16 = sizeof(T) == 2;
     static constexpr bool TC = QPB == 16;
     static constexpr bool RING = BF16 ? V == 0 : V == 1;
     static constexpr int DPL = 16;
+    static constexpr int NW = TC ? 8 : SPLIT_WARPS;
     static constexpr int NST = TC ? (HDP == 128 ? 3 : 4) : !RING ? 0 : BF16 ? 10 : 6;
-    static constexpr int MINB = 2;
-    static constexpr size_t SMEM = TC ? split_tc_smem_bytes<HDP, NST>()
+    static constexpr int MINB = TC ? 1 : 2;
+    static constexpr size_t SMEM = TC ? split_tc_smem_bytes<HDP, NST, NW>()
                                       : split_smem_bytes<T, HDP, DPL, NST>();
 };
 
@@ -1161,12 +1226,12 @@ static int split_prepare(cuda_ctx *ctx, int *per_sm)
                                 "memory, the device allows %zu", smem, ctx->smem_optin);
         int n = 0;
         if constexpr (MANY) {
-            auto *kern = attn_split_many_kernel<T, HDP, QPB, S::DPL, S::NST, S::MINB>;
+            auto *kern = attn_split_many_kernel<T, HDP, QPB, S::DPL, S::NST, S::NW, S::MINB>;
             CUDA_TRY(cuda_func_smem(kern, smem));
             CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, SPLIT_WARPS * 32,
                                                                    smem));
         } else {
-            auto *kern = attn_split_kernel<T, HDP, QPB, S::DPL, S::NST, S::MINB>;
+            auto *kern = attn_split_kernel<T, HDP, QPB, S::DPL, S::NST, S::NW, S::MINB>;
             CUDA_TRY(cuda_func_smem(kern, smem));
             CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kern, SPLIT_WARPS * 32,
                                                                    smem));
@@ -1184,13 +1249,13 @@ static int split_launch(cuda_ctx *ctx, dim3 grid, const split_params *p,
     typedef split_shape<T, HDP, QPB, V> S;
     constexpr size_t smem = S::SMEM;
     if (mp) {
-        attn_split_many_kernel<T, HDP, QPB, S::DPL, S::NST, S::MINB>
-            <<<grid, SPLIT_WARPS * 32, smem, ctx->stream>>>(*mp);
+        attn_split_many_kernel<T, HDP, QPB, S::DPL, S::NST, S::NW, S::MINB>
+            <<<grid, S::NW * 32, smem, ctx->stream>>>(*mp);
         CUDA_CHECK_LAUNCH("attn_split_many_kernel");
         return 0;
     }
-    attn_split_kernel<T, HDP, QPB, S::DPL, S::NST, S::MINB>
-        <<<grid, SPLIT_WARPS * 32, smem, ctx->stream>>>(*p);
+    attn_split_kernel<T, HDP, QPB, S::DPL, S::NST, S::NW, S::MINB>
+        <<<grid, S::NW * 32, smem, ctx->stream>>>(*p);
     CUDA_CHECK_LAUNCH("attn_split_kernel");
     return 0;
 }
@@ -1335,12 +1400,9 @@ static int split_attention(cuda_ctx *ctx, const sr_attn_args *a)
     const size_t rows = (size_t)a->nq * a->n_heads;
     long long splits = ctx->attn_splits;
     if (splits <= 0) {
-        /* The tensor-core form: one block per multiprocessor (measured on
-         * an H100 at 4K-16K keys: 16 ranges per kv head 8-14% faster than
-         * the 33 two resident blocks allow; the fused merge folds half as
-         * many ranges, in one batch of loads). */
-        const int wave_blocks = qpb == 16 ? 1 : per_sm;
-        long long want = (long long)ctx->sm_count * wave_blocks / base;
+        /* (The tensor-core form holds one block per multiprocessor: its
+         * shared memory takes all of one.) */
+        long long want = (long long)ctx->sm_count * per_sm / base;
         long long by_keys = (a->nk + SPLIT_MIN_KEYS - 1) / SPLIT_MIN_KEYS;
         splits = want < by_keys ? want : by_keys;
     }
