@@ -92,9 +92,9 @@ int backend_cuda_memory_info(const sr_backend *be, size_t *free_bytes, size_t *t
 
 /* The decode step's launch-gap removers, on by default; off for A/B
  * measurements and tests. Graphs: graph_begin records (the environment's
- * STARRELAY_CUDA_GRAPHS=0 turns them off at create). PDL: the GEMV, norm and
- * RoPE kernels start while the kernel before them drains
- * (STARRELAY_CUDA_PDL=0). Fused: the optional fused operations of
+ * STARRELAY_CUDA_GRAPHS=0 turns them off at create). PDL: the GEMV, norm,
+ * RoPE and split-key attention kernels start while the kernel before them
+ * drains (STARRELAY_CUDA_PDL=0). Fused: the optional fused operations of
  * backend.h are offered (0: the forward pass runs the plain ones). */
 void backend_cuda_set_graphs(sr_backend *be, int on);
 void backend_cuda_set_pdl(sr_backend *be, int on);

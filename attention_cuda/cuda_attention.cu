@@ -22,6 +22,7 @@
 #include <math.h>
 
 #include "attention_cuda/cuda_internal.h"
+#include "attention_cuda/cuda_pdl.cuh"
 #include "attention_cuda/ptx.cuh"
 
 #define LOG2E_F 1.4426950408889634f
@@ -30,6 +31,9 @@
 enum {
     SPLIT_WARPS = 4,
     SPLIT_MIN_KEYS = 64,
+    /* keys of a range warmed in L2 before the kernel waits on the one
+     * before it: the tensor-core form's first two tiles per warp */
+    SPLIT_PREFETCH_KEYS = 256,
     MERGE_MAX_PARTS = 32,
     /* Arrival counters of the fused merge: one per (kv head, query tile) of
      * a launch, in one of SPLIT_CNT_SLOTS slices so that backends on one
@@ -797,6 +801,24 @@ __device__ __forceinline__ void split_body(const split_params &p, const unsigned
     const int nvec = p.nq * p.group;
     const int k_begin = by * p.keys_per_split;
     const int k_end = min(p.nk, k_begin + p.keys_per_split);
+    /* Launched as a programmatic dependent launch (split_launch): the next
+     * kernel may begin as this one's blocks retire, and this block warms L2
+     * with the K/V rows of its first tiles while the kernel before it
+     * drains (consecutive rows only: paged rows need the table, which an
+     * earlier operation may still be writing), then waits for that kernel
+     * before any other read or write. */
+    pdl_launch_dependents();
+    if (!p.pages) {
+        const int pf_end = min(k_end, k_begin + SPLIT_PREFETCH_KEYS);
+        const unsigned rb = (unsigned)(p.hd * sizeof(T)); /* a multiple of 16 (attn_check) */
+        const char *kb = static_cast<const char *>(p.k), *vb = static_cast<const char *>(p.v);
+        for (int j = k_begin + (int)threadIdx.x; j < pf_end; j += (int)blockDim.x) {
+            const size_t off = ((size_t)j * p.kv_stride + (size_t)g * p.hd) * sizeof(T);
+            prefetch_l2_bulk(kb + off, rb);
+            prefetch_l2_bulk(vb + off, rb);
+        }
+    }
+    pdl_wait();
     const float *sacc;
     size_t wstride; /* floats from one warp's partial to the next's */
     if constexpr (TC) {
@@ -1249,14 +1271,12 @@ static int split_launch(cuda_ctx *ctx, dim3 grid, const split_params *p,
     typedef split_shape<T, HDP, QPB, V> S;
     constexpr size_t smem = S::SMEM;
     if (mp) {
-        attn_split_many_kernel<T, HDP, QPB, S::DPL, S::NST, S::NW, S::MINB>
-            <<<grid, S::NW * 32, smem, ctx->stream>>>(*mp);
-        CUDA_CHECK_LAUNCH("attn_split_many_kernel");
+        CUDA_TRY(launch_pdl(ctx, attn_split_many_kernel<T, HDP, QPB, S::DPL, S::NST, S::NW, S::MINB>,
+                            grid, dim3(S::NW * 32), smem, *mp));
         return 0;
     }
-    attn_split_kernel<T, HDP, QPB, S::DPL, S::NST, S::NW, S::MINB>
-        <<<grid, S::NW * 32, smem, ctx->stream>>>(*p);
-    CUDA_CHECK_LAUNCH("attn_split_kernel");
+    CUDA_TRY(launch_pdl(ctx, attn_split_kernel<T, HDP, QPB, S::DPL, S::NST, S::NW, S::MINB>, grid,
+                        dim3(S::NW * 32), smem, *p));
     return 0;
 }
 

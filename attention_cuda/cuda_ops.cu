@@ -6,6 +6,7 @@
 #include <climits>
 
 #include "attention_cuda/cuda_internal.h"
+#include "attention_cuda/cuda_pdl.cuh"
 
 enum { OPS_THREADS = 256 };
 
@@ -21,47 +22,6 @@ static int grid_for(const cuda_ctx *ctx, size_t n)
 __device__ __forceinline__ float bf16_bits_to_f32(uint32_t bits16)
 {
     return __uint_as_float(bits16 << 16);
-}
-
-/* Programmatic dependent launch (Hopper): a kernel launched by launch_pdl()
- * may start while the kernel before it in the stream still runs, so its
- * launch and first loads overlap that kernel's tail. It must call
- * pdl_wait() before it touches anything an earlier kernel writes (or
- * writes anything an earlier kernel reads); pdl_launch_dependents() lets
- * the next such kernel start as soon as every block of this one has begun.
- * Both are no-ops in a normal launch. */
-__device__ __forceinline__ void pdl_wait(void)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-__device__ __forceinline__ void pdl_launch_dependents(void)
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-/* Launches kern on the backend's stream, as a programmatic dependent
- * launch when the backend allows it (ctx->pdl, STARRELAY_CUDA_PDL=0 turns
- * it off for A/B measurements). */
-template <typename... KArgs, typename... Args>
-static cudaError_t launch_pdl(const cuda_ctx *ctx, void (*kern)(KArgs...), dim3 grid, dim3 block,
-                              size_t smem, Args... args)
-{
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = ctx->stream;
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = ctx->pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, kern, ((KArgs)args)...);
 }
 
 /* ---- embedding -------------------------------------------------------- */
