@@ -740,6 +740,13 @@ __device__ __forceinline__ void split_merge_ranges(const split_params &p, int ns
     for (int k = 0; k < EPT; k++)
         acc[k] = make_float4(0.f, 0.f, 0.f, 0.f);
     const int n4 = p.hd / 4;
+    /* This thread's output float4 k: query vector qq, float4 d4 of its row;
+     * false past the row's dims or the last vector. */
+    auto elem = [&](int k, int &qq, int &d4) {
+        const int e = threadIdx.x + k * NW * 32;
+        qq = e / N4, d4 = e % N4;
+        return e < QPB * N4 && d4 < n4 && s_row[qq] >= 0;
+    };
     for (int c0 = 0; c0 < nsplit; c0 += MC) {
         const int nc = min(MC, nsplit - c0);
         __syncthreads(); /* s_mr is set; the last chunk's weights are read */
@@ -755,9 +762,8 @@ __device__ __forceinline__ void split_merge_ranges(const split_params &p, int ns
         __syncthreads();
 #pragma unroll
         for (int k = 0; k < EPT; k++) {
-            const int e = threadIdx.x + k * NW * 32;
-            const int qq = e / N4, d4 = e % N4;
-            if (e >= QPB * N4 || d4 >= n4 || s_row[qq] < 0)
+            int qq, d4;
+            if (!elem(k, qq, d4))
                 continue;
             const float4 *o = reinterpret_cast<const float4 *>(
                                   p.ws_o + ((size_t)c0 * rows + s_row[qq]) * p.hd) + d4;
@@ -774,9 +780,8 @@ __device__ __forceinline__ void split_merge_ranges(const split_params &p, int ns
     }
 #pragma unroll
     for (int k = 0; k < EPT; k++) {
-        const int e = threadIdx.x + k * NW * 32;
-        const int qq = e / N4, d4 = e % N4;
-        if (e >= QPB * N4 || d4 >= n4 || s_row[qq] < 0)
+        int qq, d4;
+        if (!elem(k, qq, d4))
             continue;
         float *o = p.out + (size_t)s_row[qq] * p.hd + 4 * d4;
         o[0] = acc[k].x, o[1] = acc[k].y, o[2] = acc[k].z, o[3] = acc[k].w;
